@@ -1,0 +1,187 @@
+"""The `alpaca-plw` command line: parse options, call one library function, report.
+
+Results go to stdout; progress bars, warnings and errors go to stderr. Library errors
+(`PLWError`) become a one-line message and their exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from alpaca_plw.errors import PLWError
+
+app = typer.Typer(
+    name="alpaca-plw",
+    help="Prompt-loss-weight tools: dataset statistics and R_g, short-completion builders, "
+    "per-token loss weights and a weighted-loss trainer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+
+
+def _out() -> Console:
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+Tokenizer = Annotated[Optional[str], typer.Option(
+    "--tokenizer", help="Tokenizer directory or hub id [default: $ALPACA_PLW_TOKENIZER, else "
+    "hf-internal-testing/llama-tokenizer]. A folder with tokenizer.model is counted with "
+    "SentencePiece.", show_default=False)]
+Columns = Annotated[Optional[str], typer.Option(
+    "--columns", help="Map other schemas, e.g. instruction=instruction,input=context,output=response.")]
+Split = Annotated[str, typer.Option("--split", help="Split of a hub dataset or a DatasetDict folder.")]
+Source = Annotated[Optional[str], typer.Argument(
+    help="A .json/.jsonl/.parquet/.csv file, a datasets.save_to_disk folder or a hub dataset id "
+    "[default: the project's sample, data/sample.json].", show_default=False)]
+Output = Annotated[Optional[Path], typer.Option(
+    "-o", "--output", help="Output file [default: ./<source stem>-<variant>.<format>].",
+    show_default=False)]
+Format = Annotated[str, typer.Option("--format", help="json (Alpaca), jsonl or parquet.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+
+
+def _fail(exc: PLWError) -> None:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@contextmanager
+def _progress():
+    """A transient rich progress bar on stderr; yields the library's `progress(label, done, total)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=True,
+                   disable=not err.is_terminal)
+    tasks: dict[str, int] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done, total=total)
+
+    with bar:
+        try:
+            yield update
+        except PLWError as exc:
+            bar.stop()
+            _fail(exc)
+
+
+def _options(tokenizer, columns, split):
+    from alpaca_plw.pipeline import DataOptions
+    from alpaca_plw.records import ColumnMap
+
+    return DataOptions(tokenizer=tokenizer, columns=ColumnMap.parse(columns), split=split)
+
+
+@app.command()
+def stats(
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        help="Datasets to profile [default: the project's sample].", show_default=False)] = None,
+    tokenizer: Tokenizer = None,
+    columns: Columns = None,
+    split: Split = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dataset per line.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw length and ratio histograms to this PNG.")] = None,
+) -> None:
+    """Token-length statistics, R_g and the guide's recommended PLW, one row per dataset."""
+    from alpaca_plw.pipeline import dataset_stats
+    from alpaca_plw.report import stats_table
+
+    with _progress() as progress:
+        measured = dataset_stats(list(sources or []), _options(tokenizer, columns, split), progress)
+        if plot is not None:
+            from alpaca_plw.plot import plot_lengths
+
+            plot_lengths(measured, plot)
+    if as_json:
+        for m in measured:
+            print(json.dumps(m.stats.to_json(), sort_keys=True, ensure_ascii=False))
+    else:
+        _out().print(stats_table([m.stats for m in measured]))
+    if plot is not None:
+        err.print(f"wrote {plot}")
+
+
+def _build(rule, source, output, fmt, force, tokenizer, columns, split) -> None:
+    from alpaca_plw.pipeline import build_dataset
+    from alpaca_plw.report import build_summary, stats_table
+
+    with _progress() as progress:
+        built = build_dataset(source, rule, _options(tokenizer, columns, split), output, fmt, force,
+                              progress)
+    err.print(build_summary(built))
+    _out().print(stats_table([built.stats]))
+
+
+@app.command("build-short")
+def build_short(source: Source = None, output: Output = None, fmt: Format = "json",
+                force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
+                split: Split = "train") -> None:
+    """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
+    from alpaca_plw.build import SHORT
+
+    _guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split))
+
+
+@app.command("build-medium")
+def build_medium(source: Source = None, output: Output = None, fmt: Format = "json",
+                 force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                     "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward R_g = 1.0 (AlpacaDataMedium)."""
+    from alpaca_plw.build import MEDIUM, BuildRule
+
+    rule = BuildRule(MEDIUM.name, MEDIUM.target_rg, allow_drop=allow_drop)
+    _guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+
+
+@app.command("build-tiny")
+def build_tiny(source: Source = None, output: Output = None, fmt: Format = "json",
+               force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                   "--allow-drop/--no-allow-drop", help="Leave out highest-ratio records when swapping alone cannot reach the target (on by default here; always reported).")] = True,
+               tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward R_g = 0.042 (AlpacaDataTiny)."""
+    from alpaca_plw.build import TINY, BuildRule
+
+    rule = BuildRule(TINY.name, TINY.target_rg, allow_drop=allow_drop)
+    _guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+
+
+@app.command("build")
+def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="Target R_g (> 0).")],
+                 source: Source = None, output: Output = None, fmt: Format = "json",
+                 force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                     "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward any target R_g (deterministic prefix rule; see README)."""
+    from alpaca_plw.build import target_rule
+
+    _guard(lambda: _build(target_rule(target_rg, allow_drop), source, output, fmt, force,
+                          tokenizer, columns, split))
+
+
+def _guard(call) -> None:
+    try:
+        call()
+    except PLWError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,45 @@
+"""Typed errors. The CLI turns each into a one-line message on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+
+class PLWError(Exception):
+    """Base class: a problem the user can fix. Its message says what was found and what is expected."""
+
+    exit_code = 1
+
+
+class InputError(PLWError):
+    """A source dataset cannot be read or holds an invalid record."""
+
+    exit_code = 2
+
+
+class TokenizerError(PLWError):
+    """A tokenizer cannot be loaded, or does not match what the data was made with."""
+
+    exit_code = 2
+
+
+class OutputExistsError(PLWError):
+    """The output path exists and `--force` was not given."""
+
+    exit_code = 3
+
+
+class TargetError(PLWError):
+    """A builder's target generation ratio cannot be reached with the options given."""
+
+    exit_code = 4
+
+
+class ConfigError(PLWError):
+    """An option value is out of range or inconsistent with another."""
+
+    exit_code = 2
+
+
+def abbreviate(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters, for error messages that quote bad input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,115 @@
+"""The data flow behind `stats` and the builders: load -> measure once -> stats | build -> write.
+
+Each function here is what one CLI command calls; they return results and never print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alpaca_plw import __version__
+from alpaca_plw.build import ACTION_NAMES, DROPPED, BuildRule, build
+from alpaca_plw.lengths import LengthCache, Progress, measure
+from alpaca_plw.output import (atomic_write_many, check_writable, manifest_json, text_writer,
+                               write_records)
+from alpaca_plw.records import ColumnMap, Records
+from alpaca_plw.sources import load_records
+from alpaca_plw.stats import DatasetStats, compute_stats
+from alpaca_plw.tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Options shared by every command that reads a dataset and counts tokens."""
+
+    tokenizer: str | None = None
+    columns: ColumnMap = ColumnMap()
+    split: str = "train"
+
+
+@dataclass
+class Measured:
+    records: Records
+    lengths: object
+    stats: DatasetStats
+
+
+def _measure_all(sources, options: DataOptions, progress: Progress | None):
+    tokenizer = load_tokenizer(options.tokenizer)
+    cache = LengthCache(tokenizer, progress)
+    identity = tokenizer.identity()
+    loaded = [load_records(s, options.columns, options.split) for s in sources]
+    measured = []
+    for records in loaded:
+        lengths = measure(records, cache)
+        measured.append(Measured(records, lengths, compute_stats(records.source.name, lengths, identity)))
+    return measured, cache, identity
+
+
+def dataset_stats(sources: list, options: DataOptions, progress: Progress | None = None) -> list[Measured]:
+    """Statistics of each source (all loaded and validated before any is measured)."""
+    return _measure_all(sources or [None], options, progress)[0]
+
+
+def manifest_path(out: Path) -> Path:
+    """`short.json` -> `short.manifest.json` (the suffix replaced)."""
+    return out.with_suffix(".manifest.json")
+
+
+def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
+    stem = Path(source_name).stem if "/" not in source_name else source_name.replace("/", "_")
+    stem = stem.split(":")[0]
+    return Path(f"{stem}-{rule.name}.{fmt}")
+
+
+@dataclass
+class Built:
+    out: Path
+    manifest: Path
+    stats: DatasetStats
+    counts: dict[str, int]
+    summary: dict[str, object]
+
+
+def build_dataset(
+    source,
+    rule: BuildRule,
+    options: DataOptions,
+    out: Path | None = None,
+    fmt: str = "json",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> Built:
+    """Build a variant of `source` under `rule`; write it and its manifest atomically."""
+    if out is not None:
+        check_writable([out, manifest_path(out)], force)
+    [measured], cache, identity = _measure_all([source], options, progress)
+    records = measured.records
+    out = out or default_output(records.source.name, rule, fmt)
+    check_writable([out, manifest_path(out)], force)
+    result = build(records, measured.lengths, rule, cache)
+    stats = compute_stats(out.name, result.lengths, identity)
+    output_index = (result.action != DROPPED).cumsum() - 1
+    provenance = [
+        {"source_index": i, "action": ACTION_NAMES[a], "reason": reason,
+         "output_index": None if a == DROPPED else int(j)}
+        for i, (a, reason, j) in enumerate(zip(result.action.tolist(), result.reasons,
+                                               output_index.tolist()))
+    ]
+    src = records.source
+    manifest = {
+        "tool": f"alpaca-plw {__version__}",
+        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(records),
+                   "split": options.split if src.kind in ("hub", "arrow-dir") else None,
+                   "columns": vars(options.columns)},
+        "tokenizer": identity,
+        "rule": {**rule.to_json(), **result.summary},
+        "output": {"file": out.name, "format": fmt},
+        "stats": stats.to_json(),
+        "counts": result.counts(),
+        "provenance": provenance,
+    }
+    atomic_write_many([(out, write_records(result.records, fmt)),
+                       (manifest_path(out), text_writer(manifest_json(manifest)))])
+    return Built(out, manifest_path(out), stats, result.counts(), result.summary)

@@ -1,0 +1,49 @@
+"""Rich renderings of library results for the terminal (the CLI prints them; the library never does)."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from alpaca_plw.stats import DatasetStats
+
+
+def _ms(field: dict[str, float]) -> str:
+    return f"{field['mean']:.1f} ({field['std']:.1f})"
+
+
+def stats_table(rows: list[DatasetStats]) -> Group:
+    """The paper's statistics layout, plus ratio summaries and the guide's recommendation."""
+    table = Table(title="Token statistics: mean (std); std is the population std",
+                  title_justify="left")
+    for name, justify in [("Dataset", "left"), ("Records", "right"), ("Instruction", "right"),
+                          ("Input", "right"), ("Completion", "right"), ("Total tokens", "right"),
+                          ("R_g", "right"), ("Mean ratio", "right"), ("Median ratio", "right"),
+                          ("PLW all / MC / gen", "right")]:
+        table.add_column(name, justify=justify)
+    notes = []
+    for s in rows:
+        rec = s.recommended_plw
+        table.add_row(s.dataset, f"{s.records:,}", _ms(s.instruction), _ms(s.input),
+                      _ms(s.completion), f"{s.total_tokens:,}", f"{s.rg:.3f}",
+                      f"{s.rg_mean_of_ratios:.3f}", f"{s.rg_median:.3f}",
+                      f"{rec.all:.3f} / {rec.mc:.3f} / {rec.gen:.3f}")
+        notes.append(Text(f"{s.dataset}: {rec.note}."))
+    tok = rows[0].tokenizer if rows else {}
+    footer = Text(
+        "R_g = sum(completion tokens) / sum(prompt tokens). Mean/median ratio: of per-record "
+        f"completion/prompt ratios. Tokenizer: {tok.get('name')} ({tok.get('backend')}).",
+        style="dim")
+    return Group(table, *notes, footer)
+
+
+def build_summary(built) -> Text:
+    """One line for stderr: what was written and what happened to the source records."""
+    c = built.counts
+    line = (f"wrote {built.out} and {built.manifest}: {c['source']:,} source records, "
+            f"{c['swapped']:,} swapped, {c['dropped']:,} left out, {c['kept']:,} in the output")
+    if c["dropped"]:
+        line += (f" (left out to reach the target R_g: swapping alone reaches only "
+                 f"{built.summary.get('swap_floor_rg')})")
+    return Text(line)

@@ -1,0 +1,219 @@
+"""Loading instruction records from files, `save_to_disk` directories and the Hugging Face hub.
+
+`load_records` is the one entry point every command uses. Every failure is an `InputError` whose
+message names the file, the record index and the field where that applies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from alpaca_plw.errors import InputError
+from alpaca_plw.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
+
+FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def default_source() -> Path:
+    """The sample dataset shipped with the project (`data/sample.json`)."""
+    packaged = Path(__file__).parent / "_data" / "sample.json"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "data" / "sample.json"
+
+
+def display_path(path: Path) -> str:
+    """The path relative to the working directory when it lies below it, else absolute."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_bytes(path: Path, shown: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+
+
+def _decode(data: bytes, shown: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{shown}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def _load_json(path: Path, source: Source, columns: ColumnMap) -> Records:
+    text = _decode(_read_bytes(path, source.path), source.path)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"{source.path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(rows, list):
+        raise InputError(
+            f"{source.path}: expected a JSON array of records (Alpaca format), "
+            f"found a JSON {type(rows).__name__}"
+        )
+    return records_from_rows(rows, source, columns)
+
+
+def _load_jsonl(path: Path, source: Source, columns: ColumnMap) -> Records:
+    text = _decode(_read_bytes(path, source.path), source.path)
+    rows = []
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise InputError(
+                f"{source.path}: malformed JSON at line {line_number}, column {exc.colno}: {exc.msg}"
+            ) from None
+    return records_from_rows(rows, source, columns)
+
+
+def _load_csv(path: Path, source: Source, columns: ColumnMap) -> Records:
+    text = _decode(_read_bytes(path, source.path), source.path)
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError(f"{source.path}: the file is empty (expected a header row)") from None
+    except csv.Error as exc:
+        raise InputError(f"{source.path}: malformed CSV header: {exc}") from None
+    data: dict[str, list[object]] = {name: [] for name in header}
+    try:
+        for row_number, row in enumerate(reader):
+            if len(row) != len(header):
+                raise InputError(
+                    f"{source.path}: record {row_number} (line {reader.line_num}): "
+                    f"{len(row)} cells, expected {len(header)} as in the header"
+                )
+            for name, cell in zip(header, row):
+                data[name].append(cell)
+    except csv.Error as exc:
+        raise InputError(f"{source.path}: malformed CSV at line {reader.line_num}: {exc}") from None
+    return records_from_columns(data, source, columns)
+
+
+def _load_table(table, source: Source, columns: ColumnMap) -> Records:
+    """Records from an Arrow table (Parquet files, Arrow datasets)."""
+    wanted = {columns.instruction, columns.input, columns.output}
+    data = {name: table.column(name).to_pylist() for name in table.column_names if name in wanted}
+    data.update({name: [] for name in table.column_names if name not in wanted})
+    return records_from_columns(data, source, columns)
+
+
+def _load_parquet(path: Path, source: Source, columns: ColumnMap) -> Records:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{source.path}: cannot read Parquet: {exc}") from None
+    return _load_table(table, source, columns)
+
+
+def _pick_split(dataset, split: str, shown: str):
+    from datasets import DatasetDict
+
+    if isinstance(dataset, DatasetDict):
+        if split not in dataset:
+            raise InputError(f"{shown}: no split {split!r}; splits: {sorted(dataset)} (use --split)")
+        return dataset[split]
+    return dataset
+
+
+def _load_dataset_dir(path: Path, source: Source, columns: ColumnMap, split: str) -> Records:
+    from datasets import load_from_disk
+
+    try:
+        dataset = load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise InputError(
+            f"{source.path}: not a directory written by datasets.save_to_disk ({exc})"
+        ) from None
+    dataset = _pick_split(dataset, split, source.path)
+    return _load_table(dataset.data.table, source, columns)
+
+
+def _dir_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
+    source = Source(name=f"{name}:{split}", path=name, kind="hub")
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(name, split=split)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
+        raise InputError(
+            f"{name}: cannot load it as a Hugging Face hub dataset ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, download it "
+            "elsewhere and pass a local path as SOURCE: a .json/.jsonl/.parquet/.csv file or a "
+            "directory written by datasets.save_to_disk"
+        ) from None
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    source = Source(name=source.name, path=name, kind="hub", sha256=fingerprint)
+    return _load_table(dataset.data.table, source, columns)
+
+
+def load_records(
+    source: str | os.PathLike | None = None,
+    columns: ColumnMap | None = None,
+    split: str = "train",
+) -> Records:
+    """Load and validate one dataset.
+
+    `source` is a local .json (array) / .jsonl / .parquet / .csv file, a `save_to_disk` directory,
+    or a Hugging Face hub dataset id (then `split` picks the split); None means the project sample.
+    """
+    columns = columns or ColumnMap()
+    path = Path(source) if source is not None else default_source()
+    shown = display_path(path)
+    if path.is_dir():
+        src = Source(name=path.name, path=shown, kind="arrow-dir", sha256=_dir_digest(path))
+        return _load_dataset_dir(path, src, columns, split)
+    if not path.exists():
+        text = str(source)
+        if path.suffix.lower() not in FILE_FORMATS and _HUB_ID.match(text) and not text.startswith("."):
+            return _load_hub(text, columns, split)
+        raise InputError(f"{shown}: no such file or directory")
+    suffix = path.suffix.lower()
+    loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv, ".parquet": _load_parquet}
+    if suffix not in loaders:
+        raise InputError(
+            f"{shown}: unsupported file type {suffix or '(none)'!r}; expected one of "
+            f"{', '.join(FILE_FORMATS)} or a datasets.save_to_disk directory"
+        )
+    src = Source(name=path.name, path=shown, kind=suffix.lstrip("."), sha256=None)
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    src = Source(name=src.name, path=shown, kind=src.kind, sha256=digest)
+    return loaders[suffix](path, src, columns)
