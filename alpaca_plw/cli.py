@@ -171,6 +171,37 @@ def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="T
                           tokenizer, columns, split))
 
 
+@app.command()
+def weights(
+    source: Source = None,
+    plw: Annotated[str, typer.Option("--plw", help="Prompt loss weight in [0, 1], or 'auto' for the "
+                                     "guide's recommendation at this dataset's R_g.")] = "auto",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (a dataset "
+                                         "datasets.load_from_disk and pyarrow read).")] = Path("weights"),
+    max_length: Annotated[int, typer.Option("--max-length", help="Cut sequences at this many tokens.")] = 512,
+    force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
+    split: Split = "train",
+) -> None:
+    """Tokenize with the Alpaca template and write per-token loss weights (prompt = PLW, completion = 1)."""
+    from alpaca_plw.errors import ConfigError
+    from alpaca_plw.pipeline import make_weights
+    from alpaca_plw.report import weights_summary
+
+    def run() -> None:
+        value: float | str = plw
+        if plw != "auto":
+            try:
+                value = float(plw)
+            except ValueError:
+                raise ConfigError(f"--plw must be a number in [0, 1] or 'auto', got {plw!r}") from None
+        with _progress() as progress:
+            summary = make_weights(source, value, _options(tokenizer, columns, split), output,
+                                   max_length, force, progress)
+        _out().print(weights_summary(summary))
+
+    _guard(run)
+
+
 def _guard(call) -> None:
     try:
         call()

@@ -19,8 +19,6 @@ def check_writable(paths: Sequence[Path], force: bool) -> None:
     for path in paths:
         if path.exists() and not force:
             raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
-        if path.exists() and path.is_dir() != paths[0].is_dir() and path.is_dir():
-            raise OutputExistsError(f"{path}: is a directory")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

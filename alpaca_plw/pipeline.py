@@ -113,3 +113,69 @@ def build_dataset(
     atomic_write_many([(out, write_records(result.records, fmt)),
                        (manifest_path(out), text_writer(manifest_json(manifest)))])
     return Built(out, manifest_path(out), stats, result.counts(), result.summary)
+
+
+@dataclass
+class WeightsSummary:
+    out: Path
+    meta: dict[str, object]
+
+
+def make_weights(
+    source,
+    plw: float | str,
+    options: DataOptions,
+    out_dir: Path,
+    max_length: int = 512,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> WeightsSummary:
+    """Tokenize `source` with the Alpaca template and write per-token loss weights to `out_dir`.
+
+    `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
+    """
+    from alpaca_plw.guide import recommend
+    from alpaca_plw.weights import build_weights, check_plw
+    from alpaca_plw.weights_store import to_table, write_weights_dir
+
+    check_writable([out_dir], force)
+    if plw != "auto":
+        check_plw(float(plw))
+    tokenizer = load_tokenizer(options.tokenizer)
+    records = load_records(source, options.columns, options.split)
+    identity = tokenizer.identity()
+    choice: dict[str, object] = {"mode": "given"}
+    if plw == "auto":
+        lengths = measure(records, LengthCache(tokenizer, progress))
+        stats = compute_stats(records.source.name, lengths, identity)
+        rec = recommend(stats.rg)
+        plw = rec.all
+        choice = {"mode": "auto", "rg": stats.rg, "guide": rec.to_json(), "column": "all"}
+    plw = float(plw)
+    tw = build_weights(records, tokenizer, plw, max_length, progress)
+    if tw.source_index.size == 0:
+        from alpaca_plw.errors import InputError
+
+        raise InputError(f"{records.source.path}: every record was skipped (prompt fills "
+                         f"--max-length {max_length}); nothing to write")
+    prompt_w = plw * tw.prompt_tokens
+    total_w = prompt_w + tw.completion_tokens
+    src = records.source
+    meta = {
+        "tool": f"alpaca-plw {__version__}",
+        "plw": plw,
+        "plw_choice": choice,
+        "template": "alpaca",
+        "tokenizer": identity,
+        "max_length": max_length,
+        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(records)},
+        "counts": {"source": len(records), "written": int(tw.source_index.size),
+                   "truncated": len(tw.truncated), "skipped": len(tw.skipped)},
+        "tokens": {"total": int(tw.ids.size), "prompt": tw.prompt_tokens,
+                   "completion": tw.completion_tokens},
+        "prompt_weight_share": round(prompt_w / total_w, 6) if total_w else 0.0,
+        "truncated": tw.truncated,
+        "skipped": tw.skipped,
+    }
+    write_weights_dir(out_dir, to_table(tw, meta), force)
+    return WeightsSummary(out_dir, meta)

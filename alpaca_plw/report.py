@@ -47,3 +47,30 @@ def build_summary(built) -> Text:
         line += (f" (left out to reach the target R_g: swapping alone reaches only "
                  f"{built.summary.get('swap_floor_rg')})")
     return Text(line)
+
+
+def weights_summary(summary) -> Table:
+    """What `weights` wrote, with the prompt's share of the total loss weight."""
+    meta = summary.meta
+    counts, tokens = meta["counts"], meta["tokens"]
+    choice = meta["plw_choice"]
+    plw_text = f"{meta['plw']:g}"
+    if choice["mode"] == "auto":
+        plw_text += f" (auto: guide 'all' column at R_g {choice['rg']:.3f}; {choice['guide']['note']})"
+    table = Table(title=f"Loss weights written to {summary.out}", title_justify="left",
+                  show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("PLW", plw_text),
+        ("records written", f"{counts['written']:,} of {counts['source']:,}"),
+        ("truncated at --max-length", f"{counts['truncated']:,} (cut at the end)"),
+        ("skipped", f"{counts['skipped']:,} (prompt alone fills --max-length)"),
+        ("tokens", f"{tokens['total']:,}"),
+        ("prompt tokens", f"{tokens['prompt']:,}"),
+        ("completion tokens", f"{tokens['completion']:,}"),
+        ("prompt share of total weight", f"{meta['prompt_weight_share']:.2%}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -1,0 +1,129 @@
+"""The weights dataset on disk: one Arrow file in the layout `datasets.save_to_disk` writes.
+
+Both `datasets.load_from_disk(dir)` and plain pyarrow (`pyarrow.ipc.open_stream`) read it. The
+schema is explicit, the metadata rides in the Arrow schema (key `alpaca_plw`), and every byte is a
+function of the data, so the same input and options give identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from alpaca_plw.errors import InputError, OutputExistsError
+from alpaca_plw.weights import TokenizedWeights
+
+ARROW_FILE = "data-00000-of-00001.arrow"
+META_KEY = b"alpaca_plw"
+COLUMNS = {
+    "input_ids": pa.list_(pa.int32()),
+    "loss_weight": pa.list_(pa.float32()),
+    "prompt_length": pa.int32(),
+    "source_index": pa.int64(),
+}
+_FEATURES = {
+    "input_ids": {"feature": {"dtype": "int32", "_type": "Value"}, "_type": "List"},
+    "loss_weight": {"feature": {"dtype": "float32", "_type": "Value"}, "_type": "List"},
+    "prompt_length": {"dtype": "int32", "_type": "Value"},
+    "source_index": {"dtype": "int64", "_type": "Value"},
+}
+
+
+def schema(meta: dict[str, object]) -> pa.Schema:
+    info = json.dumps({"info": {"features": _FEATURES}}, sort_keys=True)
+    return pa.schema([(k, v) for k, v in COLUMNS.items()], metadata={
+        META_KEY: json.dumps(meta, sort_keys=True).encode(), b"huggingface": info.encode()})
+
+
+def to_table(tw: TokenizedWeights, meta: dict[str, object]) -> pa.Table:
+    offsets = pa.array(tw.offsets.astype(np.int32) if tw.offsets[-1] < 2**31 else tw.offsets)
+    list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
+    ids = list_type.from_arrays(offsets, pa.array(tw.ids, pa.int32()))
+    weights = list_type.from_arrays(offsets, pa.array(tw.weights, pa.float32()))
+    return pa.Table.from_arrays(
+        [ids, weights, pa.array(tw.prompt_length, pa.int32()), pa.array(tw.source_index, pa.int64())],
+        schema=schema(meta))
+
+
+def _write_dir(directory: Path, table: pa.Table) -> None:
+    arrow = directory / ARROW_FILE
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1000)
+    digest = hashlib.sha256(arrow.read_bytes()).hexdigest()[:16]
+    info = {"citation": "", "description": "alpaca-plw per-token loss weights", "features": _FEATURES,
+            "homepage": "", "license": ""}
+    state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": digest,
+             "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+             "_output_all_columns": False, "_split": None}
+    (directory / "dataset_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (directory / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
+    """Write into a temporary folder beside `out_dir`, then move it into place."""
+    if out_dir.exists() and not force:
+        raise OutputExistsError(f"{out_dir}: already exists; pass --force to overwrite it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: exists and is not a directory")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        _write_dir(tmp, table)
+        os.chmod(tmp, 0o755)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@dataclass
+class WeightsData:
+    """A weights dataset read back: the Arrow table and its metadata."""
+
+    path: Path
+    table: pa.Table
+    meta: dict[str, object]
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def read_weights_dir(directory: Path) -> WeightsData:
+    """Read and check a weights dataset written by `alpaca-plw weights`."""
+    arrow = Path(directory) / ARROW_FILE
+    if not Path(directory).is_dir():
+        raise InputError(f"{directory}: no such weights directory (make one with `alpaca-plw weights`)")
+    if not arrow.is_file():
+        raise InputError(f"{directory}: no {ARROW_FILE}; not a directory written by `alpaca-plw weights`")
+    try:
+        with pa.memory_map(str(arrow)) as source:
+            table = pa.ipc.open_stream(source).read_all()
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{arrow}: cannot read Arrow data ({exc})") from None
+    missing = [name for name in COLUMNS if name not in table.column_names]
+    if missing:
+        raise InputError(f"{directory}: missing columns {missing}; found {table.column_names}")
+    for name, kind in COLUMNS.items():
+        found = table.schema.field(name).type
+        if found != kind and not (pa.types.is_large_list(found) and found.value_type == kind.value_type):
+            raise InputError(f"{directory}: column {name!r} has type {found}, expected {kind}")
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    if raw is None:
+        raise InputError(f"{directory}: no alpaca_plw metadata; was it written by `alpaca-plw weights`?")
+    if table.num_rows == 0:
+        raise InputError(f"{directory}: the weights dataset has no records")
+    return WeightsData(Path(directory), table, json.loads(raw))
