@@ -74,3 +74,38 @@ def weights_summary(summary) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def plan_table(plan) -> Table:
+    """The training plan (`train --dry-run` prints only this)."""
+    table = Table(title="Training plan", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("records", f"{plan.records:,}"),
+        ("optimizer steps", f"{plan.steps:,} ({plan.epochs:g} epochs of {plan.steps_per_epoch:,})"),
+        ("effective batch", f"{plan.effective_batch} = {plan.micro_batch_size} micro x "
+                            f"{plan.grad_accum} accum x {plan.world_size} processes"),
+        ("tokens per epoch", f"{plan.tokens_per_epoch:,} ({plan.target_tokens_per_epoch:,} targets)"),
+        ("PLW", f"{plan.plw:g}"),
+        ("prompt share of weight", f"{plan.prompt_share_of_weight:.2%}"),
+        ("loss normalisation", "sum(w*loss)/sum(w) per step" if plan.loss_norm == "weight"
+                               else "sum(w*loss)/target tokens per step"),
+        ("learning rate", f"{plan.lr:g}, {plan.warmup_steps} warmup steps, cosine"),
+        ("device", f"{plan.device} ({plan.precision})"),
+    ]
+    if plan.resume_from:
+        rows.append(("resume from", plan.resume_from))
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def step_line(record: dict) -> str:
+    """One console line per optimizer step."""
+    def fmt(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    return (f"step {record['step']:>6}  loss {fmt(record['loss'])}  prompt {fmt(record['prompt_loss'])}"
+            f"  completion {fmt(record['completion_loss'])}  lr {record['lr']:.3g}"
+            f"  {record['tokens_per_s']:,.0f} tok/s")

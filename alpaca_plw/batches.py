@@ -1,0 +1,141 @@
+"""From a weights dataset to training micro-batches: the data order and padded collation.
+
+The next-token shift happens here, once: row t of a micro-batch holds input token t, target token
+t + 1 and that target's loss weight. A record's last position has no target (weight 0), so no
+token is ever predicted across a record boundary, and padding weighs 0.
+
+    record ids [1, 50, 51, 60, 2], weights [p, p, p, 1, 1]   (prompt_length 3)
+    input_ids  [1, 50, 51, 60, 2]
+    targets    [50, 51, 60, 2, 0]
+    weights    [p,  p,  1, 1,  0]
+    prompt     [T,  T,  F, F,  F]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from alpaca_plw.weights_store import WeightsData
+
+
+@dataclass
+class SequenceStore:
+    """All records of a weights dataset as flat numpy arrays (offsets index record i)."""
+
+    ids: np.ndarray
+    weights: np.ndarray
+    offsets: np.ndarray
+    prompt_length: np.ndarray
+
+    @classmethod
+    def from_weights(cls, data: WeightsData) -> SequenceStore:
+        ids_col = data.table.column("input_ids").combine_chunks()
+        w_col = data.table.column("loss_weight").combine_chunks()
+        return cls(
+            ids=ids_col.values.to_numpy().astype(np.int64),
+            weights=w_col.values.to_numpy().astype(np.float32),
+            offsets=ids_col.offsets.to_numpy().astype(np.int64),
+            prompt_length=data.table.column("prompt_length").to_numpy().astype(np.int64),
+        )
+
+    def __len__(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def target_weight_sums(self) -> np.ndarray:
+        """Per record, the sum of its targets' weights (every token but the first)."""
+        totals = np.add.reduceat(self.weights, self.offsets[:-1]) if len(self) else np.zeros(0)
+        return totals.astype(np.float64) - self.weights[self.offsets[:-1]]
+
+    def target_counts(self) -> np.ndarray:
+        return self.lengths - 1
+
+    def target_prompt_counts(self) -> np.ndarray:
+        return np.maximum(self.prompt_length - 1, 0)
+
+
+@dataclass
+class MicroBatch:
+    """Right-padded tensors [B, T] for one forward pass."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    prompt_mask: torch.Tensor
+    real_tokens: int
+
+    def to(self, device) -> MicroBatch:
+        return MicroBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                          self.targets.to(device), self.weights.to(device),
+                          self.prompt_mask.to(device), self.real_tokens)
+
+
+def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> MicroBatch:
+    """Pad the records `indices` to their longest length and shift targets by one.
+
+    An empty `indices` gives a one-token micro-batch of weight 0 (a rank with no data in the last,
+    partial step still runs forward and backward, which data-parallel training requires).
+    """
+    if len(indices) == 0:
+        zeros = torch.zeros(1, 1, dtype=torch.long)
+        return MicroBatch(zeros + pad_id, torch.ones(1, 1, dtype=torch.long), zeros,
+                          torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool), 0)
+    lengths = store.lengths[indices]
+    width = int(lengths.max())
+    ids = np.full((len(indices), width), pad_id, dtype=np.int64)
+    weights = np.zeros((len(indices), width), dtype=np.float32)
+    mask = np.zeros((len(indices), width), dtype=np.int64)
+    for row, i in enumerate(indices):
+        start, stop = store.offsets[i], store.offsets[i + 1]
+        ids[row, : stop - start] = store.ids[start:stop]
+        weights[row, : stop - start - 1] = store.weights[start + 1 : stop]
+        mask[row, : stop - start] = 1
+    targets = np.zeros_like(ids)
+    targets[:, :-1] = ids[:, 1:] * mask[:, 1:]
+    positions = np.arange(width)[None, :]
+    prompt = (positions + 1) < store.prompt_length[indices][:, None]
+    return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(targets),
+                      torch.from_numpy(weights), torch.from_numpy(prompt), int(lengths.sum()))
+
+
+@dataclass(frozen=True)
+class DataOrder:
+    """Which records each rank's micro-batches hold at each optimizer step.
+
+    Each epoch is a permutation drawn from `seed + epoch`; step s takes the next `global_batch`
+    records of its epoch's permutation (the last step of an epoch may take fewer), and rank r takes
+    micro-batches r * accum .. r * accum + accum - 1 of that slice. The order depends only on
+    (seed, step), which is what makes `--resume` reproduce an uninterrupted run.
+    """
+
+    records: int
+    seed: int
+    micro_batch: int
+    accum: int
+    world: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch * self.accum * self.world
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.records // self.global_batch)
+
+    def step_records(self, step: int) -> np.ndarray:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.records)
+        return order[within * self.global_batch : (within + 1) * self.global_batch]
+
+    def micro_batches(self, step: int, rank: int) -> list[np.ndarray]:
+        chosen = self.step_records(step)
+        size = self.micro_batch
+        return [chosen[(rank * self.accum + j) * size : (rank * self.accum + j + 1) * size]
+                for j in range(self.accum)]

@@ -1,0 +1,72 @@
+"""Training options. Defaults follow the Stanford Alpaca recipe (REFERENCE.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from alpaca_plw.errors import ConfigError
+
+LOSS_NORMS = ("weight", "tokens")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `alpaca-plw train` needs. Errors name the CLI flag to change."""
+
+    weights_dir: Path
+    model: str
+    output_dir: Path
+    tokenizer: str | None = None
+    batch_size: int | None = None  # effective batch in sequences; 128 unless --grad-accum says
+    micro_batch_size: int = 4
+    grad_accum: int | None = None
+    lr: float = 2e-5
+    epochs: float = 3.0
+    max_steps: int | None = None
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    loss_norm: str = "weight"
+    save_steps: int | None = None
+    resume: bool = False
+    fsdp: bool = False
+    device: str | None = None  # None: cuda when available, else cpu
+    dry_run: bool = False
+    force: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.micro_batch_size >= 1, "--micro-batch-size must be at least 1"),
+            (self.grad_accum is None or self.grad_accum >= 1, "--grad-accum must be at least 1"),
+            (self.batch_size is None or self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0, "--lr must be positive"),
+            (self.epochs > 0, "--epochs must be positive"),
+            (self.max_steps is None or self.max_steps >= 1, "--max-steps must be at least 1"),
+            (0 <= self.warmup_ratio < 1, "--warmup-ratio must be in [0, 1)"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0 turns clipping off)"),
+            (self.loss_norm in LOSS_NORMS, f"--loss-norm must be one of {', '.join(LOSS_NORMS)}"),
+            (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per rank per optimizer step, so that micro x accum x world = batch."""
+        per_pass = self.micro_batch_size * world
+        if self.grad_accum is not None:
+            if self.batch_size is not None and self.batch_size != per_pass * self.grad_accum:
+                raise ConfigError(
+                    f"--batch-size {self.batch_size} differs from --micro-batch-size "
+                    f"{self.micro_batch_size} x --grad-accum {self.grad_accum} x {world} processes; "
+                    "give two of them")
+            return self.grad_accum
+        batch = self.batch_size or 128
+        if batch % per_pass:
+            raise ConfigError(
+                f"effective batch {batch} is not a multiple of --micro-batch-size "
+                f"{self.micro_batch_size} x {world} processes; set --batch-size or --grad-accum")
+        return batch // per_pass
