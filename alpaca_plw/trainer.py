@@ -89,7 +89,11 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
     order = DataOrder(len(store), cfg.seed, cfg.micro_batch_size, accum, d.world)
     steps = cfg.max_steps or math.ceil(cfg.epochs * order.steps_per_epoch)
     target_w = store.target_weight_sums()
-    plw = float(meta["plw"])
+    plw = float(meta.get("plw", float("nan")))
+    if not 0.0 <= plw <= 1.0:
+        raise ConfigError(f"{cfg.weights_dir}: PLW {plw} in its metadata is outside [0, 1]; a weight "
+                          "above 1 overweights the prompt and a negative one rewards not predicting "
+                          "it. Rebuild it with `alpaca-plw weights --plw W` (0 <= W <= 1)")
     prompt_w = plw * store.target_prompt_counts().sum()
     total_w = float(target_w.sum())
     if total_w <= 0:
