@@ -7,6 +7,7 @@ Results go to stdout; progress bars, warnings and errors go to stderr. Library e
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -241,7 +242,7 @@ def train(
                           device=device, dry_run=dry_run, force=force)
         run_train(cfg, on_step=lambda r: err.print(step_line(r)),
                   on_plan=lambda p: _out().print(plan_table(p)))
-        if not dry_run:
+        if not dry_run and os.environ.get("RANK", "0") == "0":
             _out().print(f"saved the model and tokenizer to {output_dir}")
 
     _guard(run)
