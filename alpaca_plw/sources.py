@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import re
@@ -59,8 +60,7 @@ def _decode(data: bytes, shown: str) -> str:
         raise InputError(f"{shown}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def _load_json(path: Path, source: Source, columns: ColumnMap) -> Records:
-    text = _decode(_read_bytes(path, source.path), source.path)
+def _load_json(text: str, source: Source, columns: ColumnMap) -> Records:
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -75,10 +75,10 @@ def _load_json(path: Path, source: Source, columns: ColumnMap) -> Records:
     return records_from_rows(rows, source, columns)
 
 
-def _load_jsonl(path: Path, source: Source, columns: ColumnMap) -> Records:
-    text = _decode(_read_bytes(path, source.path), source.path)
+def _load_jsonl(text: str, source: Source, columns: ColumnMap) -> Records:
     rows = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: JSON strings may hold U+2028 and friends raw, which splitlines() breaks.
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -90,9 +90,8 @@ def _load_jsonl(path: Path, source: Source, columns: ColumnMap) -> Records:
     return records_from_rows(rows, source, columns)
 
 
-def _load_csv(path: Path, source: Source, columns: ColumnMap) -> Records:
-    text = _decode(_read_bytes(path, source.path), source.path)
-    reader = csv.reader(text.splitlines(keepends=True))
+def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
@@ -122,12 +121,12 @@ def _load_table(table, source: Source, columns: ColumnMap) -> Records:
     return records_from_columns(data, source, columns)
 
 
-def _load_parquet(path: Path, source: Source, columns: ColumnMap) -> Records:
+def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(data))
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{source.path}: cannot read Parquet: {exc}") from None
     return _load_table(table, source, columns)
@@ -204,16 +203,15 @@ def load_records(
             return _load_hub(text, columns, split)
         raise InputError(f"{shown}: no such file or directory")
     suffix = path.suffix.lower()
-    loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv, ".parquet": _load_parquet}
-    if suffix not in loaders:
+    text_loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}
+    if suffix not in text_loaders and suffix != ".parquet":
         raise InputError(
             f"{shown}: unsupported file type {suffix or '(none)'!r}; expected one of "
             f"{', '.join(FILE_FORMATS)} or a datasets.save_to_disk directory"
         )
-    src = Source(name=path.name, path=shown, kind=suffix.lstrip("."), sha256=None)
-    try:
-        digest = sha256_file(path)
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-    src = Source(name=src.name, path=shown, kind=src.kind, sha256=digest)
-    return loaders[suffix](path, src, columns)
+    data = _read_bytes(path, shown)
+    src = Source(name=path.name, path=shown, kind=suffix.lstrip("."),
+                 sha256=hashlib.sha256(data).hexdigest())
+    if suffix == ".parquet":
+        return _load_parquet(data, src, columns)
+    return text_loaders[suffix](_decode(data, shown), src, columns)
