@@ -39,11 +39,10 @@ def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict 
             torch.save(extra, tmp / STATE_FILE)
         os.chmod(tmp, 0o755)
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
     finally:

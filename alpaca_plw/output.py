@@ -17,6 +17,8 @@ RECORD_FORMATS = ("json", "jsonl", "parquet")
 def check_writable(paths: Sequence[Path], force: bool) -> None:
     """Refuse (before any work is written) when an output exists and `force` is off."""
     for path in paths:
+        if path.is_dir():
+            raise OutputExistsError(f"{path}: is a directory; give a file name")
         if path.exists() and not force:
             raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
 
@@ -31,8 +33,11 @@ def atomic_write_many(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> N
     temps: list[Path] = []
     try:
         for path, write in items:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as exc:
+                raise OutputExistsError(f"{path}: cannot write it ({exc.strerror or exc})") from None
             os.close(fd)
             temps.append(Path(name))
             write(temps[-1])

@@ -136,9 +136,9 @@ def make_weights(
     """
     from alpaca_plw.guide import recommend
     from alpaca_plw.weights import build_weights, check_plw
-    from alpaca_plw.weights_store import to_table, write_weights_dir
+    from alpaca_plw.weights_store import check_output_dir, to_table, write_weights_dir
 
-    check_writable([out_dir], force)
+    check_output_dir(out_dir, force)
     if plw != "auto":
         check_plw(float(plw))
     tokenizer = load_tokenizer(options.tokenizer)

@@ -67,22 +67,35 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
     (directory / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
-def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
-    """Write into a temporary folder beside `out_dir`, then move it into place."""
-    if out_dir.exists() and not force:
-        raise OutputExistsError(f"{out_dir}: already exists; pass --force to overwrite it")
+def check_output_dir(out_dir: Path, force: bool) -> None:
+    """Refuse before any work: an existing output without `force`, or a path that cannot be a folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir}: exists and is not a directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    if out_dir.exists() and not force:
+        raise OutputExistsError(f"{out_dir}: already exists; pass --force to overwrite it")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{out_dir}: cannot create it, {parent} is a file")
+            break
+
+
+def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
+    """Write into a temporary folder beside `out_dir`, then move it into place."""
+    check_output_dir(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputExistsError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
         _write_dir(tmp, table)
         os.chmod(tmp, 0o755)
         if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
-            shutil.rmtree(old)
+            shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
     finally:

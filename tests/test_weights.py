@@ -558,9 +558,6 @@ def test_source_file_is_unchanged_by_a_run(tmp_path):
     assert sha256_of(source) == before == sha256_of(REPO_ROOT / FIXTURE)
 
 
-@pytest.mark.xfail(reason="BUG: --force with a leftover .OUT.old folder (from an interrupted "
-                          "replace) raises an uncaught OSError (traceback) in write_weights_dir",
-                   strict=True)
 def test_force_with_a_leftover_old_folder_still_replaces_the_output(tmp_path):
     out = tmp_path / "out"
     code, _, stderr = invoke([*GOLDEN_ARGS, "-o", out])
@@ -573,8 +570,6 @@ def test_force_with_a_leftover_old_folder_still_replaces_the_output(tmp_path):
     assert code == 0, stderr
 
 
-@pytest.mark.xfail(reason="BUG: an -o path below an existing file raises an uncaught "
-                          "FileExistsError (traceback) instead of a one-line error", strict=True)
 def test_output_below_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     code, _, stderr = invoke([*GOLDEN_ARGS, "-o", tmp_path / "file" / "out"])
