@@ -62,19 +62,29 @@ class SequenceStore:
 
 @dataclass
 class MicroBatch:
-    """Right-padded tensors [B, T] for one forward pass."""
+    """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1)."""
 
     input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    attention_mask: torch.Tensor | None  # None for packed rows (position ids delimit records)
     targets: torch.Tensor
     weights: torch.Tensor
     prompt_mask: torch.Tensor
     real_tokens: int
+    position_ids: torch.Tensor | None = None
 
     def to(self, device) -> MicroBatch:
-        return MicroBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                          self.targets.to(device), self.weights.to(device),
-                          self.prompt_mask.to(device), self.real_tokens)
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.targets),
+                          move(self.weights), move(self.prompt_mask), self.real_tokens,
+                          move(self.position_ids))
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for a Hugging Face causal LM's forward."""
+        if self.position_ids is not None:
+            return {"input_ids": self.input_ids, "position_ids": self.position_ids,
+                    "use_cache": False}
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "use_cache": False}
 
 
 def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> MicroBatch:

@@ -223,6 +223,11 @@ def train(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output-dir.")] = False,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="Shard the model with FSDP (under torchrun) when it does not fit one GPU.")] = False,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack records into micro-batches by token budget (no padding) [default: on for GPU, off for CPU].", show_default=False)] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Token budget of a packed micro-batch [default: micro-batch size x longest record].", show_default=False)] = None,
+    loss_chunk: Annotated[int, typer.Option("--loss-chunk", help="Positions per chunk of LM head + cross-entropy, recomputed in backward (0: full logits).")] = 4096,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute decoder activations in backward (less memory, ~30% more compute).")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; do not train.")] = False,
     force: Force = False,
@@ -239,6 +244,8 @@ def train(
                           epochs=epochs, max_steps=max_steps, warmup_ratio=warmup_ratio,
                           weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
                           loss_norm=loss_norm, save_steps=save_steps, resume=resume, fsdp=fsdp,
+                          packing=packing, max_tokens=max_tokens, loss_chunk=loss_chunk,
+                          gradient_checkpointing=gradient_checkpointing, compile=compile_model,
                           device=device, dry_run=dry_run, force=force)
         run_train(cfg, on_step=lambda r: err.print(step_line(r)),
                   on_plan=lambda p: _out().print(plan_table(p)))

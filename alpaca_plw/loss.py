@@ -74,3 +74,47 @@ def loss_terms(
         completion_loss_sum=plain[~is_prompt].sum(),
         completion_count=(~is_prompt).sum().float(),
     )
+
+
+def _chunk_losses(hidden: torch.Tensor, head_weight: torch.Tensor, head_bias, targets: torch.Tensor):
+    logits = F.linear(hidden, head_weight, head_bias).float()
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def chunked_loss_terms(
+    hidden: torch.Tensor, lm_head: torch.nn.Linear, targets: torch.Tensor, weights: torch.Tensor,
+    prompt_mask: torch.Tensor, chunk_size: int = 4096,
+) -> LossTerms:
+    """`loss_terms` computed from final hidden states, without ever holding full-vocabulary logits.
+
+    hidden [B, T, H] (the decoder's output), targets / weights / prompt_mask [B, T]. Only positions
+    of weight > 0 reach the LM head; they go through it `chunk_size` at a time, each chunk's logits
+    (fp32) are freed after its loss and recomputed in backward (activation checkpointing), so peak
+    logit memory is chunk_size x V x 4 bytes instead of B x T x V x 4.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    selected = weights > 0
+    if not bool(selected.any()):
+        zero = hidden.sum() * 0.0
+        nothing = torch.zeros((), device=hidden.device)
+        return LossTerms(zero, nothing, nothing, nothing, nothing, nothing)
+    h = hidden[selected]
+    t = targets[selected]
+    w = weights[selected].float()
+    pieces = [
+        checkpoint(_chunk_losses, h[i : i + chunk_size], lm_head.weight, lm_head.bias,
+                   t[i : i + chunk_size], use_reentrant=False)
+        for i in range(0, h.shape[0], chunk_size)
+    ]
+    token_loss = torch.cat(pieces)
+    is_prompt = prompt_mask[selected]
+    plain = token_loss.detach()
+    return LossTerms(
+        weighted_sum=(token_loss * w).sum(),
+        weight_sum=w.sum(),
+        prompt_loss_sum=plain[is_prompt].sum(),
+        prompt_count=is_prompt.sum().float(),
+        completion_loss_sum=plain[~is_prompt].sum(),
+        completion_count=(~is_prompt).sum().float(),
+    )

@@ -93,6 +93,10 @@ def plan_table(plan) -> Table:
                                else "sum(w*loss)/target tokens per step"),
         ("learning rate", f"{plan.lr:g}, {plan.warmup_steps} warmup steps, cosine"),
         ("device", f"{plan.device} ({plan.precision})"),
+        ("batching", f"packed, {plan.max_tokens:,} tokens per micro-batch" if plan.packing
+                     else "right-padded micro-batches"),
+        ("loss", f"LM head + cross-entropy in chunks of {plan.loss_chunk:,} positions"
+                 if plan.loss_chunk else "full logits"),
     ]
     if plan.resume_from:
         rows.append(("resume from", plan.resume_from))

@@ -32,6 +32,11 @@ class TrainConfig:
     save_steps: int | None = None
     resume: bool = False
     fsdp: bool = False
+    packing: bool | None = None  # None: packed on GPU, padded on CPU
+    max_tokens: int | None = None  # packed micro-batch budget; None: micro x longest record
+    loss_chunk: int = 4096  # positions per LM-head + loss chunk; 0: full logits
+    gradient_checkpointing: bool = False
+    compile: bool = False
     device: str | None = None  # None: cuda when available, else cpu
     dry_run: bool = False
     force: bool = False
@@ -49,6 +54,8 @@ class TrainConfig:
             (self.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0 turns clipping off)"),
             (self.loss_norm in LOSS_NORMS, f"--loss-norm must be one of {', '.join(LOSS_NORMS)}"),
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
+            (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
+            (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -23,7 +23,8 @@ from alpaca_plw.batches import DataOrder, SequenceStore, collate
 from alpaca_plw.checkpoint import STATE_FILE, latest_checkpoint, save_final, save_pretrained_dir
 from alpaca_plw.distributed import Dist, setup
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.loss import loss_terms
+from alpaca_plw.model import WeightedCausalLM, as_terms
+from alpaca_plw.packing import collate_packed, pack_records
 from alpaca_plw.train_config import TrainConfig
 from alpaca_plw.weights_store import read_weights_dir
 
@@ -52,6 +53,9 @@ class Plan:
     lr: float
     device: str
     precision: str
+    packing: bool
+    max_tokens: int | None
+    loss_chunk: int
     resume_from: str | None
 
     def to_json(self) -> dict:
@@ -99,6 +103,11 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
     if total_w <= 0:
         raise ConfigError(f"{cfg.weights_dir}: every target token has weight 0; nothing to learn")
     last = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    packing = cfg.packing if cfg.packing is not None else d.device.type == "cuda"
+    longest = int(store.lengths.max())
+    budget = (cfg.max_tokens or cfg.micro_batch_size * longest) if packing else None
+    if budget is not None and budget < longest:
+        raise ConfigError(f"--max-tokens {budget} is below the longest record ({longest} tokens)")
     return Plan(
         records=len(store), steps=steps, steps_per_epoch=order.steps_per_epoch,
         epochs=round(steps / order.steps_per_epoch, 4), micro_batch_size=cfg.micro_batch_size,
@@ -108,6 +117,7 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
         prompt_share_of_weight=round(prompt_w / total_w, 6), loss_norm=cfg.loss_norm,
         warmup_steps=math.ceil(cfg.warmup_ratio * steps), lr=cfg.lr, device=str(d.device),
         precision="bf16 autocast" if d.device.type == "cuda" else "fp32",
+        packing=packing, max_tokens=budget, loss_chunk=cfg.loss_chunk,
         resume_from=str(last) if last else None,
     )
 
@@ -142,13 +152,18 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
 
 
 def _wrap(model, cfg: TrainConfig, d: Dist):
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = WeightedCausalLM(model, cfg.loss_chunk or None)
     model.to(d.device)
+    if cfg.compile:
+        model.model.compile()
     if d.world == 1:
         return model
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for layer in getattr(getattr(model, "model", model), "layers", []):
+        for layer in getattr(model.model.get_decoder(), "layers", []):
             fully_shard(layer)
         return fully_shard(model)
     from torch.nn.parallel import DistributedDataParallel
@@ -157,15 +172,21 @@ def _wrap(model, cfg: TrainConfig, d: Dist):
 
 
 def _state_dicts(model, optimizer, d: Dist, cfg: TrainConfig):
-    """Full (unsharded) model and optimizer state dicts, gathered on every rank."""
+    """Full (unsharded) state dicts, gathered: the Hugging Face model's (keys as `save_pretrained`
+    expects them) and the optimizer's."""
     if d.world == 1:
-        return model.state_dict(), optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+        model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    else:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
 
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return (get_model_state_dict(model, options=opts),
-            get_optimizer_state_dict(model, optimizer, options=opts))
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=opts)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+    prefix = "model."
+    model_state = {k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix(prefix): v
+                   for k, v in model_state.items()}
+    return model_state, optim_state
 
 
 def _load_states(model, optimizer, state: dict, d: Dist) -> None:
@@ -179,7 +200,8 @@ def _load_states(model, optimizer, state: dict, d: Dist) -> None:
 
 
 def _unwrap(model):
-    return getattr(model, "module", model)
+    """The Hugging Face model inside the DDP and WeightedCausalLM wrappers."""
+    return getattr(model, "module", model).model
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -256,9 +278,9 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         denominator = float(denominators[order.step_records(step)].sum())
         scale = d.world / denominator
         sums = torch.zeros(6, dtype=torch.float64, device=d.device)
-        micro = order.micro_batches(step, d.rank)
+        micro = _micro_batches(order, step, d, plan, store)
         for j, indices in enumerate(micro):
-            batch = collate(store, indices, pad_id).to(d.device)
+            batch = (collate_packed if plan.packing else collate)(store, indices, pad_id).to(d.device)
             last = j == len(micro) - 1
             sync = nullcontext()
             if d.world > 1 and not last:
@@ -267,16 +289,16 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
                 model.set_requires_gradient_sync(last)
             with sync:
                 with autocast:
-                    logits = model(input_ids=batch.input_ids,
-                                   attention_mask=batch.attention_mask).logits
-                terms = loss_terms(logits, batch.targets, batch.weights, batch.prompt_mask)
+                    terms = as_terms(model(batch.input_ids, batch.targets, batch.weights,
+                                           batch.prompt_mask, attention_mask=batch.attention_mask,
+                                           position_ids=batch.position_ids))
                 (terms.weighted_sum * scale).backward()
             sums += torch.stack([terms.weighted_sum.detach().double(), terms.prompt_loss_sum.double(),
                                  terms.prompt_count.double(), terms.completion_loss_sum.double(),
                                  terms.completion_count.double(),
                                  torch.tensor(float(batch.real_tokens), device=d.device,
                                               dtype=torch.float64)])
-            del logits, terms
+            del terms
         d.all_reduce_sum(sums)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -308,6 +330,19 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         save_final(cfg.output_dir, _unwrap(model), model_state, hf_tokenizer)
     d.barrier()
     return plan
+
+
+def _micro_batches(order: DataOrder, step: int, d: Dist, plan: Plan, store) -> list[np.ndarray]:
+    """This rank's micro-batches for `step`: fixed-size slices, or its records packed by token
+    budget. Packed counts are padded to the largest rank's (every rank computes every rank's
+    packing, so no communication is needed), since FSDP needs the same number of forwards."""
+    if not plan.packing:
+        return order.micro_batches(step, d.rank)
+    per_rank = [np.concatenate(order.micro_batches(step, r)) for r in range(d.world)]
+    packed = [pack_records(records, store.lengths, plan.max_tokens) for records in per_rank]
+    most = max(1, max(len(p) for p in packed))
+    mine = packed[d.rank]
+    return mine + [np.zeros(0, dtype=np.int64)] * (most - len(mine))
 
 
 def _save(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist, cfg) -> None:

@@ -86,6 +86,22 @@ def test_accumulated_micro_batches_equal_one_batch(weights_dir, tiny_model, tmp_
     assert not torch.allclose(before["lm_head.weight"], _params(one)["lm_head.weight"])
 
 
+def test_packed_training_equals_padded_training(weights_dir, tiny_model, tmp_path):
+    padded, packed = tmp_path / "padded", tmp_path / "packed"
+    train(_config(weights_dir, tiny_model, padded, packing=False))
+    train(_config(weights_dir, tiny_model, packed, packing=True, max_tokens=96))
+    _assert_params_close(_params(padded), _params(packed))
+    for a, b in zip(_log(padded), _log(packed)):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+
+
+def test_chunked_loss_training_equals_full_logits(weights_dir, tiny_model, tmp_path):
+    full, chunked = tmp_path / "full", tmp_path / "chunked"
+    train(_config(weights_dir, tiny_model, full, loss_chunk=0))
+    train(_config(weights_dir, tiny_model, chunked, loss_chunk=7))
+    _assert_params_close(_params(full), _params(chunked))
+
+
 def test_log_has_the_documented_keys_and_finite_losses(weights_dir, tiny_model, tmp_path):
     train(_config(weights_dir, tiny_model, tmp_path / "run"))
     log = _log(tmp_path / "run")
@@ -151,7 +167,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(weights_dir, tiny_m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"], ["--fsdp", "--packing", "--max-tokens", "60"]],
+                         ids=["ddp", "fsdp", "fsdp-packed"])
 def test_two_process_gloo_equals_single_process(weights_dir, tiny_model, tmp_path, sharding):
     single = tmp_path / "single"
     train(_config(weights_dir, tiny_model, single, micro_batch_size=2, grad_accum=2))
