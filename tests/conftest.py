@@ -1,0 +1,233 @@
+"""Shared fixtures: the shared LLaMA tokenizer, the real CLI entry point, and independent token counts.
+
+Everything here is offline. The hub clients are put in offline mode before anything imports them,
+so a test that names a hub id fails fast with the "offline" error instead of touching the network.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import hashlib
+import json
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+LLAMA_DIR = SHARED / "tokenizers" / "llama"
+ALPACA_DATA = SHARED / "data" / "alpaca_data.json"
+SAMPLE = REPO_ROOT / "data" / "sample.json"
+
+# REFERENCE.md section 2, copied here on purpose: the tests must not take these from the library.
+REF_SWAP_NO_INPUT = "Predict the prompt that generated the following AI output."
+REF_SWAP_WITH_INPUT = (
+    "Predict the prompt that generated the below AI output given the following context. Context: "
+)
+
+
+def reference_swap(record: dict) -> dict:
+    """The swapped form of an Alpaca record, written from REFERENCE.md section 2."""
+    instruction = REF_SWAP_WITH_INPUT + record["input"] if record["input"] else REF_SWAP_NO_INPUT
+    return {"instruction": instruction, "input": record["output"], "output": record["instruction"]}
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_json(path: Path, obj) -> Path:
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+class SPCounter:
+    """Token counts straight from `sentencepiece` (not through alpaca_plw), cached per distinct text.
+
+    No BOS/EOS, each text on its own: the definition in REFERENCE.md section 1.
+    """
+
+    def __init__(self, model_file: Path):
+        import sentencepiece
+
+        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+        self.cache: dict[str, int] = {}
+
+    def counts(self, texts: Sequence[str]) -> list[int]:
+        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if new:
+            ids = self.sp.encode(new, num_threads=2)
+            self.cache.update(zip(new, map(len, ids)))
+        return [self.cache[t] for t in texts]
+
+    def count(self, text: str) -> int:
+        return self.counts([text])[0]
+
+    def record(self, record: dict) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) of one Alpaca record."""
+        inst, inp, out = self.counts([record["instruction"], record["input"], record["output"]])
+        return inst + inp, out
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def llama_dir() -> Path:
+    if not (LLAMA_DIR / "tokenizer.model").is_file():
+        pytest.fail(
+            f"the shared LLaMA tokenizer is missing: expected {LLAMA_DIR}/tokenizer.model "
+            "(the repository must be cloned with ../shared beside it)"
+        )
+    return LLAMA_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def sample_records() -> list[dict]:
+    return json.loads(SAMPLE.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def sp_counter(llama_dir) -> SPCounter:
+    """One independent counter per session: a text is tokenized at most once in the whole run."""
+    return SPCounter(llama_dir / "tokenizer.model")
+
+
+@pytest.fixture(autouse=True)
+def _tokenizer_env(monkeypatch, llama_dir):
+    """Library calls made in-process see the shared tokenizer as the default."""
+    monkeypatch.setenv("ALPACA_PLW_TOKENIZER", str(llama_dir))
+
+
+@pytest.fixture()
+def run_cli(llama_dir):
+    """Run the real Typer app: `run_cli(args, cwd=None, env=None) -> (exit_code, stdout, stderr)`.
+
+    stderr is kept apart from stdout. An exception that escaped the app (which a user would see as
+    a traceback) is appended to stderr as its formatted traceback, so `"Traceback" not in stderr`
+    catches it.
+    """
+    from typer.testing import CliRunner
+
+    from alpaca_plw.cli import app
+
+    def run(args: Sequence[str], cwd: Path | None = None, env: dict | None = None):
+        runner = CliRunner()
+        full_env = {"ALPACA_PLW_TOKENIZER": str(llama_dir), "HF_HUB_OFFLINE": "1",
+                    "HF_DATASETS_OFFLINE": "1", **(env or {})}
+        old = Path.cwd()
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            result = runner.invoke(app, [str(a) for a in args], env=full_env)
+        finally:
+            os.chdir(old)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(*result.exc_info))
+        return result.exit_code, result.stdout, stderr
+
+    return run
+
+
+# --- the real Alpaca data, loaded and counted once per session -------------------------------
+
+@pytest.fixture(scope="session")
+def alpaca_path() -> Path:
+    if not ALPACA_DATA.is_file():
+        pytest.fail(f"the shared Alpaca data is missing: expected {ALPACA_DATA}")
+    return ALPACA_DATA
+
+
+@pytest.fixture(scope="session")
+def alpaca_records(alpaca_path) -> list[dict]:
+    return json.loads(alpaca_path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def alpaca_lengths(alpaca_records, sp_counter):
+    """Independent per-record token counts of the real data: dict of int arrays per field."""
+    import numpy as np
+
+    fields = {}
+    for name in ("instruction", "input", "output"):
+        fields[name] = np.array(sp_counter.counts([r[name] for r in alpaca_records]), dtype=np.int64)
+    return fields
+
+
+# --- independent statistics ------------------------------------------------------------------
+
+# REFERENCE.md section 5, the guide table transcribed: (R_g, all, MC, gen).
+REF_GUIDE = [
+    (0.5, 0.155, 0.155, 0.292), (1.0, 0.155, 0.183, 0.321), (1.5, 0.183, 0.278, 0.385),
+    (2.0, 0.239, 1.000, 0.679), (2.5, 1.000, 1.000, 1.000), (3.0, 1.000, 1.000, 1.000),
+    (3.5, 1.000, 1.000, 0.000), (4.0, 1.000, 1.000, 0.000), (4.5, 0.000, 1.000, 0.000),
+    (5.0, 0.000, 1.000, 0.000), (5.5, 1.000, 1.000, 0.000), (6.0, 1.000, 1.000, 0.000),
+    (6.5, 1.000, 1.000, 1.000), (7.0, 1.000, 1.000, 1.000), (7.5, 1.000, 1.000, 1.000),
+    (8.0, 1.000, 1.000, 0.654),
+]
+
+
+def reference_plw(rg: float) -> tuple[float, float, float]:
+    """Linear interpolation in the guide, end rows held beyond it, rounded to 3 decimals."""
+    import numpy as np
+
+    xs = [row[0] for row in REF_GUIDE]
+    at = min(max(rg, xs[0]), xs[-1])
+    return tuple(round(float(np.interp(at, xs, [row[c] for row in REF_GUIDE])), 3)
+                 for c in (1, 2, 3))
+
+
+def expected_stats(records: list[dict], counter: SPCounter) -> dict:
+    """The `stats --json` row of `records` (less `dataset`, `tokenizer`, the PLW note), computed
+    here from sentencepiece counts and the definitions in REFERENCE.md."""
+    import numpy as np
+
+    inst = np.array(counter.counts([r["instruction"] for r in records]), dtype=np.int64)
+    inp = np.array(counter.counts([r["input"] for r in records]), dtype=np.int64)
+    out = np.array(counter.counts([r["output"] for r in records]), dtype=np.int64)
+    return stats_from_counts(inst, inp, out)
+
+
+def stats_from_counts(inst, inp, out) -> dict:
+    import numpy as np
+
+    prompt = inst + inp
+
+    def ms(a):
+        a = np.asarray(a, dtype=np.float64)
+        return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=0)), 4)}
+
+    p_sum, c_sum = int(prompt.sum()), int(out.sum())
+    ratios = out[prompt > 0] / prompt[prompt > 0]
+    rg = c_sum / p_sum
+    plw_all, plw_mc, plw_gen = reference_plw(rg)
+    return {
+        "records": len(inst), "instruction": ms(inst), "input": ms(inp), "completion": ms(out),
+        "prompt": ms(prompt), "total_tokens": p_sum + c_sum, "prompt_tokens": p_sum,
+        "completion_tokens": c_sum, "rg": round(rg, 6),
+        "rg_mean_of_ratios": round(float(ratios.mean()), 6),
+        "rg_median": round(float(np.median(ratios)), 6),
+        "recommended_plw": {"all": plw_all, "mc": plw_mc, "gen": plw_gen},
+    }
+
+
+def comparable(row: dict) -> dict:
+    """A library stats row with the fields `expected_stats` does not compute removed."""
+    row = {k: v for k, v in row.items() if k not in ("dataset", "tokenizer")}
+    row["recommended_plw"] = {k: v for k, v in row["recommended_plw"].items() if k != "note"}
+    return row
