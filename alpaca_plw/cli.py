@@ -46,12 +46,16 @@ Source = Annotated[Optional[str], typer.Argument(
 Output = Annotated[Optional[Path], typer.Option(
     "-o", "--output", help="Output file [default: ./<source stem>-<variant>.<format>].",
     show_default=False)]
-Format = Annotated[str, typer.Option("--format", help="json (Alpaca), jsonl or parquet.")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="json (Alpaca), jsonl or parquet [default: from the -o suffix, else json].",
+    show_default=False)]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 
 
 def _fail(exc: PLWError) -> None:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    from rich.text import Text
+
+    err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -126,7 +130,7 @@ def _build(rule, source, output, fmt, force, tokenizer, columns, split) -> None:
 
 
 @app.command("build-short")
-def build_short(source: Source = None, output: Output = None, fmt: Format = "json",
+def build_short(source: Source = None, output: Output = None, fmt: Format = None,
                 force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
                 split: Split = "train") -> None:
     """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
@@ -136,7 +140,7 @@ def build_short(source: Source = None, output: Output = None, fmt: Format = "jso
 
 
 @app.command("build-medium")
-def build_medium(source: Source = None, output: Output = None, fmt: Format = "json",
+def build_medium(source: Source = None, output: Output = None, fmt: Format = None,
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
                  tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
@@ -148,7 +152,7 @@ def build_medium(source: Source = None, output: Output = None, fmt: Format = "js
 
 
 @app.command("build-tiny")
-def build_tiny(source: Source = None, output: Output = None, fmt: Format = "json",
+def build_tiny(source: Source = None, output: Output = None, fmt: Format = None,
                force: Force = False, allow_drop: Annotated[bool, typer.Option(
                    "--allow-drop/--no-allow-drop", help="Leave out highest-ratio records when swapping alone cannot reach the target (on by default here; always reported).")] = True,
                tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
@@ -161,7 +165,7 @@ def build_tiny(source: Source = None, output: Output = None, fmt: Format = "json
 
 @app.command("build")
 def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="Target R_g (> 0).")],
-                 source: Source = None, output: Output = None, fmt: Format = "json",
+                 source: Source = None, output: Output = None, fmt: Format = None,
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
                  tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:

@@ -63,6 +63,21 @@ def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
     return Path(f"{stem}-{rule.name}.{fmt}")
 
 
+def output_format(out: Path | None, fmt: str | None) -> str:
+    from alpaca_plw.errors import ConfigError
+    from alpaca_plw.output import RECORD_FORMATS
+
+    implied = out.suffix.lower().lstrip(".") if out is not None else ""
+    implied = implied if implied in RECORD_FORMATS else None
+    if fmt is None:
+        return implied or "json"
+    if fmt not in RECORD_FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
+    if implied and implied != fmt:
+        raise ConfigError(f"--format {fmt} contradicts the output name {out.name}; change one")
+    return fmt
+
+
 @dataclass
 class Built:
     out: Path
@@ -77,11 +92,15 @@ def build_dataset(
     rule: BuildRule,
     options: DataOptions,
     out: Path | None = None,
-    fmt: str = "json",
+    fmt: str | None = None,
     force: bool = False,
     progress: Progress | None = None,
 ) -> Built:
-    """Build a variant of `source` under `rule`; write it and its manifest atomically."""
+    """Build a variant of `source` under `rule`; write it and its manifest atomically.
+
+    `fmt=None` takes the format from `out`'s suffix (.json, .jsonl, .parquet), else JSON.
+    """
+    fmt = output_format(out, fmt)
     if out is not None:
         check_writable([out, manifest_path(out)], force)
     [measured], cache, identity = _measure_all([source], options, progress)

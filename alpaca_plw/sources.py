@@ -163,19 +163,37 @@ def _dir_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hub_failure(name: str, exc: BaseException) -> InputError:
+    detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+    return InputError(
+        f"{name}: no local file or folder of that name, and it cannot be loaded as a Hugging Face "
+        f"hub dataset ({type(exc).__name__}: {detail}). Offline, download it elsewhere and pass a "
+        "local path as SOURCE: a .json/.jsonl/.parquet/.csv file or a directory written by "
+        "datasets.save_to_disk"
+    )
+
+
+def _probe_hub(name: str) -> None:
+    """Fail fast when the hub cannot be reached (the datasets client retries for ~25 s)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return  # offline mode: datasets answers from its cache or fails at once
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info(name, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - connection, DNS, not-found and auth errors alike
+        raise _hub_failure(name, exc) from None
+
+
 def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
     source = Source(name=f"{name}:{split}", path=name, kind="hub")
+    _probe_hub(name)
     try:
         from datasets import load_dataset
 
         dataset = load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
-        raise InputError(
-            f"{name}: cannot load it as a Hugging Face hub dataset ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}). Offline, download it "
-            "elsewhere and pass a local path as SOURCE: a .json/.jsonl/.parquet/.csv file or a "
-            "directory written by datasets.save_to_disk"
-        ) from None
+        raise _hub_failure(name, exc) from None
     fingerprint = getattr(dataset, "_fingerprint", None)
     source = Source(name=source.name, path=name, kind="hub", sha256=fingerprint)
     return _load_table(dataset.data.table, source, columns)

@@ -311,9 +311,6 @@ def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, run_cli, sampl
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli._fail prints error messages with rich markup on, "
-                   "so '[plot]' in \"pip install 'alpaca-plw[plot]'\" (and any [tag]-like text in a "
-                   "quoted bad value) is swallowed as a style tag")
 def test_plot_without_matplotlib_names_the_plot_extra(tmp_path, run_cli, sample_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code, _, stderr = run_cli(["stats", sample_path, "--plot", tmp_path / "lengths.png"])
@@ -321,8 +318,6 @@ def test_plot_without_matplotlib_names_the_plot_extra(tmp_path, run_cli, sample_
     assert "pip install 'alpaca-plw[plot]'" in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cli._fail prints error messages with rich markup on, "
-                   "so a bad value quoted in the message loses any [tag]-like text")
 def test_error_message_quotes_bad_value_verbatim(tmp_path, run_cli):
     source = write_json(tmp_path / "tagged.json",
                         [{"instruction": "Hi", "input": "", "output": {"note": "[bold]x"}}])
