@@ -12,7 +12,7 @@ def test_output_suffix_chooses_the_format(run_cli, sample_path, sample_records, 
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(sample_records)
     assert set(json.loads(lines[0])) == {"instruction", "input", "output"}
-    parquet = tmp_path / "short.parquet"
+    parquet = tmp_path / "short-p.parquet"
     code, _, err = run_cli(["build-short", str(sample_path), "-o", str(parquet)])
     assert code == 0, err
     assert pq.read_table(parquet).num_rows == len(sample_records)
