@@ -143,11 +143,12 @@ def build(records: Records, lengths: FieldLengths, rule: BuildRule, cache: Lengt
             rgs = _prefix_rg(out_p.sum(), out_c.sum(), -out_p[order2], -out_c[order2])
             m = _closest(rgs, target)
             dropped = order2[:m]
-            action[dropped] = DROPPED
             for q, i in enumerate(dropped.tolist(), start=1):
-                reasons[i] = (f"post-swap ratio {post[i]:.4g} ranks {q} of {n}; the {m} highest are "
-                              f"left out: target R_g {target:g} is below the swap floor "
+                reasons[i] = ("swapped, then left out: " if action[i] == SWAPPED else "left out: ") + (
+                              f"post-swap ratio {post[i]:.4g} ranks {q} of {n}; the {m} highest go "
+                              f"because target R_g {target:g} is below the swap floor "
                               f"{summary['swap_floor_rg']:g}")
+            action[dropped] = DROPPED
             summary["dropped_for_target"] = m
             achieved = rgs[m]
         summary["achieved_rg"] = round(float(achieved), 6)

@@ -21,10 +21,14 @@ class TokenizerError(PLWError):
     exit_code = 2
 
 
-class OutputExistsError(PLWError):
-    """The output path exists and `--force` was not given."""
+class OutputError(PLWError):
+    """An output cannot be written where asked (not a folder, not writable, or the source itself)."""
 
     exit_code = 3
+
+
+class OutputExistsError(OutputError):
+    """The output path exists and `--force` was not given."""
 
 
 class TargetError(PLWError):

@@ -8,17 +8,21 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alpaca_plw.errors import ConfigError, OutputExistsError
+from alpaca_plw.errors import ConfigError, OutputError, OutputExistsError
 from alpaca_plw.records import Records
 
 RECORD_FORMATS = ("json", "jsonl", "parquet")
 
 
-def check_writable(paths: Sequence[Path], force: bool) -> None:
-    """Refuse (before any work is written) when an output exists and `force` is off."""
+def check_writable(paths: Sequence[Path], force: bool, source: Path | None = None) -> None:
+    """Refuse (before any work is written) when an output exists and `force` is off, or when an
+    output is the source itself (inputs are never modified, `--force` or not)."""
     for path in paths:
+        if source is not None and path.exists() and path.resolve() == source.resolve():
+            raise OutputError(f"{path}: is the source dataset; inputs are never overwritten, "
+                              "choose another -o")
         if path.is_dir():
-            raise OutputExistsError(f"{path}: is a directory; give a file name")
+            raise OutputError(f"{path}: is a directory; give a file name")
         if path.exists() and not force:
             raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
 
@@ -37,7 +41,7 @@ def atomic_write_many(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> N
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
             except OSError as exc:
-                raise OutputExistsError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+                raise OutputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
             os.close(fd)
             temps.append(Path(name))
             write(temps[-1])

@@ -14,7 +14,7 @@ from alpaca_plw.lengths import LengthCache, Progress, measure
 from alpaca_plw.output import (atomic_write_many, check_writable, manifest_json, text_writer,
                                write_records)
 from alpaca_plw.records import ColumnMap, Records
-from alpaca_plw.sources import load_records
+from alpaca_plw.sources import default_source, load_records
 from alpaca_plw.stats import DatasetStats, compute_stats
 from alpaca_plw.tokenizer import load_tokenizer
 
@@ -101,12 +101,14 @@ def build_dataset(
     `fmt=None` takes the format from `out`'s suffix (.json, .jsonl, .parquet), else JSON.
     """
     fmt = output_format(out, fmt)
+    local = Path(source) if source is not None else default_source()
+    local = local if local.exists() else None
     if out is not None:
-        check_writable([out, manifest_path(out)], force)
+        check_writable([out, manifest_path(out)], force, local)
     [measured], cache, identity = _measure_all([source], options, progress)
     records = measured.records
     out = out or default_output(records.source.name, rule, fmt)
-    check_writable([out, manifest_path(out)], force)
+    check_writable([out, manifest_path(out)], force, local)
     result = build(records, measured.lengths, rule, cache)
     stats = compute_stats(out.name, result.lengths, identity)
     output_index = (result.action != DROPPED).cumsum() - 1
@@ -158,6 +160,11 @@ def make_weights(
     from alpaca_plw.weights_store import check_output_dir, to_table, write_weights_dir
 
     check_output_dir(out_dir, force)
+    if source is not None and Path(source).exists() and out_dir.exists() \
+            and Path(source).resolve() == out_dir.resolve():
+        from alpaca_plw.errors import OutputError
+
+        raise OutputError(f"{out_dir}: is the source dataset; inputs are never overwritten")
     if plw != "auto":
         check_plw(float(plw))
     tokenizer = load_tokenizer(options.tokenizer)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.errors import InputError, OutputExistsError
+from alpaca_plw.errors import InputError, OutputError, OutputExistsError
 from alpaca_plw.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -70,13 +70,13 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
 def check_output_dir(out_dir: Path, force: bool) -> None:
     """Refuse before any work: an existing output without `force`, or a path that cannot be a folder."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(f"{out_dir}: exists and is not a directory")
+        raise OutputError(f"{out_dir}: exists and is not a directory")
     if out_dir.exists() and not force:
         raise OutputExistsError(f"{out_dir}: already exists; pass --force to overwrite it")
     for parent in out_dir.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise OutputExistsError(f"{out_dir}: cannot create it, {parent} is a file")
+                raise OutputError(f"{out_dir}: cannot create it, {parent} is a file")
             break
 
 
@@ -87,7 +87,7 @@ def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     except OSError as exc:
-        raise OutputExistsError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
+        raise OutputError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
     try:
         _write_dir(tmp, table)
         os.chmod(tmp, 0o755)

@@ -33,3 +33,25 @@ def test_hub_id_fails_fast_with_the_local_path_option(run_cli, monkeypatch):
     assert code != 0
     assert "cannot be loaded as a Hugging Face hub dataset" in err
     assert "pass a local path as SOURCE" in err
+
+
+def test_building_over_the_source_is_refused_even_with_force(run_cli, tmp_path, sample_path):
+    source = tmp_path / "data.json"
+    source.write_bytes(sample_path.read_bytes())
+    before = source.read_bytes()
+    code, _, err = run_cli(["build-short", str(source), "-o", str(source), "--force"])
+    assert code == 3
+    assert "is the source dataset" in err
+    assert source.read_bytes() == before
+    assert not (tmp_path / "data.manifest.json").exists()
+
+
+def test_swapped_then_dropped_records_say_so_in_the_manifest(run_cli, sample_path, tmp_path):
+    out = tmp_path / "tiny.json"
+    code, _, err = run_cli(["build-tiny", str(sample_path), "-o", str(out)])
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "tiny.manifest.json").read_text(encoding="utf-8"))
+    dropped = [r for r in manifest["provenance"] if r["action"] == "dropped"]
+    assert dropped and all(r["output_index"] is None for r in dropped)
+    assert {r["reason"].split(":")[0] for r in dropped} <= {"swapped, then left out", "left out"}
+    assert any(r["reason"].startswith("swapped, then left out") for r in dropped)
