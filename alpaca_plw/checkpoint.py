@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from alpaca_plw.output import atomic_write_dir
 
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -30,24 +30,14 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict | None = None) -> None:
     """Save model (from `state_dict`, already gathered) and tokenizer into `target` atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         if extra is not None:
             torch.save(extra, tmp / STATE_FILE)
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    atomic_write_dir(target, write)
 
 
 def save_final(output_dir: Path, model, state_dict, tokenizer) -> None:

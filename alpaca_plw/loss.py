@@ -57,14 +57,19 @@ def loss_terms(
     computed, so at PLW 0 the prompt sums are 0 over 0 tokens.
     """
     selected = weights > 0
-    w = weights[selected].float()
-    if w.numel() == 0:
-        # Keep the graph connected so that every rank still runs a backward pass.
-        zero = logits.sum() * 0.0
-        nothing = torch.zeros((), device=logits.device)
-        return LossTerms(zero, nothing, nothing, nothing, nothing, nothing)
+    if not bool(selected.any()):
+        return _no_terms(logits)
     token_loss = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none")
-    is_prompt = prompt_mask[selected]
+    return _terms(token_loss, weights[selected].float(), prompt_mask[selected])
+
+
+def _no_terms(source: torch.Tensor) -> LossTerms:
+    """All sums 0; the zero loss stays attached to the graph so every rank still runs backward."""
+    nothing = torch.zeros((), device=source.device)
+    return LossTerms(source.sum() * 0.0, nothing, nothing, nothing, nothing, nothing)
+
+
+def _terms(token_loss: torch.Tensor, w: torch.Tensor, is_prompt: torch.Tensor) -> LossTerms:
     plain = token_loss.detach()
     return LossTerms(
         weighted_sum=(token_loss * w).sum(),
@@ -96,25 +101,12 @@ def chunked_loss_terms(
 
     selected = weights > 0
     if not bool(selected.any()):
-        zero = hidden.sum() * 0.0
-        nothing = torch.zeros((), device=hidden.device)
-        return LossTerms(zero, nothing, nothing, nothing, nothing, nothing)
+        return _no_terms(hidden)
     h = hidden[selected]
     t = targets[selected]
-    w = weights[selected].float()
     pieces = [
         checkpoint(_chunk_losses, h[i : i + chunk_size], lm_head.weight, lm_head.bias,
                    t[i : i + chunk_size], use_reentrant=False)
         for i in range(0, h.shape[0], chunk_size)
     ]
-    token_loss = torch.cat(pieces)
-    is_prompt = prompt_mask[selected]
-    plain = token_loss.detach()
-    return LossTerms(
-        weighted_sum=(token_loss * w).sum(),
-        weight_sum=w.sum(),
-        prompt_loss_sum=plain[is_prompt].sum(),
-        prompt_count=is_prompt.sum().float(),
-        completion_loss_sum=plain[~is_prompt].sum(),
-        completion_count=(~is_prompt).sum().float(),
-    )
+    return _terms(torch.cat(pieces), weights[selected].float(), prompt_mask[selected])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,29 @@ def atomic_write_many(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> N
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
+
+
+def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a new temporary folder beside `target`, then swap it into place (an
+    existing `target` is moved aside first and removed after the swap)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 
 def canonical_json(obj: object) -> str:

@@ -82,7 +82,7 @@ def tokenize_sequences(
         stop = min(start + _CHUNK, n)
         prompts = [format_prompt(records.instruction[i], records.input[i]) for i in range(start, stop)]
         prompt_ids = tokenizer.encode_batch(prompts)
-        full = tokenizer.encode_batch([p + records.output[i] for p, i in zip(prompts, range(start, stop))])
+        full = tokenizer.encode_batch([p + o for p, o in zip(prompts, records.output[start:stop])])
         flat, lengths = _flatten([head + ids + [tokenizer.eos_id] for ids in full])
         chunks.append(flat)
         seq_lengths.append(lengths)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from alpaca_plw.errors import InputError, OutputError, OutputExistsError
+from alpaca_plw.output import atomic_write_dir
 from alpaca_plw.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -83,24 +81,7 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
 def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
     """Write into a temporary folder beside `out_dir`, then move it into place."""
     check_output_dir(out_dir, force)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise OutputError(f"{out_dir}: cannot create it ({exc.strerror or exc})") from None
-    try:
-        _write_dir(tmp, table)
-        os.chmod(tmp, 0o755)
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    atomic_write_dir(out_dir, lambda tmp: _write_dir(tmp, table))
 
 
 @dataclass

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from alpaca_plw.batches import DataOrder, SequenceStore, collate  # noqa: E402
 from alpaca_plw.pipeline import DataOptions, make_weights  # noqa: E402
 from alpaca_plw.train_config import TrainConfig  # noqa: E402
 from alpaca_plw.trainer import train  # noqa: E402
-from alpaca_plw.weights_store import ARROW_FILE, read_weights_dir  # noqa: E402
+from alpaca_plw.weights_store import read_weights_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 PEAK_TFLOPS = {"cuda": 790.0, "cpu": None}
