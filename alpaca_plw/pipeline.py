@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alpaca_plw import __version__
 from alpaca_plw.build import ACTION_NAMES, DROPPED, BuildRule, build
-from alpaca_plw.lengths import LengthCache, Progress, measure
+from alpaca_plw.lengths import FieldLengths, LengthCache, Progress, measure
 from alpaca_plw.output import (atomic_write_many, check_writable, manifest_json, text_writer,
                                write_records)
 from alpaca_plw.records import ColumnMap, Records
@@ -31,7 +31,7 @@ class DataOptions:
 @dataclass
 class Measured:
     records: Records
-    lengths: object
+    lengths: FieldLengths
     stats: DatasetStats
 
 
@@ -103,12 +103,13 @@ def build_dataset(
     fmt = output_format(out, fmt)
     local = Path(source) if source is not None else default_source()
     local = local if local.exists() else None
-    if out is not None:
+    if out is not None:  # refuse before tokenizing when the output is known up front
         check_writable([out, manifest_path(out)], force, local)
     [measured], cache, identity = _measure_all([source], options, progress)
     records = measured.records
-    out = out or default_output(records.source.name, rule, fmt)
-    check_writable([out, manifest_path(out)], force, local)
+    if out is None:
+        out = default_output(records.source.name, rule, fmt)
+        check_writable([out, manifest_path(out)], force, local)
     result = build(records, measured.lengths, rule, cache)
     stats = compute_stats(out.name, result.lengths, identity)
     output_index = (result.action != DROPPED).cumsum() - 1

@@ -186,7 +186,6 @@ def _probe_hub(name: str) -> None:
 
 
 def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
-    source = Source(name=f"{name}:{split}", path=name, kind="hub")
     _probe_hub(name)
     try:
         from datasets import load_dataset
@@ -194,8 +193,8 @@ def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
         dataset = load_dataset(name, split=split)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
         raise _hub_failure(name, exc) from None
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    source = Source(name=source.name, path=name, kind="hub", sha256=fingerprint)
+    source = Source(name=f"{name}:{split}", path=name, kind="hub",
+                    sha256=getattr(dataset, "_fingerprint", None))
     return _load_table(dataset.data.table, source, columns)
 
 

@@ -171,7 +171,7 @@ def _wrap(model, cfg: TrainConfig, d: Dist):
     return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
 
-def _state_dicts(model, optimizer, d: Dist, cfg: TrainConfig):
+def _state_dicts(model, optimizer, d: Dist):
     """Full (unsharded) state dicts, gathered: the Hugging Face model's (keys as `save_pretrained`
     expects them) and the optimizer's."""
     if d.world == 1:
@@ -322,10 +322,10 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
             _append_log(log_path, record)
         if cfg.save_steps and (step + 1) % cfg.save_steps == 0 and step + 1 < plan.steps:
             _save(cfg.output_dir / f"checkpoint-{step + 1}", model, optimizer, scheduler,
-                  hf_tokenizer, step + 1, d, cfg)
+                  hf_tokenizer, step + 1, d)
         if on_step and d.is_main:
             on_step(record)
-    model_state, _ = _state_dicts(model, optimizer, d, cfg)
+    model_state, _ = _state_dicts(model, optimizer, d)
     if d.is_main:
         save_final(cfg.output_dir, _unwrap(model), model_state, hf_tokenizer)
     d.barrier()
@@ -345,8 +345,8 @@ def _micro_batches(order: DataOrder, step: int, d: Dist, plan: Plan, store) -> l
     return mine + [np.zeros(0, dtype=np.int64)] * (most - len(mine))
 
 
-def _save(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist, cfg) -> None:
-    model_state, optim_state = _state_dicts(model, optimizer, d, cfg)
+def _save(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
+    model_state, optim_state = _state_dicts(model, optimizer, d)
     if d.is_main:
         extra = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
         save_pretrained_dir(target, _unwrap(model), model_state, tokenizer, extra)

@@ -67,7 +67,7 @@ def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tokenize_sequences(
-    records: Records, tokenizer: Tokenizer, max_length: int, progress: Progress | None = None
+    records: Records, tokenizer: Tokenizer, progress: Progress | None = None
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Token ids of BOS + prompt + output + EOS per record, and the prompt boundary per record.
 
@@ -105,7 +105,7 @@ def build_weights(
     check_plw(plw)
     if max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {max_length}")
-    chunks, seq_len, prompt_len = tokenize_sequences(records, tokenizer, max_length, progress)
+    chunks, seq_len, prompt_len = tokenize_sequences(records, tokenizer, progress)
     ids_all = np.concatenate(chunks)
     starts = np.concatenate(([0], np.cumsum(seq_len)[:-1]))
     keep = prompt_len < max_length
