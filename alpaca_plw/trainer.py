@@ -153,7 +153,10 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
 
 def _wrap(model, cfg: TrainConfig, d: Dist):
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = WeightedCausalLM(model, cfg.loss_chunk or None)
     model.to(d.device)
     if cfg.compile:

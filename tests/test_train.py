@@ -102,6 +102,21 @@ def test_chunked_loss_training_equals_full_logits(weights_dir, tiny_model, tmp_p
     _assert_params_close(_params(full), _params(chunked))
 
 
+def test_gradient_checkpointing_training_equals_plain(weights_dir, tiny_model, tmp_path):
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    train(_config(weights_dir, tiny_model, plain))
+    train(_config(weights_dir, tiny_model, recomputed, gradient_checkpointing=True))
+    _assert_params_close(_params(plain), _params(recomputed))
+    from alpaca_plw.distributed import Dist
+    from alpaca_plw.trainer import _wrap
+    from transformers import AutoModelForCausalLM
+
+    wrapped = _wrap(AutoModelForCausalLM.from_pretrained(tiny_model),
+                    _config(weights_dir, tiny_model, tmp_path / "x", gradient_checkpointing=True),
+                    Dist(0, 1, 0, torch.device("cpu")))
+    assert wrapped.model.is_activation_checkpointing
+
+
 def test_log_has_the_documented_keys_and_finite_losses(weights_dir, tiny_model, tmp_path):
     train(_config(weights_dir, tiny_model, tmp_path / "run"))
     log = _log(tmp_path / "run")
