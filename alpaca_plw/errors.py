@@ -47,3 +47,9 @@ def abbreviate(value: object, limit: int = 60) -> str:
     """`repr(value)` cut to `limit` characters, for error messages that quote bad input."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class MissingExtraError(PLWError):
+    """A feature needs an optional dependency (a pip extra) that is not installed."""
+
+    exit_code = 5

@@ -1,10 +1,10 @@
 """Regenerate the golden files in tests/golden/ (run: `python tests/regen_golden.py`).
 
-The data goldens (`generate` below) and, after them, the weights golden of tests/test_weights.py.
+The data goldens (`generate` below) and, after them, the weights golden of tests/data/test_weights.py.
 
 Every golden file is produced by the real `alpaca-plw` entry point run from the repository root on
 `data/sample.json` (a relative path, so manifests hold no absolute path) with the shared LLaMA
-tokenizer at ../shared/tokenizers/llama. tests/test_golden.py runs the same `generate` and
+tokenizer at ../shared/tokenizers/llama. tests/data/test_golden.py runs the same `generate` and
 compares byte for byte. Explain every change to these files in CHANGELOG.md.
 """
 
@@ -72,12 +72,13 @@ def main() -> None:
         print(f"{'updated' if changed else 'unchanged'}: {path.relative_to(REPO_ROOT)}")
 
 
-# --- tests/golden/weights_handcrafted.json, owned by tests/test_weights.py ----------------------
+# --- tests/golden/weights_handcrafted.json, owned by tests/data/test_weights.py ----------------------
 # Kept apart from `generate` above: it pins `alpaca-plw weights` on tests/fixtures/weights_records.json
-# and is compared by tests/test_weights.py. main() leaves golden files it does not list alone.
+# and is compared by tests/data/test_weights.py. main() leaves golden files it does not list alone.
 
 def regen_weights_golden() -> None:
     """Rewrite tests/golden/weights_handcrafted.json (the same code as `test_weights.py --regen`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
     import test_weights
 
     test_weights.regenerate_golden()

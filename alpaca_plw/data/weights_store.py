@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from alpaca_plw.errors import InputError, OutputError, OutputExistsError
-from alpaca_plw.output import atomic_write_dir
-from alpaca_plw.weights import TokenizedWeights
+from alpaca_plw.data.output import atomic_write_dir
+from alpaca_plw.data.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
 META_KEY = b"alpaca_plw"

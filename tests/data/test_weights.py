@@ -6,7 +6,7 @@ boundary or truncation drifts. The golden file pins the whole output of one run 
 fixture; regenerate it only on purpose, and explain the change in CHANGELOG.md:
 
     python tests/regen_golden.py        # every golden file, this one included
-    python tests/test_weights.py --regen   # this one alone
+    python tests/data/test_weights.py --regen   # this one alone
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LLAMA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "llama"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LLAMA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers" / "llama"
 FIXTURE = Path("tests") / "fixtures" / "weights_records.json"  # relative to REPO_ROOT, as the CLI sees it
 GOLDEN = REPO_ROOT / "tests" / "golden" / "weights_handcrafted.json"
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -202,7 +202,7 @@ def test_fixture_holds_every_case(fixture_records, ref):
 # --- the golden file -------------------------------------------------------------------------
 
 def test_handcrafted_ids_and_weights_match_golden_exactly(handcrafted):
-    assert GOLDEN.is_file(), f"missing {GOLDEN}; create it with `python tests/test_weights.py --regen`"
+    assert GOLDEN.is_file(), f"missing {GOLDEN}; create it with `python tests/data/test_weights.py --regen`"
     assert canonical(golden_view(handcrafted[0])) == GOLDEN.read_text(encoding="utf-8")
 
 
@@ -316,9 +316,9 @@ def test_boundary_is_capped_so_eos_weighs_one_when_the_joint_text_is_shorter():
     The LLaMA vocabulary cannot do this after "### Response:", so a stub tokenizer does: it
     encodes any text ending in "#" as one token, and others as one token per character.
     """
-    from alpaca_plw.records import Records, Source
-    from alpaca_plw.tokenizer import Tokenizer
-    from alpaca_plw.weights import build_weights
+    from alpaca_plw.data.records import Records, Source
+    from alpaca_plw.data.tokenizer import Tokenizer
+    from alpaca_plw.data.weights import build_weights
 
     def encode(texts, add_special_tokens=False):
         return {"input_ids": [[7] if t.endswith("#") else [5] * len(t) for t in texts]}
@@ -381,7 +381,7 @@ def test_two_runs_write_byte_identical_files(handcrafted, tmp_path):
 
 
 def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
-    from alpaca_plw.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_store import read_weights_dir
 
     table, meta = handcrafted_table
     data = read_weights_dir(handcrafted[0])
@@ -392,7 +392,7 @@ def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
 
 def test_weights_dir_missing_a_column_is_refused_naming_it(tmp_path):
     from alpaca_plw.errors import InputError
-    from alpaca_plw.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_store import read_weights_dir
 
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -593,5 +593,5 @@ def regenerate_golden() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regen"]:
-        raise SystemExit("usage: python tests/test_weights.py --regen")
+        raise SystemExit("usage: python tests/data/test_weights.py --regen")
     regenerate_golden()

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_plw import __version__
-from alpaca_plw.build import ACTION_NAMES, DROPPED, BuildRule, build
-from alpaca_plw.lengths import FieldLengths, LengthCache, Progress, measure
-from alpaca_plw.output import (atomic_write_many, check_writable, manifest_json, text_writer,
+from alpaca_plw.data.build import ACTION_NAMES, DROPPED, BuildRule, build
+from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
+from alpaca_plw.data.output import (atomic_write_many, check_writable, manifest_json, text_writer,
                                write_records)
-from alpaca_plw.records import ColumnMap, Records
-from alpaca_plw.sources import default_source, load_records
-from alpaca_plw.stats import DatasetStats, compute_stats
-from alpaca_plw.tokenizer import load_tokenizer
+from alpaca_plw.data.records import ColumnMap, Records
+from alpaca_plw.data.sources import default_source, load_records
+from alpaca_plw.data.stats import DatasetStats, compute_stats
+from alpaca_plw.data.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
 
 def output_format(out: Path | None, fmt: str | None) -> str:
     from alpaca_plw.errors import ConfigError
-    from alpaca_plw.output import RECORD_FORMATS
+    from alpaca_plw.data.output import RECORD_FORMATS
 
     implied = out.suffix.lower().lstrip(".") if out is not None else ""
     implied = implied if implied in RECORD_FORMATS else None
@@ -156,9 +156,9 @@ def make_weights(
 
     `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
     """
-    from alpaca_plw.guide import recommend
-    from alpaca_plw.weights import build_weights, check_plw
-    from alpaca_plw.weights_store import check_output_dir, to_table, write_weights_dir
+    from alpaca_plw.data.guide import recommend
+    from alpaca_plw.data.weights import build_weights, check_plw
+    from alpaca_plw.data.weights_store import check_output_dir, to_table, write_weights_dir
 
     check_output_dir(out_dir, force)
     if source is not None and Path(source).exists() and out_dir.exists() \

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from alpaca_plw.loss import LossTerms, chunked_loss_terms, loss_terms
+from alpaca_plw.train.loss import LossTerms, chunked_loss_terms, loss_terms
 
 
 def supports_chunked_loss(model) -> bool:

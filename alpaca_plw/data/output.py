@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from alpaca_plw.errors import ConfigError, OutputError, OutputExistsError
-from alpaca_plw.records import Records
+from alpaca_plw.data.records import Records
 
 RECORD_FORMATS = ("json", "jsonl", "parquet")
 

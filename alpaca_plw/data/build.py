@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from alpaca_plw.errors import ConfigError, TargetError
-from alpaca_plw.lengths import FieldLengths, LengthCache
-from alpaca_plw.records import Records, Source
-from alpaca_plw.swap import swapped_instruction
+from alpaca_plw.data.lengths import FieldLengths, LengthCache
+from alpaca_plw.data.records import Records, Source
+from alpaca_plw.data.swap import swapped_instruction
 
 KEPT, SWAPPED, DROPPED = 0, 1, 2
 ACTION_NAMES = ("kept", "swapped", "dropped")

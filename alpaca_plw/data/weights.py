@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.lengths import Progress
-from alpaca_plw.records import Records
-from alpaca_plw.template import format_prompt
-from alpaca_plw.tokenizer import Tokenizer
+from alpaca_plw.data.lengths import Progress
+from alpaca_plw.data.records import Records
+from alpaca_plw.data.template import format_prompt
+from alpaca_plw.data.tokenizer import Tokenizer
 
 _CHUNK = 2048
 

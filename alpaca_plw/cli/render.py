@@ -2,40 +2,93 @@
 
 from __future__ import annotations
 
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from alpaca_plw.stats import DatasetStats
+from alpaca_plw.data.stats import DatasetStats
 
 
 def _ms(field: dict[str, float]) -> str:
     return f"{field['mean']:.1f} ({field['std']:.1f})"
 
 
-def stats_table(rows: list[DatasetStats]) -> Group:
-    """The paper's statistics layout, plus ratio summaries and the guide's recommendation."""
-    table = Table(title="Token statistics: mean (std); std is the population std",
-                  title_justify="left")
-    for name, justify in [("Dataset", "left"), ("Records", "right"), ("Instruction", "right"),
-                          ("Input", "right"), ("Completion", "right"), ("Total tokens", "right"),
-                          ("R_g", "right"), ("Mean ratio", "right"), ("Median ratio", "right"),
-                          ("PLW all / MC / gen", "right")]:
-        table.add_column(name, justify=justify)
-    notes = []
+_STATS_COLUMNS = [("Dataset", "left"), ("Records", "right"), ("Instruction", "right"),
+                  ("Input", "right"), ("Completion", "right"), ("Total tokens", "right"),
+                  ("R_g", "right"), ("Mean ratio", "right"), ("Median ratio", "right"),
+                  ("PLW all / MC / gen", "right")]
+_LENGTHS, _RATIOS = _STATS_COLUMNS[:6], [_STATS_COLUMNS[0], *_STATS_COLUMNS[6:]]
+
+
+def _stats_cells(s: DatasetStats) -> dict[str, str]:
+    rec = s.recommended_plw
+    return {"Dataset": s.dataset, "Records": f"{s.records:,}", "Instruction": _ms(s.instruction),
+            "Input": _ms(s.input), "Completion": _ms(s.completion),
+            "Total tokens": f"{s.total_tokens:,}", "R_g": f"{s.rg:.3f}",
+            "Mean ratio": f"{s.rg_mean_of_ratios:.3f}", "Median ratio": f"{s.rg_median:.3f}",
+            "PLW all / MC / gen": f"{rec.all:.3f} / {rec.mc:.3f} / {rec.gen:.3f}"}
+
+
+def _table(rows: list[DatasetStats], columns, title: str | None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        table.add_column(name, justify=justify, no_wrap=name != "Dataset")
     for s in rows:
-        rec = s.recommended_plw
-        table.add_row(s.dataset, f"{s.records:,}", _ms(s.instruction), _ms(s.input),
-                      _ms(s.completion), f"{s.total_tokens:,}", f"{s.rg:.3f}",
-                      f"{s.rg_mean_of_ratios:.3f}", f"{s.rg_median:.3f}",
-                      f"{rec.all:.3f} / {rec.mc:.3f} / {rec.gen:.3f}")
-        notes.append(Text(f"{s.dataset}: {rec.note}."))
-    tok = rows[0].tokenizer if rows else {}
-    footer = Text(
-        "R_g = sum(completion tokens) / sum(prompt tokens). Mean/median ratio: of per-record "
-        f"completion/prompt ratios. Tokenizer: {tok.get('name')} ({tok.get('backend')}).",
-        style="dim")
-    return Group(table, *notes, footer)
+        cells = _stats_cells(s)
+        table.add_row(*(cells[name] for name, _ in columns))
+    return table
+
+
+def _vertical(rows: list[DatasetStats]) -> list[Table]:
+    tables = []
+    for s in rows:
+        table = Table(title=s.dataset, title_justify="left", show_header=False)
+        table.add_column("what")
+        table.add_column("value", justify="right", no_wrap=True)
+        for name, value in _stats_cells(s).items():
+            if name != "Dataset":
+                table.add_row(name, value)
+        tables.append(table)
+    return tables
+
+
+class StatsView:
+    """The paper's statistics layout, at the widest layout that fits the console: one table; at
+    80 columns two (lengths, then ratios and PLW); narrower still, one vertical table per dataset.
+    Numbers are never cut or wrapped."""
+
+    title = "Token statistics: mean (std); std is the population std"
+
+    def __init__(self, rows: list[DatasetStats]):
+        self.rows = rows
+
+    def _width(self, columns) -> int:
+        """Columns needed to show `columns` unabridged: widest cell + 2 padding + 1 border each."""
+        from rich.cells import cell_len
+
+        cells = [_stats_cells(s) for s in self.rows]
+        return 1 + sum(3 + max([cell_len(name)] + [cell_len(c[name]) for c in cells])
+                       for name, _ in columns)
+
+    def __rich_console__(self, console, options):
+        width = options.max_width
+        if self._width(_STATS_COLUMNS) <= width:
+            chosen = [_table(self.rows, _STATS_COLUMNS, self.title)]
+        elif max(self._width(_LENGTHS), self._width(_RATIOS)) <= width:
+            chosen = [_table(self.rows, _LENGTHS, self.title), _table(self.rows, _RATIOS, None)]
+        else:
+            chosen = [Text(self.title), *_vertical(self.rows)]
+        yield from chosen
+        for s in self.rows:
+            yield Text(f"{s.dataset}: {s.recommended_plw.note}.")
+        tok = self.rows[0].tokenizer if self.rows else {}
+        yield Text("R_g = sum(completion tokens) / sum(prompt tokens). Mean/median ratio: of "
+                   "per-record completion/prompt ratios. Tokenizer: "
+                   f"{tok.get('name')} ({tok.get('backend')}).", style="dim")
+
+
+def stats_table(rows: list[DatasetStats]) -> StatsView:
+    """The paper's statistics layout, plus ratio summaries and the guide's recommendation."""
+    return StatsView(rows)
 
 
 def build_summary(built) -> Text:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alpaca_plw.guide import Recommendation, recommend
-from alpaca_plw.lengths import FieldLengths
+from alpaca_plw.data.guide import Recommendation, recommend
+from alpaca_plw.data.lengths import FieldLengths
 
 STATS_KEYS = (
     "dataset", "records", "instruction", "input", "completion", "prompt", "total_tokens",

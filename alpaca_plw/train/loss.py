@@ -1,6 +1,6 @@
 """The weighted token loss: a small pure function over one micro-batch.
 
-Targets are already shifted (see `alpaca_plw.batches`): position t of `targets` is the token the
+Targets are already shifted (see `alpaca_plw.train.batches`): position t of `targets` is the token the
 model must predict from position t of its input, and `weights[t]` is that target token's loss weight
 (0 for padding, for the position after a record's last token, and for masked prompt tokens).
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alpaca_plw.batches import MicroBatch, SequenceStore
+from alpaca_plw.train.batches import MicroBatch, SequenceStore
 
 
 def pack_records(indices: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:

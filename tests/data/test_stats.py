@@ -43,14 +43,14 @@ def _stats_json(run_cli, *args) -> list[dict]:
 
 @pytest.mark.parametrize("row", REF_GUIDE, ids=[f"rg{r[0]}" for r in REF_GUIDE])
 def test_guide_rows_are_reproduced_exactly(row):
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     rec = recommend(row[0])
     assert (rec.all, rec.mc, rec.gen) == row[1:]
 
 
 def test_guide_midpoint_1_25_interpolates_linearly():
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     rec = recommend(1.25)
     assert rec.all == 0.169  # (0.155 + 0.183) / 2
@@ -62,7 +62,7 @@ def test_guide_midpoint_1_25_interpolates_linearly():
 @pytest.mark.parametrize("lo,hi", list(itertools.pairwise(REF_GUIDE)),
                          ids=[f"{a[0]}-{b[0]}" for a, b in itertools.pairwise(REF_GUIDE)])
 def test_guide_every_midpoint_is_the_mean_of_its_rows(lo, hi):
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     rec = recommend((lo[0] + hi[0]) / 2)
     for got, a, b in zip((rec.all, rec.mc, rec.gen), lo[1:], hi[1:]):
@@ -71,7 +71,7 @@ def test_guide_every_midpoint_is_the_mean_of_its_rows(lo, hi):
 
 @pytest.mark.parametrize("rg", [0.0, 0.042, 0.082, 0.499])
 def test_guide_below_0_5_uses_the_0_5_row_and_says_so(rg):
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     rec = recommend(rg)
     assert (rec.all, rec.mc, rec.gen) == (0.155, 0.155, 0.292)
@@ -80,20 +80,20 @@ def test_guide_below_0_5_uses_the_0_5_row_and_says_so(rg):
 
 @pytest.mark.parametrize("rg", [2.5, 3.28, 4.6, 8.0, 12.0])
 def test_guide_at_or_above_2_5_says_plw_barely_matters(rg):
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     assert "barely matters" in recommend(rg).note
 
 
 @pytest.mark.parametrize("rg", [0.5, 1.0, 1.9, 2.49])
 def test_guide_below_2_5_does_not_say_plw_barely_matters(rg):
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     assert "barely matters" not in recommend(rg).note
 
 
 def test_guide_above_8_uses_the_8_row():
-    from alpaca_plw.guide import recommend
+    from alpaca_plw.data.guide import recommend
 
     rec = recommend(20.0)
     assert (rec.all, rec.mc, rec.gen) == (1.0, 1.0, 0.654)
@@ -183,7 +183,7 @@ class CountingTokenizer:
 
 
 def test_length_cache_tokenizes_each_distinct_text_once(sp_counter):
-    from alpaca_plw.lengths import LengthCache
+    from alpaca_plw.data.lengths import LengthCache
 
     tok = CountingTokenizer(sp_counter.sp)
     cache = LengthCache(tok)
@@ -195,9 +195,9 @@ def test_length_cache_tokenizes_each_distinct_text_once(sp_counter):
 
 
 def test_builder_measures_only_new_swapped_texts(sample_path, sample_records, sp_counter):
-    from alpaca_plw.build import MEDIUM, SHORT, build
-    from alpaca_plw.lengths import LengthCache, measure
-    from alpaca_plw.sources import load_records
+    from alpaca_plw.data.build import MEDIUM, SHORT, build
+    from alpaca_plw.data.lengths import LengthCache, measure
+    from alpaca_plw.data.sources import load_records
 
     tok = CountingTokenizer(sp_counter.sp)
     cache = LengthCache(tok)
@@ -214,9 +214,9 @@ def test_builder_measures_only_new_swapped_texts(sample_path, sample_records, sp
 
 
 def test_pipeline_tokenizes_each_distinct_text_once_per_run(tmp_path, monkeypatch, llama_dir):
-    from alpaca_plw import pipeline
-    from alpaca_plw.build import TINY
-    from alpaca_plw.tokenizer import load_tokenizer
+    from alpaca_plw.data import pipeline
+    from alpaca_plw.data.build import TINY
+    from alpaca_plw.data.tokenizer import load_tokenizer
 
     seen: list[str] = []
 
@@ -245,7 +245,7 @@ def hf_only_dir(tmp_path, llama_dir):
 
 def test_folder_without_tokenizer_model_falls_back_to_hf_fast_with_same_vocab(hf_only_dir,
                                                                              llama_dir):
-    from alpaca_plw.tokenizer import load_tokenizer
+    from alpaca_plw.data.tokenizer import load_tokenizer
 
     hf = load_tokenizer(str(hf_only_dir))
     sp = load_tokenizer(str(llama_dir))

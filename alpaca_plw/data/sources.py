@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from alpaca_plw.errors import InputError
-from alpaca_plw.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
+from alpaca_plw.data.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
 
 FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -23,10 +23,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def default_source() -> Path:
     """The sample dataset shipped with the project (`data/sample.json`)."""
-    packaged = Path(__file__).parent / "_data" / "sample.json"
+    package = Path(__file__).resolve().parents[1]  # alpaca_plw/
+    packaged = package / "_data" / "sample.json"  # in a wheel (see pyproject's force-include)
     if packaged.is_file():
         return packaged
-    return Path(__file__).resolve().parent.parent / "data" / "sample.json"
+    return package.parent / "data" / "sample.json"  # in a source checkout
 
 
 def display_path(path: Path) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alpaca_plw.weights_store import WeightsData
+from alpaca_plw.data.weights_store import WeightsData
 
 
 @dataclass

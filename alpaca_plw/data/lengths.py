@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alpaca_plw.records import Records
-from alpaca_plw.tokenizer import Tokenizer
+from alpaca_plw.data.records import Records
+from alpaca_plw.data.tokenizer import Tokenizer
 
 # progress(label, done, total): called as work advances; the CLI draws it, the library never prints.
 Progress = Callable[[str, int, int], None]

@@ -14,12 +14,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from alpaca_plw.cli import app
-from alpaca_plw.pipeline import DataOptions, make_weights
-from alpaca_plw.train_config import TrainConfig
-from alpaca_plw.trainer import train
-from alpaca_plw.weights_store import ARROW_FILE, read_weights_dir
+from alpaca_plw.data.pipeline import DataOptions, make_weights
+from alpaca_plw.train.config import TrainConfig
+from alpaca_plw.train.trainer import train
+from alpaca_plw.data.weights_store import ARROW_FILE, read_weights_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
 SAMPLE = REPO / "data" / "sample.json"
 
@@ -107,8 +107,8 @@ def test_gradient_checkpointing_training_equals_plain(weights_dir, tiny_model, t
     train(_config(weights_dir, tiny_model, plain))
     train(_config(weights_dir, tiny_model, recomputed, gradient_checkpointing=True))
     _assert_params_close(_params(plain), _params(recomputed))
-    from alpaca_plw.distributed import Dist
-    from alpaca_plw.trainer import _wrap
+    from alpaca_plw.train.distributed import Dist
+    from alpaca_plw.train.trainer import _wrap
     from transformers import AutoModelForCausalLM
 
     wrapped = _wrap(AutoModelForCausalLM.from_pretrained(tiny_model),
@@ -144,7 +144,7 @@ def test_token_norm_divides_by_target_tokens(weights_dir, tiny_model, tmp_path):
     weight = _log_after(tmp_path / "w", weights_dir, tiny_model, "weight")
     tokens = _log_after(tmp_path / "t", weights_dir, tiny_model, "tokens")
     # Same first step (same parameters): loss_tokens = loss_weight * sum(w) / count(targets).
-    from alpaca_plw.batches import DataOrder, SequenceStore
+    from alpaca_plw.train.batches import DataOrder, SequenceStore
 
     store = SequenceStore.from_weights(read_weights_dir(weights_dir))
     chosen = DataOrder(len(store), 42, 2, 2, 1).step_records(0)

@@ -19,8 +19,8 @@ ALPACA_RECORDS = 52002
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, alpaca_path, llama_dir):
     """The three builds, each through the library's one entry point, written once per module."""
-    from alpaca_plw.build import MEDIUM, SHORT, TINY
-    from alpaca_plw.pipeline import DataOptions, build_dataset
+    from alpaca_plw.data.build import MEDIUM, SHORT, TINY
+    from alpaca_plw.data.pipeline import DataOptions, build_dataset
 
     out_dir = tmp_path_factory.mktemp("real")
     options = DataOptions(tokenizer=str(llama_dir))
@@ -51,7 +51,7 @@ def _actions(manifest) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_real_stats_equal_independent_computation(alpaca_path, alpaca_lengths, llama_dir):
-    from alpaca_plw.pipeline import DataOptions, dataset_stats
+    from alpaca_plw.data.pipeline import DataOptions, dataset_stats
 
     [measured] = dataset_stats([alpaca_path], DataOptions(tokenizer=str(llama_dir)))
     row = measured.stats.to_json()

@@ -1,0 +1,58 @@
+"""The `alpaca-plw` Typer app, assembled from one module per command group.
+
+Results go to stdout; progress bars, warnings and errors go to stderr. Library errors
+(`PLWError`) become a one-line message and their exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from alpaca_plw import __version__
+from alpaca_plw.cli import data, train
+from alpaca_plw.cli.options import err
+
+app = typer.Typer(
+    name="alpaca-plw",
+    help="Prompt-loss-weight tools: dataset statistics and R_g, short-completion builders, "
+    "per-token loss weights and a weighted-loss trainer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"alpaca-plw {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Prompt-loss-weight tools: dataset statistics and R_g, short-completion builders, per-token
+    loss weights and a weighted-loss trainer."""
+
+
+app.command()(data.stats)
+app.command("build-short")(data.build_short)
+app.command("build-medium")(data.build_medium)
+app.command("build-tiny")(data.build_tiny)
+app.command("build")(data.build_target)
+app.command()(data.weights)
+app.command("train")(train.train)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)

@@ -1,0 +1,125 @@
+"""The data commands: `stats`, the builders (`build-short`, `build-medium`, `build-tiny`, `build`)
+and `weights`. Each parses its options, calls one library function and renders the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alpaca_plw.cli.options import (Columns, Force, Format, Output, Source, Split, Tokenizer,
+                                    data_options, err, guard, out, progress_bar)
+
+
+def stats(
+    sources: Annotated[Optional[list[str]], typer.Argument(
+        help="Datasets to profile [default: the project's sample].", show_default=False)] = None,
+    tokenizer: Tokenizer = None,
+    columns: Columns = None,
+    split: Split = "train",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dataset per line.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw length and ratio histograms to this PNG.")] = None,
+) -> None:
+    """Token-length statistics, R_g and the guide's recommended PLW, one row per dataset."""
+    from alpaca_plw.data.pipeline import dataset_stats
+    from alpaca_plw.cli.render import stats_table
+
+    with progress_bar() as progress:
+        measured = dataset_stats(list(sources or []), data_options(tokenizer, columns, split), progress)
+        if plot is not None:
+            from alpaca_plw.data.plot import plot_lengths
+
+            plot_lengths(measured, plot)
+    if as_json:
+        for m in measured:
+            print(json.dumps(m.stats.to_json(), sort_keys=True, ensure_ascii=False))
+    else:
+        out().print(stats_table([m.stats for m in measured]))
+    if plot is not None:
+        err.print(f"wrote {plot}")
+
+
+def _build(rule, source, output, fmt, force, tokenizer, columns, split) -> None:
+    from alpaca_plw.data.pipeline import build_dataset
+    from alpaca_plw.cli.render import build_summary, stats_table
+
+    with progress_bar() as progress:
+        built = build_dataset(source, rule, data_options(tokenizer, columns, split), output, fmt, force,
+                              progress)
+    err.print(build_summary(built))
+    out().print(stats_table([built.stats]))
+
+
+def build_short(source: Source = None, output: Output = None, fmt: Format = None,
+                force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
+                split: Split = "train") -> None:
+    """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
+    from alpaca_plw.data.build import SHORT
+
+    guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split))
+
+
+def build_medium(source: Source = None, output: Output = None, fmt: Format = None,
+                 force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                     "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward R_g = 1.0 (AlpacaDataMedium)."""
+    from alpaca_plw.data.build import MEDIUM, BuildRule
+
+    rule = BuildRule(MEDIUM.name, MEDIUM.target_rg, allow_drop=allow_drop)
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+
+
+def build_tiny(source: Source = None, output: Output = None, fmt: Format = None,
+               force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                   "--allow-drop/--no-allow-drop", help="Leave out highest-ratio records when swapping alone cannot reach the target (on by default here; always reported).")] = True,
+               tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward R_g = 0.042 (AlpacaDataTiny)."""
+    from alpaca_plw.data.build import TINY, BuildRule
+
+    rule = BuildRule(TINY.name, TINY.target_rg, allow_drop=allow_drop)
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+
+
+def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="Target R_g (> 0).")],
+                 source: Source = None, output: Output = None, fmt: Format = None,
+                 force: Force = False, allow_drop: Annotated[bool, typer.Option(
+                     "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+    """Swap toward any target R_g (deterministic prefix rule; see README)."""
+    from alpaca_plw.data.build import target_rule
+
+    guard(lambda: _build(target_rule(target_rg, allow_drop), source, output, fmt, force,
+                          tokenizer, columns, split))
+
+
+def weights(
+    source: Source = None,
+    plw: Annotated[str, typer.Option("--plw", help="Prompt loss weight in [0, 1], or 'auto' for the "
+                                     "guide's recommendation at this dataset's R_g.")] = "auto",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output directory (a dataset "
+                                         "datasets.load_from_disk and pyarrow read).")] = Path("weights"),
+    max_length: Annotated[int, typer.Option("--max-length", help="Cut sequences at this many tokens.")] = 512,
+    force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
+    split: Split = "train",
+) -> None:
+    """Tokenize with the Alpaca template and write per-token loss weights (prompt = PLW, completion = 1)."""
+    from alpaca_plw.errors import ConfigError
+    from alpaca_plw.data.pipeline import make_weights
+    from alpaca_plw.cli.render import weights_summary
+
+    def run() -> None:
+        value: float | str = plw
+        if plw != "auto":
+            try:
+                value = float(plw)
+            except ValueError:
+                raise ConfigError(f"--plw must be a number in [0, 1] or 'auto', got {plw!r}") from None
+        with progress_bar() as progress:
+            summary = make_weights(source, value, data_options(tokenizer, columns, split), output,
+                                   max_length, force, progress)
+        out().print(weights_summary(summary))
+
+    guard(run)

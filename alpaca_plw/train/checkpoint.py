@@ -1,0 +1,97 @@
+"""Checkpoints: model and tokenizer via `save_pretrained`, plus the trainer state for `--resume`.
+
+Layout: `OUTPUT_DIR/checkpoint-<step>/` holds the model, the tokenizer and `trainer_state.pt`
+(optimizer, scheduler, step). The final model is saved in `OUTPUT_DIR` itself. Each checkpoint is
+written to a temporary folder and renamed, so a crash never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from alpaca_plw.data.output import atomic_write_dir
+from alpaca_plw.train.distributed import Dist
+
+STATE_FILE = "trainer_state.pt"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    if not output_dir.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
+             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
+
+
+def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict | None = None) -> None:
+    """Save model (from `state_dict`, already gathered) and tokenizer into `target` atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        if extra is not None:
+            torch.save(extra, tmp / STATE_FILE)
+
+    atomic_write_dir(target, write)
+
+
+def save_final(output_dir: Path, model, state_dict, tokenizer) -> None:
+    """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log)."""
+    staging = output_dir / ".final"
+    save_pretrained_dir(staging, model, state_dict, tokenizer)
+    for item in staging.iterdir():
+        os.replace(item, output_dir / item.name)
+    staging.rmdir()
+
+
+def unwrap(model):
+    """The Hugging Face model inside the DDP/FSDP and `WeightedCausalLM` wrappers."""
+    return getattr(model, "module", model).model
+
+
+def full_state_dicts(model, optimizer, d: Dist):
+    """Full (unsharded) state dicts, gathered: the Hugging Face model's (keys as `save_pretrained`
+    expects them) and the optimizer's."""
+    if d.world == 1:
+        model_state, optim_state = model.state_dict(), optimizer.state_dict()
+    else:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=opts)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+    model_state = {k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("model."): v
+                   for k, v in model_state.items()}
+    return model_state, optim_state
+
+
+def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
+    """Gather the full states on every rank; rank 0 writes `target` (model, tokenizer, trainer state)."""
+    model_state, optim_state = full_state_dicts(model, optimizer, d)
+    if d.is_main:
+        extra = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
+        save_pretrained_dir(target, unwrap(model), model_state, tokenizer, extra)
+    d.barrier()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
+    """Restore optimizer and scheduler from `path/trainer_state.pt` (the model was loaded from
+    `path` itself); returns the step the checkpoint was taken after."""
+    state = torch.load(path / STATE_FILE, weights_only=False)
+    if d.world == 1:
+        optimizer.load_state_dict(state["optimizer"])
+    else:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True,
+                                                          broadcast_from_rank0=False))
+    scheduler.load_state_dict(state["scheduler"])
+    return int(state["step"])

@@ -1,0 +1,84 @@
+"""What a run will do, worked out before any model is loaded: steps, batch geometry, the schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from alpaca_plw.errors import ConfigError
+from alpaca_plw.train.batches import DataOrder, SequenceStore
+from alpaca_plw.train.checkpoint import latest_checkpoint
+from alpaca_plw.train.config import TrainConfig
+from alpaca_plw.train.distributed import Dist
+
+
+@dataclass
+class Plan:
+    """What a run will do; `--dry-run` prints it."""
+
+    records: int
+    steps: int
+    steps_per_epoch: int
+    epochs: float
+    micro_batch_size: int
+    grad_accum: int
+    world_size: int
+    effective_batch: int
+    tokens_per_epoch: int
+    target_tokens_per_epoch: int
+    plw: float
+    prompt_share_of_weight: float
+    loss_norm: str
+    warmup_steps: int
+    lr: float
+    device: str
+    precision: str
+    packing: bool
+    max_tokens: int | None
+    loss_chunk: int
+    resume_from: str | None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Plan:
+    accum = cfg.accumulation(d.world)
+    order = DataOrder(len(store), cfg.seed, cfg.micro_batch_size, accum, d.world)
+    steps = cfg.max_steps or math.ceil(cfg.epochs * order.steps_per_epoch)
+    target_w = store.target_weight_sums()
+    plw = float(meta.get("plw", float("nan")))
+    if not 0.0 <= plw <= 1.0:
+        raise ConfigError(f"{cfg.weights_dir}: PLW {plw} in its metadata is outside [0, 1]; a weight "
+                          "above 1 overweights the prompt and a negative one rewards not predicting "
+                          "it. Rebuild it with `alpaca-plw weights --plw W` (0 <= W <= 1)")
+    prompt_w = plw * store.target_prompt_counts().sum()
+    total_w = float(target_w.sum())
+    if total_w <= 0:
+        raise ConfigError(f"{cfg.weights_dir}: every target token has weight 0; nothing to learn")
+    last = latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    packing = cfg.packing if cfg.packing is not None else d.device.type == "cuda"
+    longest = int(store.lengths.max())
+    budget = (cfg.max_tokens or cfg.micro_batch_size * longest) if packing else None
+    if budget is not None and budget < longest:
+        raise ConfigError(f"--max-tokens {budget} is below the longest record ({longest} tokens)")
+    return Plan(
+        records=len(store), steps=steps, steps_per_epoch=order.steps_per_epoch,
+        epochs=round(steps / order.steps_per_epoch, 4), micro_batch_size=cfg.micro_batch_size,
+        grad_accum=accum, world_size=d.world, effective_batch=order.global_batch,
+        tokens_per_epoch=int(store.lengths.sum()),
+        target_tokens_per_epoch=int(store.target_counts().sum()), plw=plw,
+        prompt_share_of_weight=round(prompt_w / total_w, 6), loss_norm=cfg.loss_norm,
+        warmup_steps=math.ceil(cfg.warmup_ratio * steps), lr=cfg.lr, device=str(d.device),
+        precision="bf16 autocast" if d.device.type == "cuda" else "fp32",
+        packing=packing, max_tokens=budget, loss_chunk=cfg.loss_chunk,
+        resume_from=str(last) if last else None,
+    )
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 (the recipe's schedule)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1) if warmup else 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,284 @@
+"""The weighted-loss trainer for Hugging Face causal LMs (one process, DDP, or FSDP via torchrun).
+
+Normalisation is exact: an optimizer step's loss is sum(w * loss) / sum(w) over all micro-batches
+of all ranks of that step (or / token count with `loss_norm="tokens"`). The denominator is a
+property of the data, known before the forward passes, so each micro-batch's backward is scaled by
+world / denominator and data-parallel gradient averaging then yields the exact step mean.
+
+`train` reads as its steps: set up the run, then for each optimizer step `_optimizer_step`,
+`_log_step` and `_maybe_checkpoint`, then `_save_final`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from alpaca_plw.data.weights_store import read_weights_dir
+from alpaca_plw.errors import ConfigError, TokenizerError
+from alpaca_plw.train.batches import DataOrder, SequenceStore, collate
+from alpaca_plw.train.checkpoint import (full_state_dicts, load_checkpoint, save_checkpoint,
+                                         save_final, unwrap)
+from alpaca_plw.train.config import TrainConfig
+from alpaca_plw.train.distributed import Dist, setup
+from alpaca_plw.train.model import WeightedCausalLM, as_terms
+from alpaca_plw.train.packing import collate_packed, pack_records
+from alpaca_plw.train.plan import Plan, lr_factor, make_plan
+from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
+
+__all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
+
+StepCallback = Callable[[dict], None]
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds between steps."""
+
+    cfg: TrainConfig
+    d: Dist
+    plan: Plan
+    store: SequenceStore
+    order: DataOrder
+    denominators: np.ndarray
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    tokenizer: object
+    start: int
+    log_path: Path
+
+
+def train(cfg: TrainConfig, on_step: StepCallback | None = None,
+          on_plan: Callable[[Plan], None] | None = None) -> Plan:
+    """Train `cfg.model` on `cfg.weights_dir`; returns the plan (also for a dry run).
+
+    `on_step(record)` is called on rank 0 after every optimizer step with the log record;
+    `on_plan(plan)` once, on rank 0, before training starts.
+    """
+    _quiet_transformers()
+    d = setup(cfg.device)
+    data = read_weights_dir(cfg.weights_dir)
+    tokenizer_dir = _check_tokenizer(cfg, data.meta)
+    _check_output_dir(cfg)
+    store = SequenceStore.from_weights(data)
+    plan = make_plan(cfg, store, data.meta, d)
+    if cfg.resume and plan.resume_from is None:
+        raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
+    if on_plan and d.is_main:
+        on_plan(plan)
+    if cfg.dry_run:
+        _check_model_config(cfg)
+        return plan
+    run = _set_up(cfg, d, plan, store, tokenizer_dir)
+    for step in range(run.start, plan.steps):
+        record = _optimizer_step(run, step)
+        _log_step(run, record, on_step)
+        _maybe_checkpoint(run, step + 1)
+    _save_final(run)
+    return plan
+
+
+def _check_output_dir(cfg: TrainConfig) -> None:
+    if cfg.output_dir.exists() and not cfg.resume and not cfg.dry_run and not cfg.force \
+            and any(cfg.output_dir.iterdir()):
+        raise ConfigError(f"--output-dir {cfg.output_dir}: not empty; pass --resume to continue "
+                          "from its last checkpoint or --force to train into it anyway")
+
+
+def _check_model_config(cfg: TrainConfig) -> None:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(cfg.model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--model {cfg.model}: cannot read its config ({exc})") from None
+
+
+def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokenizer_dir) -> _Run:
+    """Load tokenizer and model (from the checkpoint when resuming), wrap them for this device and
+    process group, build optimizer and schedule, and prepare the log."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(cfg.seed)
+    model = _wrap(_load_model(cfg, plan.resume_from or cfg.model, int(store.ids.max())), cfg, d)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=d.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, plan.warmup_steps, plan.steps))
+    start = load_checkpoint(Path(plan.resume_from), model, optimizer, scheduler, d) \
+        if plan.resume_from else 0
+    denominators = store.target_weight_sums() if cfg.loss_norm == "weight" else \
+        store.target_counts().astype(np.float64)
+    log_path = cfg.output_dir / LOG_FILE
+    if d.is_main:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        trim_log(log_path, start) if start else log_path.unlink(missing_ok=True)
+    order = DataOrder(len(store), cfg.seed, cfg.micro_batch_size, plan.grad_accum, d.world)
+    return _Run(cfg, d, plan, store, order, denominators, model, optimizer, scheduler, tokenizer,
+                start, log_path)
+
+
+def _optimizer_step(run: _Run, step: int) -> dict:
+    """Forward and backward over this rank's micro-batches of `step`, then one optimizer step.
+    Returns the step's log record (losses reduced over all ranks)."""
+    cfg, d, plan, model = run.cfg, run.d, run.plan, run.model
+    began = time.perf_counter()
+    denominator = float(run.denominators[run.order.step_records(step)].sum())
+    scale = d.world / denominator
+    sums = torch.zeros(6, dtype=torch.float64, device=d.device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda"
+                else nullcontext())
+    pad_id = run.tokenizer.pad_token_id or 0
+    micro = _micro_batches(run.order, step, d, plan, run.store)
+    for j, indices in enumerate(micro):
+        batch = (collate_packed if plan.packing else collate)(run.store, indices, pad_id).to(d.device)
+        last = j == len(micro) - 1
+        sync = nullcontext()
+        if d.world > 1 and not last:
+            sync = model.no_sync() if hasattr(model, "no_sync") else nullcontext()
+        if d.world > 1 and cfg.fsdp:
+            model.set_requires_gradient_sync(last)
+        with sync:
+            with autocast:
+                terms = as_terms(model(batch.input_ids, batch.targets, batch.weights,
+                                       batch.prompt_mask, attention_mask=batch.attention_mask,
+                                       position_ids=batch.position_ids))
+            (terms.weighted_sum * scale).backward()
+        sums += torch.stack([terms.weighted_sum.detach().double(), terms.prompt_loss_sum.double(),
+                             terms.prompt_count.double(), terms.completion_loss_sum.double(),
+                             terms.completion_count.double(),
+                             torch.tensor(float(batch.real_tokens), device=d.device,
+                                          dtype=torch.float64)])
+        del terms
+    d.all_reduce_sum(sums)
+    if cfg.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    lr = run.scheduler.get_last_lr()[0]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if d.device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - began
+    s = sums.tolist()
+    return {
+        "step": step + 1,
+        "loss": s[0] / denominator,
+        "prompt_loss": s[1] / s[2] if s[2] else None,
+        "completion_loss": s[3] / s[4] if s[4] else None,
+        "lr": lr,
+        "tokens_per_s": round(s[5] / elapsed, 1),
+    }
+
+
+def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:
+    if run.d.is_main:
+        append_log(run.log_path, record)
+        if on_step:
+            on_step(record)
+
+
+def _maybe_checkpoint(run: _Run, done: int) -> None:
+    every = run.cfg.save_steps
+    if every and done % every == 0 and done < run.plan.steps:
+        save_checkpoint(run.cfg.output_dir / f"checkpoint-{done}", run.model, run.optimizer,
+                        run.scheduler, run.tokenizer, done, run.d)
+
+
+def _save_final(run: _Run) -> None:
+    model_state, _ = full_state_dicts(run.model, run.optimizer, run.d)
+    if run.d.is_main:
+        save_final(run.cfg.output_dir, unwrap(run.model), model_state, run.tokenizer)
+    run.d.barrier()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _check_tokenizer(cfg: TrainConfig, meta: dict) -> str:
+    """The tokenizer directory to save with the model, after checking it matches the weights."""
+    from alpaca_plw.data.tokenizer import load_tokenizer
+
+    source = cfg.tokenizer or cfg.model
+    try:
+        identity = load_tokenizer(source).identity()
+    except TokenizerError as exc:
+        raise TokenizerError(f"--model {cfg.model}: no usable tokenizer ({exc}); pass --tokenizer DIR") from None
+    expected = meta.get("tokenizer", {})
+    if identity["vocab_sha256"] != expected.get("vocab_sha256"):
+        raise TokenizerError(
+            f"tokenizer mismatch: {cfg.weights_dir} was made with {expected.get('name')!r} "
+            f"(vocab {expected.get('vocab_sha256')}, {expected.get('vocab_size')} pieces) but "
+            f"{source} has {identity['name']!r} (vocab {identity['vocab_sha256']}, "
+            f"{identity['vocab_size']} pieces); rebuild the weights with --tokenizer {source}")
+    return source
+
+
+def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
+    from transformers import AutoModelForCausalLM
+
+    name = str(source)
+    path = Path(name).expanduser()
+    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise ConfigError(f"--model {name}: no such directory")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(
+            f"--model {name}: cannot load a causal LM ({first}). Offline, pass a local directory "
+            "written by save_pretrained") from None
+    vocab = model.get_input_embeddings().num_embeddings
+    if max_id >= vocab:
+        raise ConfigError(f"--model {name}: embedding has {vocab} rows but the weights dataset uses "
+                          f"token id {max_id}; the data was made for another vocabulary")
+    return model
+
+
+def _wrap(model, cfg: TrainConfig, d: Dist):
+    if cfg.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = WeightedCausalLM(model, cfg.loss_chunk or None)
+    model.to(d.device)
+    if cfg.compile:
+        model.model.compile()
+    if d.world == 1:
+        return model
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in getattr(model.model.get_decoder(), "layers", []):
+            fully_shard(layer)
+        return fully_shard(model)
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+
+
+def _micro_batches(order: DataOrder, step: int, d: Dist, plan: Plan, store) -> list[np.ndarray]:
+    """This rank's micro-batches for `step`: fixed-size slices, or its records packed by token
+    budget. Packed counts are padded to the largest rank's (every rank computes every rank's
+    packing, so no communication is needed), since FSDP needs the same number of forwards."""
+    if not plan.packing:
+        return order.micro_batches(step, d.rank)
+    per_rank = [np.concatenate(order.micro_batches(step, r)) for r in range(d.world)]
+    packed = [pack_records(records, store.lengths, plan.max_tokens) for records in per_rank]
+    most = max(1, max(len(p) for p in packed))
+    mine = packed[d.rank]
+    return mine + [np.zeros(0, dtype=np.int64)] * (most - len(mine))
