@@ -231,3 +231,18 @@ def comparable(row: dict) -> dict:
     row = {k: v for k, v in row.items() if k not in ("dataset", "tokenizer")}
     row["recommended_plw"] = {k: v for k, v in row["recommended_plw"].items() if k != "note"}
     return row
+
+
+def pytest_report_header(config) -> list[str]:
+    """The versions CI runs with, at the top of every test run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    names = ["torch", "transformers", "datasets", "peft", "lm_eval", "statsmodels"]
+    tok = os.environ.get("ALPACA_PLW_TOKENIZER", "unset")
+    return ["alpaca-plw: " + ", ".join(f"{n} {v(n)}" for n in names) + f"; ALPACA_PLW_TOKENIZER={tok}"]
