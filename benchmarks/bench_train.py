@@ -6,7 +6,7 @@ seed), the same records per optimizer step and the same number of steps, times:
 
   (a) baseline: right-padded micro-batches, full-vocabulary logits upcast to fp32,
       CrossEntropyLoss(reduction="none"), weighted mean per micro-batch, AdamW;
-  (b) alpaca-plw: `alpaca_plw.trainer.train` (packing, chunked weighted CE, exact step mean).
+  (b) alpaca-plw: `alpaca_plw.train.trainer.train` (packing, chunked weighted CE, exact step mean).
 
 Tokens/s counts real tokens only (no padding). MFU = tokens/s x FLOPs per token / peak, with
 
@@ -39,11 +39,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alpaca_plw.batches import DataOrder, SequenceStore, collate  # noqa: E402
-from alpaca_plw.pipeline import DataOptions, make_weights  # noqa: E402
-from alpaca_plw.train_config import TrainConfig  # noqa: E402
-from alpaca_plw.trainer import train  # noqa: E402
-from alpaca_plw.weights_store import read_weights_dir  # noqa: E402
+from alpaca_plw.train.batches import DataOrder, SequenceStore, collate  # noqa: E402
+from alpaca_plw.data.pipeline import DataOptions, make_weights  # noqa: E402
+from alpaca_plw.train.config import TrainConfig  # noqa: E402
+from alpaca_plw.train.trainer import train  # noqa: E402
+from alpaca_plw.data.weights_store import read_weights_dir  # noqa: E402
 
 SHARED = REPO.parent / "shared"
 PEAK_TFLOPS = {"cuda": 790.0, "cpu": None}
