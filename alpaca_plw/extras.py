@@ -11,6 +11,7 @@ from alpaca_plw.errors import MissingExtraError
 EXTRAS = {
     "torch": "train",
     "matplotlib": "plot",
+    "jinja2": "chat",
 }
 
 

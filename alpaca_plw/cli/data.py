@@ -104,8 +104,12 @@ def weights(
     max_length: Annotated[int, typer.Option("--max-length", help="Cut sequences at this many tokens.")] = 512,
     force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
     split: Split = "train",
+    chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: a Jinja chat template file [default: the tokenizer's own].", show_default=False)] = None,
+    role_weights: Annotated[Optional[str], typer.Option("--role-weights", help="Conversations: per-role weights overriding --plw, e.g. system=0,user=0.1,tool=0.1,markup=0.", show_default=False)] = None,
+    assistant_turns: Annotated[str, typer.Option("--assistant-turns", help="Conversations: learn 'all' assistant turns, or only the 'last' (earlier ones weigh --plw).")] = "all",
 ) -> None:
-    """Tokenize with the Alpaca template and write per-token loss weights (prompt = PLW, completion = 1)."""
+    """Tokenize with the Alpaca template (or a conversation's chat template) and write per-token
+    loss weights (prompt = PLW, completion = 1; conversations: assistant turns = 1)."""
     from alpaca_plw.errors import ConfigError
     from alpaca_plw.data.pipeline import make_weights
     from alpaca_plw.cli.render import weights_summary
@@ -117,9 +121,15 @@ def weights(
                 value = float(plw)
             except ValueError:
                 raise ConfigError(f"--plw must be a number in [0, 1] or 'auto', got {plw!r}") from None
+        chat = None
+        if chat_template is not None or role_weights is not None or assistant_turns != "all":
+            from alpaca_plw.data.chat_weights import ChatOptions, parse_role_weights
+
+            chat = ChatOptions(None if chat_template is None else str(chat_template),
+                               parse_role_weights(role_weights), assistant_turns)
         with progress_bar() as progress:
             summary = make_weights(source, value, data_options(tokenizer, columns, split), output,
-                                   max_length, force, progress)
+                                   max_length, force, progress, chat)
         out().print(weights_summary(summary))
 
     guard(run)

@@ -10,6 +10,9 @@ from pathlib import Path
 
 from alpaca_plw import __version__
 from alpaca_plw.data.build import ACTION_NAMES, DROPPED, BuildRule, build
+from alpaca_plw.data.chat_pipeline import measure_chat
+from alpaca_plw.data.conversations import Conversations
+from alpaca_plw.data.kinds import check_one_kind
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
 from alpaca_plw.data.output import (atomic_write_many, check_writable, manifest_json, text_writer,
                                write_records)
@@ -40,8 +43,12 @@ def _measure_all(sources, options: DataOptions, progress: Progress | None):
     cache = LengthCache(tokenizer, progress)
     identity = tokenizer.identity()
     loaded = [load_records(s, options.columns, options.split) for s in sources]
+    check_one_kind(loaded)
     measured = []
     for records in loaded:
+        if isinstance(records, Conversations):  # see chat_pipeline.py
+            measured.append(Measured(records, *measure_chat(records, cache, identity)))
+            continue
         lengths = measure(records, cache)
         measured.append(Measured(records, lengths, compute_stats(records.source.name, lengths, identity)))
     return measured, cache, identity
@@ -107,6 +114,10 @@ def build_dataset(
         check_writable([out, manifest_path(out)], force, local)
     [measured], cache, identity = _measure_all([source], options, progress)
     records = measured.records
+    if isinstance(records, Conversations):  # see chat_build.py
+        from alpaca_plw.data.chat_build import build_chat_dataset
+
+        return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, force, local)
     if out is None:
         out = default_output(records.source.name, rule, fmt)
         check_writable([out, manifest_path(out)], force, local)
@@ -124,7 +135,7 @@ def build_dataset(
         "tool": f"alpaca-plw {__version__}",
         "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(records),
                    "split": options.split if src.kind in ("hub", "arrow-dir") else None,
-                   "columns": vars(options.columns)},
+                   "columns": options.columns.to_json()},
         "tokenizer": identity,
         "rule": {**rule.to_json(), **result.summary},
         "output": {"file": out.name, "format": fmt},
@@ -151,10 +162,12 @@ def make_weights(
     max_length: int = 512,
     force: bool = False,
     progress: Progress | None = None,
+    chat=None,
 ) -> WeightsSummary:
     """Tokenize `source` with the Alpaca template and write per-token loss weights to `out_dir`.
 
     `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
+    Conversations go through `chat_pipeline.chat_weights` with `chat` (a `ChatOptions`).
     """
     from alpaca_plw.data.guide import recommend
     from alpaca_plw.data.weights import build_weights, check_plw
@@ -170,6 +183,12 @@ def make_weights(
         check_plw(float(plw))
     tokenizer = load_tokenizer(options.tokenizer)
     records = load_records(source, options.columns, options.split)
+    if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
+        from alpaca_plw.data.chat_pipeline import chat_weights
+
+        tw, meta = chat_weights(records, tokenizer, options.tokenizer, plw, chat, max_length, progress)
+        write_weights_dir(out_dir, to_table(tw, meta), force)
+        return WeightsSummary(out_dir, meta)
     identity = tokenizer.identity()
     choice: dict[str, object] = {"mode": "given"}
     if plw == "auto":

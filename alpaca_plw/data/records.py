@@ -21,6 +21,7 @@ class ColumnMap:
     instruction: str = "instruction"
     input: str = "input"
     output: str = "output"
+    messages: str = "messages"  # conversations (see alpaca_plw.data.conversations)
 
     @classmethod
     def parse(cls, spec: str | None) -> ColumnMap:
@@ -30,10 +31,11 @@ class ColumnMap:
         mapping: dict[str, str] = {}
         for part in spec.split(","):
             key, sep, column = (s.strip() for s in part.partition("="))
-            if not sep or key not in FIELDS or not column:
+            if not sep or key not in (*FIELDS, "messages") or not column:
                 raise ConfigError(
                     f"--columns: cannot read {part.strip()!r}; expected FIELD=COLUMN with FIELD one of "
-                    f"{', '.join(FIELDS)} (e.g. instruction=instruction,input=context,output=response)"
+                    f"{', '.join(FIELDS)} (e.g. instruction=instruction,input=context,output=response) "
+                    "or messages (e.g. messages=conversations)"
                 )
             if key in mapping:
                 raise ConfigError(f"--columns: field {key!r} is mapped twice")
@@ -42,6 +44,10 @@ class ColumnMap:
 
     def column(self, name: str) -> str:
         return getattr(self, name)
+
+    def to_json(self) -> dict[str, str]:
+        """The Alpaca fields' columns, as build manifests record them."""
+        return {name: self.column(name) for name in FIELDS}
 
     def describe(self, name: str) -> str:
         """`'context' (mapped to input)` when remapped, else `'input'`, for error messages."""

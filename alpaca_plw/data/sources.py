@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from alpaca_plw.errors import InputError
-from alpaca_plw.data.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
+from alpaca_plw.data.kinds import from_columns, from_rows
+from alpaca_plw.data.records import ColumnMap, Records, Source
 
 FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -73,7 +74,7 @@ def _load_json(text: str, source: Source, columns: ColumnMap) -> Records:
             f"{source.path}: expected a JSON array of records (Alpaca format), "
             f"found a JSON {type(rows).__name__}"
         )
-    return records_from_rows(rows, source, columns)
+    return from_rows(rows, source, columns)
 
 
 def _load_jsonl(text: str, source: Source, columns: ColumnMap) -> Records:
@@ -88,7 +89,7 @@ def _load_jsonl(text: str, source: Source, columns: ColumnMap) -> Records:
             raise InputError(
                 f"{source.path}: malformed JSON at line {line_number}, column {exc.colno}: {exc.msg}"
             ) from None
-    return records_from_rows(rows, source, columns)
+    return from_rows(rows, source, columns)
 
 
 def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
@@ -111,15 +112,15 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
                 data[name].append(cell)
     except csv.Error as exc:
         raise InputError(f"{source.path}: malformed CSV at line {reader.line_num}: {exc}") from None
-    return records_from_columns(data, source, columns)
+    return from_columns(data, source, columns)
 
 
 def _load_table(table, source: Source, columns: ColumnMap) -> Records:
     """Records from an Arrow table (Parquet files, Arrow datasets)."""
-    wanted = {columns.instruction, columns.input, columns.output}
+    wanted = {columns.instruction, columns.input, columns.output, columns.messages}
     data = {name: table.column(name).to_pylist() for name in table.column_names if name in wanted}
     data.update({name: [] for name in table.column_names if name not in wanted})
-    return records_from_columns(data, source, columns)
+    return from_columns(data, source, columns)
 
 
 def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:

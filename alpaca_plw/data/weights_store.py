@@ -33,11 +33,20 @@ _FEATURES = {
     "prompt_length": {"dtype": "int32", "_type": "Value"},
     "source_index": {"dtype": "int64", "_type": "Value"},
 }
+# Conversations add a role code per token; its names ride in the metadata (`role_codes`).
+ROLE_COLUMN = "role"
+_ROLE_TYPE = pa.list_(pa.int8())
+_ROLE_FEATURE = {"feature": {"dtype": "int8", "_type": "Value"}, "_type": "List"}
 
 
-def schema(meta: dict[str, object]) -> pa.Schema:
-    info = json.dumps({"info": {"features": _FEATURES}}, sort_keys=True)
-    return pa.schema([(k, v) for k, v in COLUMNS.items()], metadata={
+def _features(roles: bool) -> dict[str, object]:
+    return {**_FEATURES, ROLE_COLUMN: _ROLE_FEATURE} if roles else _FEATURES
+
+
+def schema(meta: dict[str, object], roles: bool = False) -> pa.Schema:
+    info = json.dumps({"info": {"features": _features(roles)}}, sort_keys=True)
+    columns = {**COLUMNS, ROLE_COLUMN: _ROLE_TYPE} if roles else COLUMNS
+    return pa.schema([(k, v) for k, v in columns.items()], metadata={
         META_KEY: json.dumps(meta, sort_keys=True).encode(), b"huggingface": info.encode()})
 
 
@@ -46,9 +55,11 @@ def to_table(tw: TokenizedWeights, meta: dict[str, object]) -> pa.Table:
     list_type = pa.ListArray if offsets.type == pa.int32() else pa.LargeListArray
     ids = list_type.from_arrays(offsets, pa.array(tw.ids, pa.int32()))
     weights = list_type.from_arrays(offsets, pa.array(tw.weights, pa.float32()))
-    return pa.Table.from_arrays(
-        [ids, weights, pa.array(tw.prompt_length, pa.int32()), pa.array(tw.source_index, pa.int64())],
-        schema=schema(meta))
+    arrays = [ids, weights, pa.array(tw.prompt_length, pa.int32()), pa.array(tw.source_index, pa.int64())]
+    roles = getattr(tw, "roles", None)  # ChatWeights (conversations)
+    if roles is not None:
+        arrays.append(list_type.from_arrays(offsets, pa.array(roles, pa.int8())))
+    return pa.Table.from_arrays(arrays, schema=schema(meta, roles is not None))
 
 
 def _write_dir(directory: Path, table: pa.Table) -> None:
@@ -56,7 +67,8 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
     with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=1000)
     digest = hashlib.sha256(arrow.read_bytes()).hexdigest()[:16]
-    info = {"citation": "", "description": "alpaca-plw per-token loss weights", "features": _FEATURES,
+    features = _features(ROLE_COLUMN in table.column_names)
+    info = {"citation": "", "description": "alpaca-plw per-token loss weights", "features": features,
             "homepage": "", "license": ""}
     state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": digest,
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
@@ -115,6 +127,10 @@ def read_weights_dir(directory: Path) -> WeightsData:
         found = table.schema.field(name).type
         if found != kind and not (pa.types.is_large_list(found) and found.value_type == kind.value_type):
             raise InputError(f"{directory}: column {name!r} has type {found}, expected {kind}")
+    if ROLE_COLUMN in table.column_names and \
+            getattr(table.schema.field(ROLE_COLUMN).type, "value_type", None) != pa.int8():
+        raise InputError(f"{directory}: column {ROLE_COLUMN!r} has type "
+                         f"{table.schema.field(ROLE_COLUMN).type}, expected {_ROLE_TYPE}")
     raw = (table.schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise InputError(f"{directory}: no alpaca_plw metadata; was it written by `alpaca-plw weights`?")

@@ -1,0 +1,91 @@
+"""The data flow for conversations: what `stats`, `weights` and the builders call when a source
+holds conversations (`pipeline.py` hands them over after loading). Returns results, never prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alpaca_plw import __version__
+from alpaca_plw.errors import ConfigError, InputError
+from alpaca_plw.data.chat_stats import compute_chat_stats, measure_conversations
+from alpaca_plw.data.chat_template import load_template
+from alpaca_plw.data.chat_weights import (LEARNED, ROLE_CODES, WEIGHABLE, ChatOptions,
+                                          build_chat_weights)
+from alpaca_plw.data.conversations import KIND, Conversations
+from alpaca_plw.data.lengths import LengthCache, Progress
+from alpaca_plw.data.tokenizer import Tokenizer, resolve_spec
+
+BOUNDARY_RULE = ("a token takes the role of its last character (an empty-span token, of the "
+                 "character it starts at); BOS/EOS strings become special tokens only in markup")
+
+
+def tokenizer_dir(spec: str | None) -> Path | None:
+    """The local tokenizer folder behind `--tokenizer` (where its own chat template would be)."""
+    path = Path(resolve_spec(spec)).expanduser()
+    return path if path.is_dir() else path.parent if path.is_file() else None
+
+
+def measure_chat(conv: Conversations, cache: LengthCache, identity: dict):
+    """(lengths, stats) of one conversation dataset."""
+    lengths = measure_conversations(conv, cache)
+    return lengths, compute_chat_stats(conv.source.name, lengths, identity)
+
+
+def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, template, options: ChatOptions,
+                      identity: dict, max_length: int) -> dict[str, object]:
+    """The metadata written with conversation weights (and shown by `weights`)."""
+    counts = tw.role_counts()
+    learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
+    total_w = float(tw.weights.sum(dtype="float64"))
+    prompt_w = total_w - learned
+    src = conv.source
+    return {
+        "tool": f"alpaca-plw {__version__}",
+        "kind": KIND,
+        "plw": plw,
+        "plw_choice": choice,
+        "template": "chat",
+        "chat_template": template.identity(),
+        "role_weights": {name: options.role_weights.get(name, plw) for name in WEIGHABLE},
+        "assistant_turns": options.assistant_turns,
+        "role_codes": list(ROLE_CODES),
+        "boundary_rule": BOUNDARY_RULE,
+        "tokenizer": identity,
+        "max_length": max_length,
+        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(conv)},
+        "counts": {"source": len(conv), "written": int(tw.source_index.size),
+                   "truncated": len(tw.truncated), "skipped": len(tw.skipped)},
+        "tokens": {"total": int(tw.ids.size), "prompt": int(tw.ids.size) - learned,
+                   "completion": learned, "by_role": counts},
+        "prompt_weight_share": round(prompt_w / total_w, 6) if total_w else 0.0,
+        "truncated": tw.truncated,
+        "skipped": tw.skipped,
+    }
+
+
+def chat_weights(conv: Conversations, tokenizer: Tokenizer, tokenizer_spec: str | None,
+                 plw: float | str, options: ChatOptions | None, max_length: int,
+                 progress: Progress | None = None):
+    """(table-ready weights, metadata) for a conversation dataset; `plw="auto"` uses its R_g."""
+    from alpaca_plw.data.guide import recommend
+
+    if not isinstance(conv, Conversations):
+        raise ConfigError(f"--chat-template, --role-weights and --assistant-turns apply to "
+                          f"conversations; {conv.source.path} holds Alpaca records")
+    options = options or ChatOptions()
+    template = load_template(options.chat_template, tokenizer_dir(tokenizer_spec))
+    identity = tokenizer.identity()
+    choice: dict[str, object] = {"mode": "given"}
+    if plw == "auto":
+        _, stats = measure_chat(conv, LengthCache(tokenizer, progress), identity)
+        rec = recommend(stats.rg)
+        plw = rec.all
+        choice = {"mode": "auto", "rg": stats.rg, "guide": rec.to_json(), "column": "all"}
+    plw = float(plw)
+    tw = build_chat_weights(conv, tokenizer, template, plw, options, max_length, progress)
+    if tw.source_index.size == 0:
+        reasons = sorted({s["reason"].split(";")[0] for s in tw.skipped})
+        raise InputError(f"{conv.source.path}: every conversation was skipped ({'; '.join(reasons)}); "
+                         "nothing to write")
+    return tw, chat_weights_meta(conv, tw, plw, choice, template, options, identity, max_length)
+
