@@ -84,6 +84,17 @@ def regen_weights_golden() -> None:
     test_weights.regenerate_golden()
 
 
+# --- tests/golden/chat_weights.json, owned by tests/data/test_chat_weights.py --------------------
+
+def regen_chat_weights_golden() -> None:
+    """Rewrite tests/golden/chat_weights.json (the same code as `test_chat_weights.py --regen`)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+    import test_chat_weights
+
+    test_chat_weights.regenerate_golden()
+
+
 if __name__ == "__main__":
     main()
     regen_weights_golden()
+    regen_chat_weights_golden()
