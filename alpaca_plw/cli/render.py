@@ -88,6 +88,10 @@ class StatsView:
 
 def stats_table(rows: list[DatasetStats]) -> StatsView:
     """The paper's statistics layout, plus ratio summaries and the guide's recommendation."""
+    if rows and getattr(rows[0], "kind", None) == "conversations":
+        from alpaca_plw.cli.render_chat import ChatStatsView
+
+        return ChatStatsView(rows)
     return StatsView(rows)
 
 
@@ -105,6 +109,10 @@ def build_summary(built) -> Text:
 def weights_summary(summary) -> Table:
     """What `weights` wrote, with the prompt's share of the total loss weight."""
     meta = summary.meta
+    if meta.get("kind") == "conversations":
+        from alpaca_plw.cli.render_chat import chat_weights_summary
+
+        return chat_weights_summary(summary)
     counts, tokens = meta["counts"], meta["tokens"]
     choice = meta["plw_choice"]
     plw_text = f"{meta['plw']:g}"
@@ -153,6 +161,10 @@ def plan_table(plan) -> Table:
     ]
     if plan.resume_from:
         rows.append(("resume from", plan.resume_from))
+    if getattr(plan, "eval_records", 0):
+        rows.append(("evaluation set", plan.eval_from))
+    if getattr(plan, "lora", None):
+        rows.append(("LoRA", plan.lora))
     for row in rows:
         table.add_row(*row)
     return table
