@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from alpaca_plw.data.weights_store import WeightsData
+from alpaca_plw.train.selection import Selection, select_targets
 
 
 @dataclass
@@ -62,7 +63,12 @@ class SequenceStore:
 
 @dataclass
 class MicroBatch:
-    """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1)."""
+    """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1).
+
+    `selection` holds the weighted positions chosen on the host (`alpaca_plw.train.selection`);
+    a packed row also carries `cu_seq_lens` [n + 1] int32 (record boundaries) and `max_length`,
+    the variable-length attention arguments flash kernels take instead of inferring them.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None  # None for packed rows (position ids delimit records)
@@ -71,12 +77,26 @@ class MicroBatch:
     prompt_mask: torch.Tensor
     real_tokens: int
     position_ids: torch.Tensor | None = None
+    selection: Selection | None = None
+    cu_seq_lens: torch.Tensor | None = None
+    max_length: int = 0
 
     def to(self, device) -> MicroBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.targets),
                           move(self.weights), move(self.prompt_mask), self.real_tokens,
-                          move(self.position_ids))
+                          move(self.position_ids),
+                          None if self.selection is None else self.selection.to(device),
+                          move(self.cu_seq_lens), self.max_length)
+
+    def pin_memory(self) -> MicroBatch:
+        """Page-locked copies, so that `to(cuda)` is a true asynchronous copy."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return MicroBatch(pin(self.input_ids), pin(self.attention_mask), pin(self.targets),
+                          pin(self.weights), pin(self.prompt_mask), self.real_tokens,
+                          pin(self.position_ids),
+                          None if self.selection is None else self.selection.pin_memory(),
+                          pin(self.cu_seq_lens), self.max_length)
 
     def model_inputs(self) -> dict:
         """Keyword arguments for a Hugging Face causal LM's forward."""
@@ -85,6 +105,13 @@ class MicroBatch:
                     "use_cache": False}
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
                 "use_cache": False}
+
+    def varlen_kwargs(self) -> dict:
+        """Flash-attention varlen arguments of a packed row (empty for padded rows)."""
+        if self.cu_seq_lens is None:
+            return {}
+        return {"cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
+                "max_length_q": self.max_length, "max_length_k": self.max_length}
 
 
 def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> MicroBatch:
@@ -96,7 +123,9 @@ def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> Micro
     if len(indices) == 0:
         zeros = torch.zeros(1, 1, dtype=torch.long)
         return MicroBatch(zeros + pad_id, torch.ones(1, 1, dtype=torch.long), zeros,
-                          torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool), 0)
+                          torch.zeros(1, 1), torch.zeros(1, 1, dtype=torch.bool), 0,
+                          selection=select_targets(np.zeros((1, 1)), np.zeros((1, 1)),
+                                                   np.zeros((1, 1), dtype=bool)))
     lengths = store.lengths[indices]
     width = int(lengths.max())
     ids = np.full((len(indices), width), pad_id, dtype=np.int64)
@@ -112,7 +141,8 @@ def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> Micro
     positions = np.arange(width)[None, :]
     prompt = (positions + 1) < store.prompt_length[indices][:, None]
     return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(targets),
-                      torch.from_numpy(weights), torch.from_numpy(prompt), int(lengths.sum()))
+                      torch.from_numpy(weights), torch.from_numpy(prompt), int(lengths.sum()),
+                      selection=select_targets(targets, weights, prompt))
 
 
 @dataclass(frozen=True)

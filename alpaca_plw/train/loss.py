@@ -54,59 +54,83 @@ def loss_terms(
 
     `prompt_mask` [B, T] bool marks targets that are prompt tokens; it splits the plain (unweighted)
     per-token losses into prompt and completion sums for logging. Prompt tokens of weight 0 are not
-    computed, so at PLW 0 the prompt sums are 0 over 0 tokens.
+    computed, so at PLW 0 the prompt sums are 0 over 0 tokens. (This form selects the positions on
+    the device; the trainer passes a host-side `Selection` to `selected_terms` instead.)
     """
-    selected = weights > 0
-    if not bool(selected.any()):
-        return _no_terms(logits)
-    token_loss = F.cross_entropy(logits[selected].float(), targets[selected], reduction="none")
-    return _terms(token_loss, weights[selected].float(), prompt_mask[selected])
+    index, t, w, p = device_selection(targets, weights, prompt_mask)
+    rows = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+    return selected_terms(logits_token_losses(rows, t), w, p)
 
 
-def _no_terms(source: torch.Tensor) -> LossTerms:
-    """All sums 0; the zero loss stays attached to the graph so every rank still runs backward."""
-    nothing = torch.zeros((), device=source.device)
-    return LossTerms(source.sum() * 0.0, nothing, nothing, nothing, nothing, nothing)
+def device_selection(targets, weights, prompt_mask):
+    """(index, targets, weights, prompt) [K] of the weighted positions, chosen on the device (one
+    sync); like `alpaca_plw.train.selection.select_targets`, one zero-weight position when none."""
+    flat_w = weights.reshape(-1)
+    index = (flat_w > 0).nonzero().squeeze(1)
+    if index.numel() == 0:
+        index = torch.zeros(1, dtype=torch.long, device=weights.device)
+    w = flat_w.index_select(0, index).float()
+    return (index, targets.reshape(-1).index_select(0, index), w.clamp(min=0),
+            prompt_mask.reshape(-1).index_select(0, index))
 
 
-def _terms(token_loss: torch.Tensor, w: torch.Tensor, is_prompt: torch.Tensor) -> LossTerms:
+def selected_terms(token_loss: torch.Tensor, w: torch.Tensor, is_prompt: torch.Tensor) -> LossTerms:
+    """LossTerms from the per-token losses of the selected positions (all [K]).
+
+    No boolean indexing and no data-dependent shape, so nothing here waits for the device. A
+    position of weight 0 (the placeholder of an empty micro-batch) adds 0 to every sum but keeps the
+    graph through the LM head, so every rank runs the same backward.
+    """
     plain = token_loss.detach()
+    live = w > 0
+    prompt = (is_prompt & live).to(plain.dtype)
+    completion = (~is_prompt & live).to(plain.dtype)
     return LossTerms(
         weighted_sum=(token_loss * w).sum(),
         weight_sum=w.sum(),
-        prompt_loss_sum=plain[is_prompt].sum(),
-        prompt_count=is_prompt.sum().float(),
-        completion_loss_sum=plain[~is_prompt].sum(),
-        completion_count=(~is_prompt).sum().float(),
+        prompt_loss_sum=(plain * prompt).sum(),
+        prompt_count=prompt.sum(),
+        completion_loss_sum=(plain * completion).sum(),
+        completion_count=completion.sum(),
     )
 
 
-def _chunk_losses(hidden: torch.Tensor, head_weight: torch.Tensor, head_bias, targets: torch.Tensor):
+def logits_token_losses(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """fp32 cross-entropy per row: rows [K, V] logits, targets [K]."""
+    return F.cross_entropy(rows.float(), targets, reduction="none")
+
+
+def _chunk_losses(hidden, head_weight, head_bias, targets, transform):
     logits = F.linear(hidden, head_weight, head_bias).float()
+    if transform is not None:
+        logits = transform(logits)
     return F.cross_entropy(logits, targets, reduction="none")
+
+
+def head_token_losses(rows: torch.Tensor, lm_head: torch.nn.Linear, targets: torch.Tensor,
+                      chunk_size: int = 4096, transform=None) -> torch.Tensor:
+    """Per-row cross-entropy of `transform(lm_head(rows))` without holding full-vocabulary logits.
+
+    rows [K, H] (selected decoder outputs), targets [K]. The rows go through the head `chunk_size`
+    at a time; each chunk's logits (fp32) are freed after its loss and recomputed in backward
+    (activation checkpointing), so peak logit memory is chunk_size x V x 4 bytes instead of
+    B x T x V x 4. `transform` is the model's own logit post-processing (see `train.head`).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    pieces = [
+        checkpoint(_chunk_losses, rows[i : i + chunk_size], lm_head.weight, lm_head.bias,
+                   targets[i : i + chunk_size], transform, use_reentrant=False)
+        for i in range(0, rows.shape[0], chunk_size)
+    ]
+    return torch.cat(pieces)
 
 
 def chunked_loss_terms(
     hidden: torch.Tensor, lm_head: torch.nn.Linear, targets: torch.Tensor, weights: torch.Tensor,
-    prompt_mask: torch.Tensor, chunk_size: int = 4096,
+    prompt_mask: torch.Tensor, chunk_size: int = 4096, transform=None,
 ) -> LossTerms:
-    """`loss_terms` computed from final hidden states, without ever holding full-vocabulary logits.
-
-    hidden [B, T, H] (the decoder's output), targets / weights / prompt_mask [B, T]. Only positions
-    of weight > 0 reach the LM head; they go through it `chunk_size` at a time, each chunk's logits
-    (fp32) are freed after its loss and recomputed in backward (activation checkpointing), so peak
-    logit memory is chunk_size x V x 4 bytes instead of B x T x V x 4.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    selected = weights > 0
-    if not bool(selected.any()):
-        return _no_terms(hidden)
-    h = hidden[selected]
-    t = targets[selected]
-    pieces = [
-        checkpoint(_chunk_losses, h[i : i + chunk_size], lm_head.weight, lm_head.bias,
-                   t[i : i + chunk_size], use_reentrant=False)
-        for i in range(0, h.shape[0], chunk_size)
-    ]
-    return _terms(torch.cat(pieces), weights[selected].float(), prompt_mask[selected])
+    """`loss_terms` computed from final hidden states [B, T, H], never holding full logits."""
+    index, t, w, p = device_selection(targets, weights, prompt_mask)
+    rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+    return selected_terms(head_token_losses(rows, lm_head, t, chunk_size, transform), w, p)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from alpaca_plw.train.loss import LossTerms, chunked_loss_terms, loss_terms
+from alpaca_plw.train.head import chunkable, logit_transform
+from alpaca_plw.train.loss import (LossTerms, device_selection, head_token_losses,
+                                   logits_token_losses, selected_terms)
 
 
 def supports_chunked_loss(model) -> bool:
-    """True when logits are a plain linear map of the decoder output (no scaling or soft-capping)."""
-    config = model.config
-    plain_head = isinstance(model.get_output_embeddings(), torch.nn.Linear)
-    extras = any(getattr(config, name, None) not in (None, 1.0)
-                 for name in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"))
-    return plain_head and not extras and hasattr(model, "get_decoder")
+    """True when the chunked head can run on `model` (its logit post-processing, if any, is one
+    `alpaca_plw.train.head.logit_transform` knows; the trainer also checks the result)."""
+    return chunkable(model) is None
 
 
 class WeightedCausalLM(torch.nn.Module):
@@ -27,18 +26,37 @@ class WeightedCausalLM(torch.nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size if chunk_size and supports_chunked_loss(model) else None
+        self.transform = logit_transform(model.config)
 
     def forward(self, input_ids, targets, weights, prompt_mask, attention_mask=None,
-                position_ids=None) -> tuple[torch.Tensor, ...]:
+                position_ids=None, index=None, probe=None, **attention) -> tuple[torch.Tensor, ...]:
+        """Loss sums of one micro-batch.
+
+        With `index` [K] (the host-side `Selection`), `targets`, `weights` and `prompt_mask` are the
+        K selected positions; without it they are [B, T] and the selection happens here.
+        `attention` holds extra attention kwargs (flash varlen `cu_seq_lens_*`, `max_length_*`).
+        `probe="logits"` / `probe="head"` return [B, T, V] logits from the model's own forward /
+        from the chunked head, for the start-up checks (run under no_grad).
+        """
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-                  "position_ids": position_ids, "use_cache": False}
-        if self.chunk_size is None:
-            logits = self.model(**inputs).logits
-            terms = loss_terms(logits, targets, weights, prompt_mask)
-        else:
+                  "position_ids": position_ids, "use_cache": False, **attention}
+        if probe == "logits":
+            return self.model(**inputs).logits
+        if index is None:
+            index, targets, weights, prompt_mask = device_selection(targets, weights, prompt_mask)
+        if probe == "head" or self.chunk_size is not None:
             hidden = self.model.get_decoder()(**inputs).last_hidden_state
-            terms = chunked_loss_terms(hidden, self.model.get_output_embeddings(), targets, weights,
-                                       prompt_mask, self.chunk_size)
+            head = self.model.get_output_embeddings()
+            if probe == "head":
+                logits = torch.nn.functional.linear(hidden, head.weight, head.bias).float()
+                return logits if self.transform is None else self.transform(logits)
+            rows = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
+            token_loss = head_token_losses(rows, head, targets, self.chunk_size, self.transform)
+        else:
+            logits = self.model(**inputs).logits
+            rows = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
+            token_loss = logits_token_losses(rows, targets)
+        terms = selected_terms(token_loss, weights.float(), prompt_mask)
         return (terms.weighted_sum, terms.weight_sum, terms.prompt_loss_sum, terms.prompt_count,
                 terms.completion_loss_sum, terms.completion_count)
 

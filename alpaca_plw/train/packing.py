@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from alpaca_plw.train.batches import MicroBatch, SequenceStore
+from alpaca_plw.train.selection import select_targets
 
 
 def pack_records(indices: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -55,8 +56,11 @@ def collate_packed(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -
     """
     if len(indices) == 0:
         zeros = torch.zeros(1, 1, dtype=torch.long)
+        none = np.zeros((1, 1))
         return MicroBatch(zeros + pad_id, None, zeros, torch.zeros(1, 1),
-                          torch.zeros(1, 1, dtype=torch.bool), 0, position_ids=zeros.clone())
+                          torch.zeros(1, 1, dtype=torch.bool), 0, position_ids=zeros.clone(),
+                          selection=select_targets(none, none, none.astype(bool)),
+                          cu_seq_lens=torch.tensor([0, 1], dtype=torch.int32), max_length=1)
     starts, stops = store.offsets[indices], store.offsets[indices + 1]
     lengths = stops - starts
     total = int(lengths.sum())
@@ -70,6 +74,9 @@ def collate_packed(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -
     weights = np.where(is_last, 0.0, store.weights[next_source]).astype(np.float32)
     prompt = (positions + 1) < np.repeat(store.prompt_length[indices], lengths)
     as_row = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, :]  # noqa: E731
+    bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
     return MicroBatch(as_row(ids.astype(np.int64)), None, as_row(targets.astype(np.int64)),
                       as_row(weights), as_row(prompt), total,
-                      position_ids=as_row(positions.astype(np.int64)))
+                      position_ids=as_row(positions.astype(np.int64)),
+                      selection=select_targets(targets, weights, prompt),
+                      cu_seq_lens=torch.from_numpy(bounds), max_length=int(lengths.max()))

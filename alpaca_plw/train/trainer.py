@@ -22,13 +22,14 @@ import torch
 
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.train.batches import DataOrder, SequenceStore, collate
+from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoint import (full_state_dicts, load_checkpoint, save_checkpoint,
                                          save_final, unwrap)
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
+from alpaca_plw.train.feed import attention_kwargs, device_batches
 from alpaca_plw.train.model import WeightedCausalLM, as_terms
-from alpaca_plw.train.packing import collate_packed, pack_records
+from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
 
@@ -139,8 +140,8 @@ def _optimizer_step(run: _Run, step: int) -> dict:
                 else nullcontext())
     pad_id = run.tokenizer.pad_token_id or 0
     micro = _micro_batches(run.order, step, d, plan, run.store)
-    for j, indices in enumerate(micro):
-        batch = (collate_packed if plan.packing else collate)(run.store, indices, pad_id).to(d.device)
+    real_tokens = 0
+    for j, batch in enumerate(device_batches(run.store, micro, pad_id, plan.packing, d.device)):
         last = j == len(micro) - 1
         sync = nullcontext()
         if d.world > 1 and not last:
@@ -149,16 +150,18 @@ def _optimizer_step(run: _Run, step: int) -> dict:
             model.set_requires_gradient_sync(last)
         with sync:
             with autocast:
-                terms = as_terms(model(batch.input_ids, batch.targets, batch.weights,
-                                       batch.prompt_mask, attention_mask=batch.attention_mask,
-                                       position_ids=batch.position_ids))
+                sel = batch.selection  # chosen on the host: no device sync in this loop
+                terms = as_terms(model(batch.input_ids, sel.targets, sel.weights, sel.prompt,
+                                       attention_mask=batch.attention_mask,
+                                       position_ids=batch.position_ids, index=sel.index,
+                                       **attention_kwargs(unwrap(model), batch)))
             (terms.weighted_sum * scale).backward()
-        sums += torch.stack([terms.weighted_sum.detach().double(), terms.prompt_loss_sum.double(),
-                             terms.prompt_count.double(), terms.completion_loss_sum.double(),
-                             terms.completion_count.double(),
-                             torch.tensor(float(batch.real_tokens), device=d.device,
-                                          dtype=torch.float64)])
+        sums[:5] += torch.stack([terms.weighted_sum.detach(), terms.prompt_loss_sum,
+                                 terms.prompt_count, terms.completion_loss_sum,
+                                 terms.completion_count]).double()
+        real_tokens += batch.real_tokens
         del terms
+    sums[5] = real_tokens
     d.all_reduce_sum(sums)
     if cfg.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
