@@ -100,6 +100,8 @@ def build_summary(built) -> Text:
     c = built.counts
     line = (f"wrote {built.out} and {built.manifest}: {c['source']:,} source records, "
             f"{c['swapped']:,} swapped, {c['dropped']:,} left out, {c['kept']:,} in the output")
+    if c.get("not_swappable"):
+        line += f"; {c['not_swappable']:,} kept as multi-turn: not swappable"
     if c["dropped"]:
         line += (f" (left out to reach the target R_g: swapping alone reaches only "
                  f"{built.summary.get('swap_floor_rg')})")
