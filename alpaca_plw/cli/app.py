@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from alpaca_plw import __version__
-from alpaca_plw.cli import data, train
+from alpaca_plw.cli import data, study, train
 from alpaca_plw.cli.options import err
 
 app = typer.Typer(
@@ -47,6 +47,10 @@ app.command("build-tiny")(data.build_tiny)
 app.command("build")(data.build_target)
 app.command()(data.weights)
 app.command("train")(train.train)
+app.command("sweep", context_settings=study.SWEEP_CONTEXT)(study.sweep)
+app.command("eval")(study.evaluate)
+app.command("fit")(study.fit)
+app.command("analyze")(study.analyze)
 
 
 def main() -> None:

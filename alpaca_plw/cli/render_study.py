@@ -1,0 +1,81 @@
+"""Rich renderings of the study commands' results (sweep, eval, fit, analyze)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+
+def _num(value, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 and name in ("Run", "Folder") else "right")
+    return table
+
+
+def sweep_table(runs: list[dict], output_dir: Path) -> Table:
+    """One row per run of a sweep, as sweep.json holds it."""
+    table = _table(f"Sweep in {output_dir} (sweep.json)",
+                   ["Folder", "PLW", "w_p", "Status", "Steps", "Train loss", "Eval loss"])
+    for r in runs:
+        table.add_row(r["folder"], f"{r['plw']:g}", f"{r['plw'] ** 0.30103:.3f}", r["status"],
+                      _num(r["steps"], "d"), _num(r["train_loss"]), _num(r["eval_loss"]))
+    return table
+
+
+def sweep_plan_table(plan) -> Group:
+    """`sweep --dry-run`: the grid and the totals still to train."""
+    table = _table(f"Sweep plan: {plan.records:,} records, effective batch {plan.effective_batch} "
+                   f"on {plan.world_size} process(es)",
+                   ["Folder", "PLW", "w_p", "State", "Steps", "Tokens", "Prompt share of weight"])
+    for r in plan.runs:
+        table.add_row(r.folder, f"{r.plw:g}", f"{r.wp:.3f}", r.state, f"{r.steps:,}",
+                      f"{r.tokens:,}", f"{r.prompt_weight_share:.2%}")
+    todo = sum(1 for r in plan.runs if r.state != "done")
+    return Group(table, Text(f"to train: {todo} of {len(plan.runs)} runs, {plan.total_steps:,} "
+                             f"optimizer steps, {plan.total_tokens:,} tokens"))
+
+
+def scores_table(rows: list[dict]) -> Table:
+    table = _table("Scores (primary metric per task)", ["Run", "PLW", "Task", "Metric", "Value"])
+    for r in rows:
+        table.add_row(r["run"], "-" if r["plw"] is None else f"{r['plw']:g}", r["task"],
+                      r["metric"], f"{r['value']:.4f}")
+    return table
+
+
+def fit_table(fit) -> Group:
+    table = Table(title=f"Fit: scaled score ~ w_p + w_p^2, random intercept per task "
+                  f"({fit.n} scores)", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    c = fit.coef
+    rows = [("intercept", f"{c['intercept']:.4f}"), ("w_p", f"{c['wp']:.4f}"),
+            ("w_p^2", f"{c['wp2']:.4f}"),
+            ("p-value (LR test vs no w_p terms)", f"{fit.p_value:.4g}"),
+            ("optimum w_p*", _num(fit.wp_opt, ".3f")), ("optimum PLW (lambda)", _num(fit.lam, ".3f"))]
+    for row in rows:
+        table.add_row(*row)
+    return Group(table, Text(f"note: {fit.note}"))
+
+
+def analysis_table(results) -> Table:
+    with_distance = any(r.distance is not None for r in results)
+    columns = ["Run", "PLW", "Steps", "Train loss", "Prompt loss", "Completion loss", "Eval loss",
+               "Stability (RSD)"] + (["Distance", "Relative"] if with_distance else [])
+    table = _table("Runs (stability: mean std/mean of the loss over 5-step windows)", columns)
+    for r in results:
+        cells = [r.run, "-" if r.plw is None else f"{r.plw:g}", _num(r.steps, "d"),
+                 _num(r.train_loss), _num(r.prompt_loss), _num(r.completion_loss),
+                 _num(r.eval_loss), _num(r.stability)]
+        if with_distance:
+            cells += [_num(r.distance, ".4g"), _num(r.relative_distance, ".3e")]
+        table.add_row(*cells)
+    return table

@@ -1,0 +1,205 @@
+"""The study commands: `sweep`, `eval`, `fit` and `analyze`. Each parses its options, calls one
+library function in `alpaca_plw.study` and renders the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from alpaca_plw.cli.options import Columns, Split, data_options, err, guard, out, progress_bar
+
+SWEEP_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+_ALIASES = {"compile_model": "compile"}  # train's parameter name -> TrainConfig field
+_SWEEP_SETS = ("weights_dir", "model", "output_dir", "resume", "force", "dry_run", "tokenizer")
+
+
+def _usage_error() -> type:
+    """Click's UsageError, from the click that Typer runs on (Typer >= 0.24 vendors its own)."""
+    from typer.main import get_command  # noqa: F401  (ensures typer's click is loaded)
+
+    try:
+        from typer._click.exceptions import UsageError
+    except ImportError:
+        from click.exceptions import UsageError
+    return UsageError
+
+
+def train_options(args: list[str]) -> dict:
+    """The `train` options among `args`, parsed by the train command itself, as TrainConfig fields
+    (only those given on the command line, so defaults stay the trainer's)."""
+    from typer.main import get_command
+
+    from alpaca_plw.cli.app import app
+    from alpaca_plw.errors import ConfigError
+    from alpaca_plw.train.config import TrainConfig
+
+    command = get_command(app).commands["train"]
+    try:
+        ctx = command.make_context("train", ["W", "--model", "M", "--output-dir", "O", *args])
+    except _usage_error() as exc:
+        raise ConfigError(f"sweep: {exc.format_message()} (train options are passed through; see "
+                          "alpaca-plw train --help)") from None
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    chosen = {}
+    for name, value in ctx.params.items():
+        if getattr(ctx.get_parameter_source(name), "name", None) != "COMMANDLINE":
+            continue
+        field = _ALIASES.get(name, name)
+        if field in ("weights_dir", "model", "output_dir"):  # the placeholders above
+            continue
+        if field in _SWEEP_SETS:
+            raise ConfigError(f"sweep: --{name.replace('_', '-')} is set by the sweep for each run")
+        if field not in fields:
+            raise ConfigError(f"sweep: the train option for {name!r} cannot be passed to a sweep")
+        chosen[field] = value
+    return chosen
+
+
+def sweep(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="A dataset (tokenized once) or a folder written by `alpaca-plw weights`.")],
+    model: Annotated[str, typer.Option("--model", help="Causal LM every run starts from (a save_pretrained directory).")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", help="OUT: sweep.json, weights/ and one plw-<value>/ run folder per PLW.")],
+    plw: Annotated[str, typer.Option("--plw", help="'paper' (the paper's ten values) or a list like 0,0.1,1.")] = "paper",
+    launcher: Annotated[str, typer.Option("--launcher", help="none (in this process) or torchrun.")] = "none",
+    nproc_per_node: Annotated[int, typer.Option("--nproc-per-node", help="Processes per run under torchrun.")] = 1,
+    max_length: Annotated[int, typer.Option("--max-length", help="Cut sequences at this many tokens (when SOURCE is a dataset).")] = 512,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer for the data and the runs [default: $ALPACA_PLW_TOKENIZER].", show_default=False)] = None,
+    columns: Columns = None,
+    split: Split = "train",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and the total steps and tokens; write nothing.")] = False,
+) -> None:
+    """Train one run per PLW value (same seed, data and options); any `train` option may follow."""
+    from alpaca_plw.cli.render_study import sweep_plan_table, sweep_table
+    from alpaca_plw.extras import require
+
+    def run() -> None:
+        require("torch", "alpaca-plw sweep")
+        from alpaca_plw.study.grid import parse_plws
+        from alpaca_plw.study.sweep import SweepConfig
+        from alpaca_plw.study.sweep import sweep as run_sweep
+
+        options = data_options(tokenizer, columns, split)
+        cfg = SweepConfig(source=source, model=model, output_dir=output_dir, plws=parse_plws(plw),
+                          train=train_options(list(ctx.args)), launcher=launcher,
+                          nproc_per_node=nproc_per_node, max_length=max_length,
+                          tokenizer=tokenizer, dry_run=dry_run)
+        if dry_run:
+            from alpaca_plw.study.plan import plan_sweep, tokenized
+
+            out().print(sweep_plan_table(plan_sweep(cfg, tokenized(source, options, max_length))))
+            return
+
+        def make_base(value: float, folder: Path) -> None:
+            from alpaca_plw.data.pipeline import make_weights
+
+            with progress_bar() as progress:
+                make_weights(source, value, options, folder, max_length, False, progress)
+
+        def on_event(kind: str, info: dict) -> None:
+            from alpaca_plw.cli.render import step_line
+
+            if kind == "run":
+                err.print(f"{info['folder']}: PLW {info['plw']:g}, {info['state']}")
+            else:
+                err.print(step_line(info))
+
+        out().print(sweep_table(run_sweep(cfg, make_base, on_event), output_dir))
+
+    guard(run)
+
+
+def evaluate(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (a sweep's OUT/plw-*/ or any train output).")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval task names.")],
+    include_path: Annotated[Optional[list[Path]], typer.Option("--include-path", help="Folder of lm-eval YAML tasks (repeatable).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N documents of each task.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples [default: the task's].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the scores CSV (run, plw, task, metric, value).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o file.")] = False,
+) -> None:
+    """Score run folders with lm-evaluation-harness; each gets eval.json."""
+    from alpaca_plw.cli.render_study import scores_table
+
+    def run() -> None:
+        from alpaca_plw.data.output import atomic_write, check_writable, text_writer
+        from alpaca_plw.study.evaluate import EvalOptions, evaluate_runs, scores_csv
+
+        if output is not None:
+            check_writable([output], force)
+        options = EvalOptions(tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+                              include_path=include_path, limit=limit, batch_size=batch_size,
+                              device=device, num_fewshot=num_fewshot)
+        rows = evaluate_runs(runs, options, on_run=lambda r: err.print(f"evaluating {r}"))
+        if output is not None:
+            atomic_write(output, text_writer(scores_csv(rows)))
+            err.print(f"wrote {output}")
+        out().print(scores_table(rows))
+
+    guard(run)
+
+
+def fit(
+    scores: Annotated[Path, typer.Argument(help="CSV with plw, task, score (or value, as eval -o writes) and optionally model.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw scaled scores, the fitted curve and the optimum to this PNG.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
+) -> None:
+    """The paper's analysis: min-max scaled scores ~ w_p + w_p^2 (mixed model), optimum PLW."""
+    from alpaca_plw.cli.render_study import fit_table
+
+    def run() -> None:
+        from alpaca_plw.data.output import check_writable
+        from alpaca_plw.study.fit import fit_scores, read_scores
+
+        if plot is not None:
+            check_writable([plot], force)
+        result = fit_scores(read_scores(scores))
+        if plot is not None:
+            from alpaca_plw.study.plots import plot_fit
+
+            plot_fit(result, plot)
+            err.print(f"wrote {plot}")
+        if as_json:
+            print(json.dumps(result.to_json(), sort_keys=True))
+        else:
+            out().print(fit_table(result))
+
+    guard(run)
+
+
+def analyze(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders.")],
+    base: Annotated[Optional[str], typer.Option("--base", help="The pre-trained model folder: adds the weight distance.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per run per line.")] = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw loss curves against step, one colour per PLW, to this PNG.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
+) -> None:
+    """Per run: PLW, final losses, loss stability (Figure 2a) and the distance from --base."""
+    from alpaca_plw.cli.render_study import analysis_table
+
+    def run() -> None:
+        from alpaca_plw.data.output import check_writable
+        from alpaca_plw.study.analyze import analyze_runs
+
+        if plot is not None:
+            check_writable([plot], force)
+        results = analyze_runs(runs, base)
+        if plot is not None:
+            from alpaca_plw.study.plots import plot_runs
+
+            plot_runs(runs, plot)
+            err.print(f"wrote {plot}")
+        if as_json:
+            for r in results:
+                print(json.dumps(r.to_json(), sort_keys=True))
+        else:
+            out().print(analysis_table(results))
+
+    guard(run)

@@ -1,0 +1,152 @@
+"""What the paper's Figure 2 looks at, per run: loss stability and the distance from the base model.
+
+Stability (Figure 2a): the relative standard deviation std / mean (population std) of the step
+training losses in every window of 5 consecutive steps, averaged over the windows. Losses
+[4, 2, 2, 2, 2, 4] have two windows, [4, 2, 2, 2, 2] (mean 2.4, std 0.8, RSD 1/3) and
+[2, 2, 2, 2, 4] (the same), so the stability is 1/3.
+
+Distance: the L2 norm of (trained - base) over all parameters, and that divided by the L2 norm of
+the base's parameters. A LoRA run is measured on its merged weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alpaca_plw.errors import ConfigError, InputError
+from alpaca_plw.study.runs import (ADAPTER_CONFIG, check_run, final_losses, is_adapter, read_log,
+                                   run_plw, step_records)
+
+WINDOW = 5
+
+
+def loss_stability(losses, window: int = WINDOW) -> float | None:
+    """Mean over every window of `window` consecutive losses of std / mean (population std).
+
+    None when there are fewer than `window` losses.
+    """
+    values = np.asarray(list(losses), dtype=np.float64)
+    if values.size < window:
+        return None
+    windows = np.lib.stride_tricks.sliding_window_view(values, window)
+    return float((windows.std(axis=1, ddof=0) / windows.mean(axis=1)).mean())
+
+
+@dataclass
+class RunAnalysis:
+    run: str
+    plw: float | None
+    steps: int | None
+    train_loss: float | None
+    prompt_loss: float | None
+    completion_loss: float | None
+    eval_loss: float | None
+    stability: float | None
+    distance: float | None = None
+    relative_distance: float | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _tensor_files(model_dir: Path) -> dict[str, Path]:
+    """Parameter name -> safetensors file of a save_pretrained folder (single file or sharded)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {name: model_dir / file for name, file in weight_map.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise InputError(f"{model_dir}: no model.safetensors (a save_pretrained folder is needed "
+                         "to measure weight distances)")
+    from safetensors import safe_open
+
+    with safe_open(str(single), "np") as handle:
+        return {name: single for name in handle.keys()}
+
+
+def _getter(files: dict[str, Path]):
+    """name -> float64 array, reading each tensor from its safetensors file on demand."""
+    from safetensors import safe_open
+
+    handles = {file: safe_open(str(file), "pt") for file in set(files.values())}
+    return lambda name: handles[files[name]].get_tensor(name).double().numpy()
+
+
+def _merged_state(run_dir: Path, base: str) -> dict[str, np.ndarray]:
+    """A LoRA run's weights merged into the base model (peft), as float64 arrays."""
+    from alpaca_plw.extras import require
+
+    require("peft", "alpaca-plw analyze on a LoRA run", "lora")
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(run_dir)).merge_and_unload()
+    return {k: v.double().numpy() for k, v in merged.state_dict().items()}
+
+
+def weight_distance(run_dir: Path, base: str) -> tuple[float, float]:
+    """(||trained - base||_2, that / ||base||_2) over every parameter of the base model.
+
+    Tensors are read one at a time (float64), so two models need not fit in memory together; a
+    LoRA run is merged into the base first (peft), which does need the model in memory.
+    """
+    base_files = _tensor_files(Path(base))
+    get_base = _getter(base_files)
+    if is_adapter(run_dir):
+        trained = _merged_state(run_dir, base)
+        get_run, names = trained.__getitem__, set(trained)
+        missing = set(base_files) - names  # a merged state dict also lists tied weights
+    else:
+        run_files = _tensor_files(Path(run_dir))
+        get_run, names = _getter(run_files), set(run_files)
+        missing = set(base_files) ^ names
+    if missing:
+        raise ConfigError(f"--base {base}: its parameters differ from {run_dir}'s (e.g. "
+                          f"{sorted(missing)[:3]}); pass the model the run started from")
+    diff_sq = base_sq = 0.0
+    for name in sorted(base_files):
+        b, t = get_base(name), get_run(name)
+        if b.shape != t.shape:
+            raise ConfigError(f"--base {base}: parameter {name} has shape {b.shape}, the run's "
+                              f"{t.shape}; pass the model the run started from")
+        diff_sq += float(np.square(t - b).sum())
+        base_sq += float(np.square(b).sum())
+    return math.sqrt(diff_sq), math.sqrt(diff_sq) / math.sqrt(base_sq) if base_sq else float("nan")
+
+
+def analyze_run(run_dir: Path, base: str | None = None) -> RunAnalysis:
+    """One run's PLW, final losses, Figure-2a stability and (with `base`) weight distance."""
+    run_dir = Path(run_dir)
+    if base is not None:
+        check_run(run_dir)
+    elif not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
+    log = read_log(run_dir)
+    if not log:
+        raise InputError(f"{run_dir}: no log.jsonl; not a folder written by `alpaca-plw train`")
+    losses = final_losses(log)
+    stability = loss_stability(r["loss"] for r in step_records(log))
+    result = RunAnalysis(run=run_dir.name, plw=run_plw(run_dir), stability=stability, **losses)
+    if base is not None:
+        result.distance, result.relative_distance = weight_distance(run_dir, base)
+    return result
+
+
+def analyze_runs(run_dirs: list[Path], base: str | None = None) -> list[RunAnalysis]:
+    """`analyze_run` for each folder, sorted by PLW (unknown PLW last, then by name)."""
+    if base is not None and not Path(base).is_dir():
+        raise ConfigError(f"--base {base}: no such directory (a save_pretrained folder)")
+    results = [analyze_run(Path(r), base) for r in run_dirs]
+    return sorted(results, key=lambda a: (a.plw is None, a.plw or 0.0, a.run))
+
+
+__all__ = ["ADAPTER_CONFIG", "RunAnalysis", "analyze_run", "analyze_runs", "loss_stability",
+           "weight_distance"]
