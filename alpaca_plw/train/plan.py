@@ -10,6 +10,7 @@ from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoint import latest_checkpoint
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
+from alpaca_plw.train.schedule import lr_factor  # noqa: F401 (the schedule, re-exported)
 
 
 @dataclass
@@ -75,10 +76,3 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
         resume_from=str(last) if last else None,
     )
 
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup to 1, then cosine decay to 0 (the recipe's schedule)."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1) if warmup else 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

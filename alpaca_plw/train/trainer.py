@@ -32,6 +32,7 @@ from alpaca_plw.train.model import WeightedCausalLM, as_terms
 from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
+from alpaca_plw.train.schedule import make_scheduler
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
 
@@ -113,8 +114,7 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=d.device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, plan.warmup_steps, plan.steps))
+    scheduler = make_scheduler(optimizer, plan.warmup_steps, plan.steps)
     start = load_checkpoint(Path(plan.resume_from), model, optimizer, scheduler, d) \
         if plan.resume_from else 0
     denominators = store.target_weight_sums() if cfg.loss_norm == "weight" else \

@@ -1,0 +1,35 @@
+"""The learning-rate schedule: linear warmup, then cosine decay to 0, step for step the schedule the
+Stanford Alpaca recipe trains with (`transformers.get_cosine_schedule_with_warmup`, as used by the
+Hugging Face Trainer with `lr_scheduler_type="cosine"`).
+
+The factor applied to the peak learning rate at optimizer step s (0-based; step s uses factor(s)):
+
+    s <  warmup:  s / warmup                      (so the first step runs at lr 0 when warmup > 0)
+    s >= warmup:  0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))
+
+with `warmup = ceil(warmup_ratio * total)`. The state of the schedule is the step count alone, so
+`--resume` restores it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The factor at 0-based optimizer `step` of `total`, after `warmup` warmup steps.
+
+    >>> [round(lr_factor(s, 2, 6), 4) for s in range(6)]
+    [0.0, 0.5, 1.0, 0.8536, 0.5, 0.1464]
+    """
+    if step < warmup:
+        return float(step) / float(max(1, warmup))
+    progress = float(step - warmup) / float(max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
+
+
+def make_scheduler(optimizer, warmup: int, total: int):
+    """A `LambdaLR` over `optimizer` following `lr_factor` (its state dict is the step count)."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
