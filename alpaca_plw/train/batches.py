@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from alpaca_plw.data.weights_store import WeightsData
+from alpaca_plw.train.roles import padded_target_roles, prompt_from_roles
 from alpaca_plw.train.selection import Selection, select_targets
 
 
@@ -30,6 +31,8 @@ class SequenceStore:
     weights: np.ndarray
     offsets: np.ndarray
     prompt_length: np.ndarray
+    roles: np.ndarray | None = None  # int8 per token: conversation weights (train/roles.py)
+    role_names: tuple[str, ...] = ()
 
     @classmethod
     def from_weights(cls, data: WeightsData) -> SequenceStore:
@@ -40,6 +43,7 @@ class SequenceStore:
             weights=w_col.values.to_numpy().astype(np.float32),
             offsets=ids_col.offsets.to_numpy().astype(np.int64),
             prompt_length=data.table.column("prompt_length").to_numpy().astype(np.int64),
+            **_roles(data),
         )
 
     def __len__(self) -> int:
@@ -140,9 +144,21 @@ def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> Micro
     targets[:, :-1] = ids[:, 1:] * mask[:, 1:]
     positions = np.arange(width)[None, :]
     prompt = (positions + 1) < store.prompt_length[indices][:, None]
+    roles = None if store.roles is None else padded_target_roles(store, indices, width)
+    if roles is not None:  # conversations: prompt and completion interleave
+        prompt = prompt_from_roles(store, roles)
     return MicroBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(targets),
                       torch.from_numpy(weights), torch.from_numpy(prompt), int(lengths.sum()),
-                      selection=select_targets(targets, weights, prompt))
+                      selection=select_targets(targets, weights, prompt, roles))
+
+
+def _roles(data: WeightsData) -> dict:
+    """The role column and its names, for weights made from conversations."""
+    if "role" not in data.table.column_names:
+        return {}
+    column = data.table.column("role").combine_chunks()
+    return {"roles": column.values.to_numpy().astype(np.int8),
+            "role_names": tuple(data.meta.get("role_codes", ()))}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ class LossTerms:
     prompt_count: torch.Tensor
     completion_loss_sum: torch.Tensor
     completion_count: torch.Tensor
+    role_sums: torch.Tensor | None = None  # [2 * roles.SLOTS] for conversation weights
 
 
 def weighted_token_loss(

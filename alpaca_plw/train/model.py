@@ -11,6 +11,7 @@ import torch
 from alpaca_plw.train.head import chunkable, logit_transform
 from alpaca_plw.train.loss import (LossTerms, device_selection, head_token_losses,
                                    logits_token_losses, selected_terms)
+from alpaca_plw.train.roles import role_sums
 
 
 def supports_chunked_loss(model) -> bool:
@@ -29,12 +30,14 @@ class WeightedCausalLM(torch.nn.Module):
         self.transform = logit_transform(model.config)
 
     def forward(self, input_ids, targets, weights, prompt_mask, attention_mask=None,
-                position_ids=None, index=None, probe=None, **attention) -> tuple[torch.Tensor, ...]:
+                position_ids=None, index=None, probe=None, roles=None,
+                **attention) -> tuple[torch.Tensor, ...]:
         """Loss sums of one micro-batch.
 
         With `index` [K] (the host-side `Selection`), `targets`, `weights` and `prompt_mask` are the
         K selected positions; without it they are [B, T] and the selection happens here.
         `attention` holds extra attention kwargs (flash varlen `cu_seq_lens_*`, `max_length_*`).
+        `roles` [K] (conversation weights) adds per-role loss sums (`train.roles.role_sums`).
         `probe="logits"` / `probe="head"` return [B, T, V] logits from the model's own forward /
         from the chunked head, for the start-up checks (run under no_grad).
         """
@@ -57,8 +60,9 @@ class WeightedCausalLM(torch.nn.Module):
             rows = logits.reshape(-1, logits.shape[-1]).index_select(0, index)
             token_loss = logits_token_losses(rows, targets)
         terms = selected_terms(token_loss, weights.float(), prompt_mask)
-        return (terms.weighted_sum, terms.weight_sum, terms.prompt_loss_sum, terms.prompt_count,
+        sums = (terms.weighted_sum, terms.weight_sum, terms.prompt_loss_sum, terms.prompt_count,
                 terms.completion_loss_sum, terms.completion_count)
+        return sums if roles is None else (*sums, role_sums(token_loss, roles, weights > 0))
 
 
 def as_terms(values: tuple[torch.Tensor, ...]) -> LossTerms:

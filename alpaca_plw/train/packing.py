@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from alpaca_plw.train.batches import MicroBatch, SequenceStore
+from alpaca_plw.train.roles import prompt_from_roles
 from alpaca_plw.train.selection import select_targets
 
 
@@ -73,10 +74,13 @@ def collate_packed(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -
     targets = np.where(is_last, 0, store.ids[next_source])
     weights = np.where(is_last, 0.0, store.weights[next_source]).astype(np.float32)
     prompt = (positions + 1) < np.repeat(store.prompt_length[indices], lengths)
+    roles = None if store.roles is None else np.where(is_last, -1, store.roles[next_source])
+    if roles is not None:  # conversations: prompt and completion interleave (train/roles.py)
+        prompt = prompt_from_roles(store, roles)
     as_row = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, :]  # noqa: E731
     bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
     return MicroBatch(as_row(ids.astype(np.int64)), None, as_row(targets.astype(np.int64)),
                       as_row(weights), as_row(prompt), total,
                       position_ids=as_row(positions.astype(np.int64)),
-                      selection=select_targets(targets, weights, prompt),
+                      selection=select_targets(targets, weights, prompt, roles),
                       cu_seq_lens=torch.from_numpy(bounds), max_length=int(lengths.max()))

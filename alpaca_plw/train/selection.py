@@ -39,20 +39,23 @@ class Selection:
     weight_sum: float
     prompt_count: int
     completion_count: int
+    roles: torch.Tensor | None = None  # [K] role codes (conversation weights; see train/roles.py)
 
     def to(self, device) -> Selection:
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Selection(move(self.index), move(self.targets), move(self.weights),
                          move(self.prompt), self.weight_sum, self.prompt_count,
-                         self.completion_count)
+                         self.completion_count, move(self.roles))
 
     def pin_memory(self) -> Selection:
         return Selection(self.index.pin_memory(), self.targets.pin_memory(),
                          self.weights.pin_memory(), self.prompt.pin_memory(), self.weight_sum,
-                         self.prompt_count, self.completion_count)
+                         self.prompt_count, self.completion_count,
+                         None if self.roles is None else self.roles.pin_memory())
 
 
-def select_targets(targets: np.ndarray, weights: np.ndarray, prompt: np.ndarray) -> Selection:
+def select_targets(targets: np.ndarray, weights: np.ndarray, prompt: np.ndarray,
+                   roles: np.ndarray | None = None) -> Selection:
     """The weighted positions of a micro-batch (numpy [B, T] arrays in, tensors [K] out).
 
     >>> s = select_targets(np.array([[5, 6, 0]]), np.array([[0.5, 1.0, 0.0]]),
@@ -76,4 +79,6 @@ def select_targets(targets: np.ndarray, weights: np.ndarray, prompt: np.ndarray)
         weight_sum=float(w.astype(np.float64).sum()),
         prompt_count=prompt_count,
         completion_count=completion_count,
+        roles=None if roles is None else torch.from_numpy(
+            np.asarray(roles, dtype=np.int64).reshape(-1)[index].copy()),
     )

@@ -31,6 +31,7 @@ from alpaca_plw.train.feed import attention_kwargs, device_batches
 from alpaca_plw.train.model import WeightedCausalLM, as_terms
 from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
+from alpaca_plw.train.roles import RoleTally
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
 from alpaca_plw.train.schedule import make_scheduler
 
@@ -136,6 +137,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
     denominator = float(run.denominators[run.order.step_records(step)].sum())
     scale = d.world / denominator
     sums = torch.zeros(6, dtype=torch.float64, device=d.device)
+    roles = RoleTally(run.store.role_names, d.device)  # conversation weights: a loss per role
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda"
                 else nullcontext())
     pad_id = run.tokenizer.pad_token_id or 0
@@ -154,12 +156,14 @@ def _optimizer_step(run: _Run, step: int) -> dict:
                 terms = as_terms(model(batch.input_ids, sel.targets, sel.weights, sel.prompt,
                                        attention_mask=batch.attention_mask,
                                        position_ids=batch.position_ids, index=sel.index,
+                                       roles=sel.roles,
                                        **attention_kwargs(unwrap(model), batch)))
             (terms.weighted_sum * scale).backward()
         sums[:5] += torch.stack([terms.weighted_sum.detach(), terms.prompt_loss_sum,
                                  terms.prompt_count, terms.completion_loss_sum,
                                  terms.completion_count]).double()
         real_tokens += batch.real_tokens
+        roles.add(terms)
         del terms
     sums[5] = real_tokens
     d.all_reduce_sum(sums)
@@ -180,6 +184,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
         "completion_loss": s[3] / s[4] if s[4] else None,
         "lr": lr,
         "tokens_per_s": round(s[5] / elapsed, 1),
+        **roles.log(d),
     }
 
 
