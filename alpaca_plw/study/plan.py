@@ -50,6 +50,11 @@ def tokenized(source, options, max_length: int) -> WeightsData:
     tokenizer = load_tokenizer(options.tokenizer)
     records = load_records(source, options.columns, options.split)
     tw = build_weights(records, tokenizer, 0.0, max_length)
+    if tw.source_index.size == 0:
+        from alpaca_plw.errors import InputError
+
+        raise InputError(f"{records.source.path}: every record was skipped (prompt fills "
+                         f"--max-length {max_length}); nothing to train on")
     meta = {"plw": 0.0, "tokenizer": tokenizer.identity()}
     return WeightsData(Path(str(source)), to_table(tw, meta), meta)
 

@@ -1,0 +1,68 @@
+"""`eval`: lm-eval on a local task and a local model; one loglikelihood checked by hand; offline errors."""
+
+import json
+
+import pytest
+import torch
+
+from alpaca_plw.study.evaluate import EvalOptions, evaluate_model, task_manager
+from study_helpers import TASKS, save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("runs") / "plw-0.5")
+
+
+def test_one_loglikelihood_equals_the_model_computed_directly(model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(TASKS)  # the task's data_files are relative to the working directory
+    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=2, device="cpu")
+    raw = evaluate_model(model_dir, options, task_manager(options), log_samples=True)
+    sample = raw["samples"]["plw_tiny_mc"][0]
+    (context, continuation), = {tuple(a) for a in sample["arguments"][:1]}
+    got = sample["resps"][0][0][0]
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    whole = tokenizer(context + continuation).input_ids
+    n_context = len(tokenizer(context).input_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([whole[:-1]])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    expected = sum(float(logprobs[i - 1, whole[i]]) for i in range(n_context, len(whole)))
+    assert context.endswith("Answer:") and continuation == " " + sample["doc"]["choices"][0]
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
+    from alpaca_plw.study.evaluate import _write_eval_json
+
+    _write_eval_json(tmp_path, 0.5, {"a": {"metric": "acc", "value": 0.25}}, "0.4.13")
+    _write_eval_json(tmp_path, 0.5, {"b": {"metric": "acc", "value": 0.5}}, "0.4.13")
+    body = json.loads((tmp_path / "eval.json").read_text())
+    assert body["tasks"] == {"a": {"metric": "acc", "value": 0.25}, "b": {"metric": "acc", "value": 0.5}}
+
+
+def test_a_hub_task_offline_fails_with_one_line_naming_the_local_way(run_cli, model_dir):
+    code, stdout, stderr = run_cli(["eval", model_dir, "--tasks", "hellaswag",
+                                    "--include-path", TASKS])
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.count("\n") == 1
+    assert "Rowan/hellaswag" in stderr and "--include-path" in stderr and "dataset_path: json" in stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "no_such_task_xyz"], "not one of lm-eval's tasks"),
+    (["--tasks", "plw_tiny_mc", "--limit", "0"], "--limit must be at least 1"),
+])
+def test_bad_eval_input_fails_with_one_line(run_cli, model_dir, args, needle):
+    code, _, stderr = run_cli(["eval", model_dir, "--include-path", TASKS, *args])
+    assert code == 2 and needle in stderr and "Traceback" not in stderr
+
+
+def test_a_folder_without_a_final_model_is_refused(run_cli, tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    code, _, stderr = run_cli(["eval", tmp_path, "--tasks", "plw_tiny_mc", "--include-path", TASKS])
+    assert code == 2 and "no final model" in stderr and "did not finish" in stderr
