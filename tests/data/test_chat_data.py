@@ -159,3 +159,33 @@ def test_bad_role_weights_are_refused(run_cli, tmp_path, spec):
     code, _, err = run_cli(["weights", CONVERSATIONS, "--chat-template", CHATML, "--role-weights", spec,
                             "-o", tmp_path / "w"])
     assert code == 2 and err.startswith("error: --role-weights") and not (tmp_path / "w").exists()
+
+
+def test_plw_auto_uses_the_conversations_rg(run_cli, tmp_path):
+    stats = json.loads(run_cli(["stats", "--json", CONVERSATIONS])[1])
+    code, _, err = run_cli(["weights", CONVERSATIONS, "--chat-template", CHATML, "-o", tmp_path / "w"])
+    assert code == 0, err
+    from alpaca_plw.data.weights_store import read_weights_dir
+
+    meta = read_weights_dir(tmp_path / "w").meta
+    assert meta["plw_choice"]["rg"] == stats["rg"] and meta["plw"] == stats["recommended_plw"]["all"]
+
+
+def test_hf_fast_tokenizer_gives_the_same_roles_by_offsets(run_cli, tmp_path, llama_dir):
+    """Without tokenizer.model the Hugging Face fast tokenizer's offsets are used; on ChatML (no
+    special tokens in the text) it must agree with SentencePiece token for token."""
+    hf = tmp_path / "hf-tokenizer"
+    hf.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (hf / name).write_bytes((llama_dir / name).read_bytes())
+    from alpaca_plw.data.weights_store import read_weights_dir
+
+    tables = []
+    for out, extra in (("sp", []), ("hf", ["--tokenizer", hf])):
+        code, _, err = run_cli(["weights", CONVERSATIONS, "--chat-template", CHATML, "--plw", "0.1",
+                                "-o", tmp_path / out, *extra])
+        assert code == 0, err
+        tables.append(read_weights_dir(tmp_path / out))
+    assert tables[1].meta["tokenizer"]["backend"] == "hf-fast"
+    for column in ("input_ids", "role", "loss_weight"):
+        assert tables[0].table.column(column).to_pylist() == tables[1].table.column(column).to_pylist()
