@@ -62,7 +62,11 @@ class SequenceStore:
         return self.lengths - 1
 
     def target_prompt_counts(self) -> np.ndarray:
-        return np.maximum(self.prompt_length - 1, 0)
+        """Per record, its prompt-side targets (for conversations: every non-assistant target)."""
+        if self.roles is None:
+            return np.maximum(self.prompt_length - 1, 0)
+        flags = prompt_from_roles(self, self.roles.astype(np.int64)).astype(np.int64)
+        return np.add.reduceat(flags, self.offsets[:-1]) - flags[self.offsets[:-1]]
 
 
 @dataclass

@@ -189,3 +189,21 @@ def test_hf_fast_tokenizer_gives_the_same_roles_by_offsets(run_cli, tmp_path, ll
     assert tables[1].meta["tokenizer"]["backend"] == "hf-fast"
     for column in ("input_ids", "role", "loss_weight"):
         assert tables[0].table.column(column).to_pylist() == tables[1].table.column(column).to_pylist()
+
+
+def test_the_tokenizers_own_template_is_used_when_no_file_is_given(run_cli, tmp_path, llama_dir):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.model").write_bytes((llama_dir / "tokenizer.model").read_bytes())
+    (tok / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML.read_text()}))
+    from alpaca_plw.data.weights_store import read_weights_dir
+
+    code, _, err = run_cli(["weights", CONVERSATIONS, "--tokenizer", tok, "--plw", "0.1", "-o", tmp_path / "a"])
+    assert code == 0, err
+    code, _, err = run_cli(["weights", CONVERSATIONS, "--chat-template", CHATML, "--plw", "0.1",
+                            "-o", tmp_path / "b"])
+    assert code == 0, err
+    a, b = read_weights_dir(tmp_path / "a"), read_weights_dir(tmp_path / "b")
+    assert a.meta["chat_template"]["sha256"] == b.meta["chat_template"]["sha256"]
+    assert a.table.column("input_ids").to_pylist() == b.table.column("input_ids").to_pylist()
+    assert a.table.column("role").to_pylist() == b.table.column("role").to_pylist()

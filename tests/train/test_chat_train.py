@@ -103,3 +103,15 @@ def test_alpaca_weights_log_no_role_loss(tiny_llama, tmp_path):
                       micro_batch_size=1, batch_size=2, max_steps=1, device="cpu"))
     [record] = [json.loads(line) for line in (tmp_path / "o" / "log.jsonl").read_text().splitlines()]
     assert "role_loss" not in record and record["prompt_loss"] is not None
+
+
+def test_plan_counts_every_non_assistant_target_as_prompt(chat_weights):
+    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.train.batches import SequenceStore
+
+    data = read_weights_dir(chat_weights)
+    store = SequenceStore.from_weights(data)
+    names = data.meta["role_codes"]
+    learned = {names.index("assistant"), names.index("assistant_end")}
+    expected = [sum(r not in learned for r in row[1:]) for row in data.table.column("role").to_pylist()]
+    assert store.target_prompt_counts().tolist() == expected
