@@ -34,7 +34,9 @@ def train(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Token budget of a packed micro-batch [default: micro-batch size x longest record].", show_default=False)] = None,
     loss_chunk: Annotated[int, typer.Option("--loss-chunk", help="Positions per chunk of LM head + cross-entropy, recomputed in backward (0: full logits).")] = 4096,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute decoder activations in backward (less memory, ~30% more compute).")] = False,
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the decoder layers (dynamic shapes: no recompile per packed length).")] = False,
+    attn_implementation: Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager, flex_attention, flash_attention_2 or flash_attention_3 (installed) [default: the model's].", show_default=False)] = None,
+    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="FSDP with parameters, gradients and optimizer state in CPU memory (also with one process).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; do not train.")] = False,
     force: Force = False,
@@ -56,6 +58,7 @@ def train(
                           loss_norm=loss_norm, save_steps=save_steps, resume=resume, fsdp=fsdp,
                           packing=packing, max_tokens=max_tokens, loss_chunk=loss_chunk,
                           gradient_checkpointing=gradient_checkpointing, compile=compile_model,
+                          attn_implementation=attn_implementation, cpu_offload=cpu_offload,
                           device=device, dry_run=dry_run, force=force)
         run_train(cfg, on_step=lambda r: err.print(step_line(r)),
                   on_plan=lambda p: out().print(plan_table(p)))

@@ -55,10 +55,17 @@ def unwrap(model):
     return getattr(model, "module", model).model
 
 
+def sharded(model) -> bool:
+    """True for an FSDP-sharded model (parameters are DTensors), also with one process."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
 def full_state_dicts(model, optimizer, d: Dist):
     """Full (unsharded) state dicts, gathered: the Hugging Face model's (keys as `save_pretrained`
     expects them) and the optimizer's."""
-    if d.world == 1:
+    if d.world == 1 and not sharded(model):
         model_state, optim_state = model.state_dict(), optimizer.state_dict()
     else:
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -85,7 +92,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
     """Restore optimizer and scheduler from `path/trainer_state.pt` (the model was loaded from
     `path` itself); returns the step the checkpoint was taken after."""
     state = torch.load(path / STATE_FILE, weights_only=False)
-    if d.world == 1:
+    if d.world == 1 and not sharded(model):
         optimizer.load_state_dict(state["optimizer"])
     else:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict

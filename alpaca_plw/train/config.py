@@ -8,6 +8,7 @@ from pathlib import Path
 from alpaca_plw.errors import ConfigError
 
 LOSS_NORMS = ("weight", "tokens")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available, else cpu
     dry_run: bool = False
     force: bool = False
+    attn_implementation: str | None = None  # None: the model's default (sdpa where supported)
+    cpu_offload: bool = False  # FSDP CPU offload of shards, gradients, optimizer (also 1 process)
 
     def __post_init__(self):
         checks = [
@@ -56,6 +59,8 @@ class TrainConfig:
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
             (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
             (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),
+            (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
+             f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -28,12 +28,14 @@ from alpaca_plw.train.checkpoint import (full_state_dicts, load_checkpoint, save
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.feed import attention_kwargs, device_batches
-from alpaca_plw.train.model import WeightedCausalLM, as_terms
+from alpaca_plw.train.checks import check_speed_paths
+from alpaca_plw.train.model import as_terms
 from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.roles import RoleTally
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
 from alpaca_plw.train.schedule import make_scheduler
+from alpaca_plw.train.wrap import wrap_model as _wrap
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
 
@@ -112,6 +114,9 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     model = _wrap(_load_model(cfg, plan.resume_from or cfg.model, int(store.ids.max())), cfg, d)
+    plan.packing = check_speed_paths(  # chunked head and packing verified on this very model
+        model, store, d.device, cfg.loss_chunk > 0, plan.packing, cfg.packing is True, d.is_main,
+        torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=d.device.type == "cuda")
@@ -243,8 +248,9 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ConfigError(f"--model {name}: no such directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    except (OSError, ValueError, ImportError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"--model {name}: cannot load a causal LM ({first}). Offline, pass a local directory "
@@ -254,29 +260,6 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
         raise ConfigError(f"--model {name}: embedding has {vocab} rows but the weights dataset uses "
                           f"token id {max_id}; the data was made for another vocabulary")
     return model
-
-
-def _wrap(model, cfg: TrainConfig, d: Dist):
-    if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = WeightedCausalLM(model, cfg.loss_chunk or None)
-    model.to(d.device)
-    if cfg.compile:
-        model.model.compile()
-    if d.world == 1:
-        return model
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in getattr(model.model.get_decoder(), "layers", []):
-            fully_shard(layer)
-        return fully_shard(model)
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
 
 
 def _micro_batches(order: DataOrder, step: int, d: Dist, plan: Plan, store) -> list[np.ndarray]:

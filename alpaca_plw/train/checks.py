@@ -1,0 +1,110 @@
+"""Start-up checks of the speed paths on the model actually being trained.
+
+Two shortcuts depend on model code the trainer does not control, so each is verified once, on a
+few tokens of the training data, through the wrapped model (any of one process, DDP, FSDP; every
+rank runs the same forwards), before the first step:
+
+- chunked loss: `transform(lm_head(decoder(x)))` must equal the model's own `model(x).logits`
+  (Granite's logit scaling, Gemma 2's soft-capping, tied embeddings...). If not, the run falls
+  back to full logits and says so.
+- packing: two records packed in one row must give the same logits as each record alone. Llama,
+  Qwen2, Gemma 2 or Granite confine attention from the restarting position ids; models whose mask
+  code ignores position ids (OPT, Falcon, Bloom with sdpa/eager in transformers 5) let packed
+  records attend to each other. Then packing is refused (`--packing` given) or switched off
+  (packing was only the GPU default), with the measured difference in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from alpaca_plw.errors import ConfigError
+from alpaca_plw.train.batches import SequenceStore, collate
+from alpaca_plw.train.feed import attention_kwargs
+from alpaca_plw.train.head import head_mismatch, tolerance
+from alpaca_plw.train.packing import collate_packed
+
+log = logging.getLogger("alpaca_plw")
+PROBE_TOKENS = 12  # tokens per probe record
+
+
+def probe_store(store: SequenceStore, count: int = 2) -> SequenceStore:
+    """The first `count` records with at least 2 tokens, cut to PROBE_TOKENS tokens each."""
+    chosen = [i for i in range(len(store)) if store.lengths[i] >= 2][:count]
+    pieces = [store.ids[store.offsets[i] : store.offsets[i] + min(PROBE_TOKENS, store.lengths[i])]
+              for i in chosen]
+    lengths = np.array([len(p) for p in pieces])
+    return SequenceStore(ids=np.concatenate(pieces), weights=np.ones(int(lengths.sum()), np.float32),
+                         offsets=np.concatenate(([0], np.cumsum(lengths))),
+                         prompt_length=np.zeros(len(pieces), dtype=np.int64))
+
+
+def _logits(model, batch, device, probe: str) -> torch.Tensor:
+    batch = batch.to(device)
+    sel = batch.selection
+    return model(batch.input_ids, sel.targets, sel.weights, sel.prompt,
+                 attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                 index=sel.index, probe=probe,
+                 **attention_kwargs(_inner(model).model, batch)).float()
+
+
+def _inner(model):
+    return getattr(model, "module", model)  # DDP keeps the WeightedCausalLM in .module
+
+
+@torch.no_grad()
+def head_difference(model, store: SequenceStore, device) -> tuple[float, torch.dtype]:
+    """Relative max |own logits - chunked-head logits| on one probe record, and the logits dtype."""
+    batch = collate(probe_store(store, 1), np.array([0]))
+    own = _logits(model, batch, device, "logits")
+    mine = _logits(model, batch, device, "head")
+    return head_mismatch(own, mine), own.dtype
+
+
+@torch.no_grad()
+def packing_difference(model, store: SequenceStore, device) -> tuple[float, torch.dtype]:
+    """Relative max |packed - separate| logits over two probe records packed in one row."""
+    probe = probe_store(store, 2)
+    packed = _logits(model, collate_packed(probe, np.arange(len(probe))), device, "logits")[0]
+    alone = torch.cat([_logits(model, collate(probe, np.array([i])), device, "logits")[0]
+                       for i in range(len(probe))])
+    return head_mismatch(alone, packed), packed.dtype
+
+
+def check_speed_paths(model, store: SequenceStore, device, chunked: bool, packing: bool,
+                      packing_requested: bool, is_main: bool, autocast=None) -> bool:
+    """Run the checks above on the wrapped `model`; switch the chunked loss off when it does not
+    reproduce the model's logits. Returns whether packing stays on (raises ConfigError when
+    `--packing` was asked for and the model leaks attention across packed records)."""
+    was_training = model.training
+    model.eval()  # no dropout: the two computations must be comparable
+    try:
+        with autocast or nullcontext():
+            if chunked and _inner(model).chunk_size is not None:
+                diff, dtype = head_difference(model, store, device)
+                if diff > tolerance(dtype):
+                    _inner(model).chunk_size = None
+                    if is_main:
+                        log.warning("note: the chunked loss does not reproduce this model's own "
+                                    "logits (relative difference %.3g); training with full logits "
+                                    "(--loss-chunk 0)", diff)
+            if packing:
+                diff, dtype = packing_difference(model, store, device)
+                if diff > tolerance(dtype):
+                    name = type(_inner(model).model).__name__
+                    impl = getattr(_inner(model).model.config, "_attn_implementation", None)
+                    why = (f"{name} with attn_implementation={impl} lets packed records attend to "
+                           f"each other (packed vs separate logits differ by {diff:.3g} relative)")
+                    if packing_requested:
+                        raise ConfigError(f"--packing: {why}; train with --no-packing, or another "
+                                          "--attn-implementation")
+                    if is_main:
+                        log.warning("note: %s; training with right-padded micro-batches", why)
+                    return False
+        return packing
+    finally:
+        model.train(was_training)
