@@ -38,6 +38,9 @@ class Plan:
     max_tokens: int | None
     loss_chunk: int
     resume_from: str | None
+    eval_records: int = 0  # the evaluation set (issue 11), filled in by train.features
+    eval_from: str | None = None
+    lora: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,4 +78,3 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
         packing=packing, max_tokens=budget, loss_chunk=cfg.loss_chunk,
         resume_from=str(last) if last else None,
     )
-

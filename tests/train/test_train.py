@@ -122,9 +122,13 @@ def test_log_has_the_documented_keys_and_finite_losses(weights_dir, tiny_model, 
     log = _log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2, 3]
     for record in log:
-        assert set(record) == {"step", "loss", "prompt_loss", "completion_loss", "lr", "tokens_per_s"}
+        assert set(record) == {"step", "loss", "prompt_loss", "completion_loss", "lr", "tokens_per_s",
+                               "time", "epoch", "grad_norm"}
+        per_epoch = -(-len(read_weights_dir(weights_dir)) // 4)  # batch of 4
+        assert record["grad_norm"] > 0 and record["epoch"] == pytest.approx(record["step"] / per_epoch)
         assert all(np.isfinite(record[k]) for k in ("loss", "prompt_loss", "completion_loss"))
         assert record["tokens_per_s"] > 0
+    assert [r["time"] for r in log] == sorted(r["time"] for r in log)
 
 
 def test_loss_falls_on_a_repeated_batch(weights_dir, tiny_model, tmp_path):

@@ -1,0 +1,80 @@
+"""Fixtures shared by the trainer-feature tests: one tiny Llama and two small weights folders per
+session (training: sample records 0-11; evaluation: records 12-23; both PLW 0.1, 48 tokens)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
+SAMPLE = REPO / "data" / "sample.json"
+
+
+def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama (hidden 32, the LLaMA vocabulary) with the shared tokenizer, saved."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        (directory / name).write_bytes((LLAMA / name).read_bytes())
+    return directory
+
+
+def make_weights_dir(tmp_path_factory, first: int, count: int, plw: float = 0.1) -> Path:
+    from alpaca_plw.data.pipeline import DataOptions, make_weights
+
+    records = json.loads(SAMPLE.read_text(encoding="utf-8"))[first : first + count]
+    source = tmp_path_factory.mktemp("src") / f"records-{first}.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path_factory.mktemp("w") / "weights"
+    make_weights(str(source), plw, DataOptions(tokenizer=str(LLAMA)), out, max_length=48)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama-features"))
+
+
+@pytest.fixture(scope="session")
+def train_weights(tmp_path_factory) -> Path:
+    return make_weights_dir(tmp_path_factory, 0, 12)
+
+
+@pytest.fixture(scope="session")
+def heldout_weights(tmp_path_factory) -> Path:
+    return make_weights_dir(tmp_path_factory, 12, 12)
+
+
+def _tiny_config(weights_dir, model, out, **overrides):
+    """Three steps of 4 records (2 micro x 2 accum) on CPU, lr 1e-3, no warmup."""
+    from alpaca_plw.train.config import TrainConfig
+
+    base = dict(weights_dir=weights_dir, model=str(model), output_dir=out, micro_batch_size=2,
+                batch_size=4, max_steps=3, lr=1e-3, device="cpu", warmup_ratio=0.0)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _read_log(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """`tiny_config(weights_dir, model, out, **overrides) -> TrainConfig`."""
+    return _tiny_config
+
+
+@pytest.fixture(scope="session")
+def read_log():
+    """`read_log(run_dir) -> list of log.jsonl records`."""
+    return _read_log
