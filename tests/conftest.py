@@ -182,13 +182,29 @@ REF_GUIDE = [
 ]
 
 
+# The stars of that table: (all, MC, gen) marked "PLW barely matters".
+REF_STARS = {0.5: (0, 0, 1), 1.0: (0, 0, 1), 1.5: (0, 0, 1), 2.0: (0, 1, 1), 8.0: (1, 1, 0),
+             **{rg: (1, 1, 1) for rg in (2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5)}}
+# README "Choosing a PLW": at R_g >= 2.5 every starred value is replaced by this one value.
+REF_FLAT_PLW = 0.1
+
+
+def reference_guide() -> list[tuple[float, float, float, float]]:
+    """REF_GUIDE as `auto` uses it: starred cells of long-completion rows at REF_FLAT_PLW."""
+    return [(row[0], *(REF_FLAT_PLW if row[0] >= 2.5 and star else value
+                       for value, star in zip(row[1:], REF_STARS[row[0]])))
+            for row in REF_GUIDE]
+
+
 def reference_plw(rg: float) -> tuple[float, float, float]:
-    """Linear interpolation in the guide, end rows held beyond it, rounded to 3 decimals."""
+    """Linear interpolation in the guide as `auto` uses it, end rows held beyond it, rounded to 3
+    decimals."""
     import numpy as np
 
-    xs = [row[0] for row in REF_GUIDE]
+    guide = reference_guide()
+    xs = [row[0] for row in guide]
     at = min(max(rg, xs[0]), xs[-1])
-    return tuple(round(float(np.interp(at, xs, [row[c] for row in REF_GUIDE])), 3)
+    return tuple(round(float(np.interp(at, xs, [row[c] for row in guide])), 3)
                  for c in (1, 2, 3))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from alpaca_plw.data.guide import other_studies
 from alpaca_plw.data.stats import DatasetStats
 
 
@@ -80,6 +81,7 @@ class StatsView:
         yield from chosen
         for s in self.rows:
             yield Text(f"{s.dataset}: {s.recommended_plw.note}.")
+            yield Text(f"{s.dataset}: {other_studies(s.rg, s.records)}")
         tok = self.rows[0].tokenizer if self.rows else {}
         yield Text("R_g = sum(completion tokens) / sum(prompt tokens). Mean/median ratio: of "
                    "per-record completion/prompt ratios. Tokenizer: "
@@ -163,6 +165,14 @@ def plan_table(plan) -> Table:
     ]
     if plan.resume_from:
         rows.append(("resume from", plan.resume_from))
+    memory = getattr(plan, "memory", None)
+    if memory:
+        rows.append(("memory per GPU (estimate)",
+                     f"{memory['total']:.1f} GiB = weights {memory['parameters']:.1f} + grads "
+                     f"{memory['gradients']:.1f} + AdamW {memory['optimizer']:.1f} + activations "
+                     f"{memory['activations']:.1f} + logits {memory['logits']:.1f}"))
+        if memory["host_offload"]:
+            rows.append(("host memory (CPU offload)", f"{memory['host_offload']:.1f} GiB"))
     if getattr(plan, "eval_records", 0):
         rows.append(("evaluation set", plan.eval_from))
     if getattr(plan, "lora", None):

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REF_GUIDE, comparable, expected_stats, write_json
+from conftest import REF_GUIDE, REF_STARS, comparable, expected_stats, reference_guide, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +41,7 @@ def _stats_json(run_cli, *args) -> list[dict]:
 
 # --- the guide -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("row", REF_GUIDE, ids=[f"rg{r[0]}" for r in REF_GUIDE])
+@pytest.mark.parametrize("row", reference_guide(), ids=[f"rg{r[0]}" for r in REF_GUIDE])
 def test_guide_rows_are_reproduced_exactly(row):
     from alpaca_plw.data.guide import recommend
 
@@ -59,7 +59,7 @@ def test_guide_midpoint_1_25_interpolates_linearly():
     assert "interpolated" in rec.note
 
 
-@pytest.mark.parametrize("lo,hi", list(itertools.pairwise(REF_GUIDE)),
+@pytest.mark.parametrize("lo,hi", list(itertools.pairwise(reference_guide())),
                          ids=[f"{a[0]}-{b[0]}" for a, b in itertools.pairwise(REF_GUIDE)])
 def test_guide_every_midpoint_is_the_mean_of_its_rows(lo, hi):
     from alpaca_plw.data.guide import recommend
@@ -67,6 +67,19 @@ def test_guide_every_midpoint_is_the_mean_of_its_rows(lo, hi):
     rec = recommend((lo[0] + hi[0]) / 2)
     for got, a, b in zip((rec.all, rec.mc, rec.gen), lo[1:], hi[1:]):
         assert got == pytest.approx((a + b) / 2, abs=0.0006)
+
+
+def test_guide_uses_one_documented_value_where_every_column_is_starred():
+    from alpaca_plw.data.guide import FLAT_PLW, recommend
+
+    assert FLAT_PLW == 0.1
+    flat_rows = [row[0] for row in REF_GUIDE if row[0] >= 2.5 and all(REF_STARS[row[0]])]
+    assert flat_rows == [2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5]
+    for rg in [2.5, 3.29, 4.5, 4.75, 6.2, 7.5]:  # the sample sits at 4.5, Alpaca at about 3.3
+        rec = recommend(rg)
+        assert (rec.all, rec.mc, rec.gen) == (0.1, 0.1, 0.1)
+        assert "barely matters" in rec.note and "one documented value, 0.1" in rec.note
+    assert recommend(8.0).gen == 0.654  # an unstarred cell keeps the guide's value
 
 
 @pytest.mark.parametrize("rg", [0.0, 0.042, 0.082, 0.499])
@@ -96,7 +109,7 @@ def test_guide_above_8_uses_the_8_row():
     from alpaca_plw.data.guide import recommend
 
     rec = recommend(20.0)
-    assert (rec.all, rec.mc, rec.gen) == (1.0, 1.0, 0.654)
+    assert (rec.all, rec.mc, rec.gen) == (0.1, 0.1, 0.654)  # starred cells at the flat value
 
 
 # --- R_g and the row -------------------------------------------------------------------------
@@ -166,6 +179,9 @@ def test_table_output_names_population_std_and_ratio_columns(run_cli, sample_pat
     rg = expected_stats(sample_records, sp_counter)["rg"]
     assert f"{rg:.3f}" in stdout
     assert "barely matters" in stdout  # the sample is long-completion data
+    text = " ".join(stdout.split())  # the line may wrap on a narrow console
+    assert "Other studies: Instruction Modelling (Shi et al. 2024)" in text
+    assert "WIT (Chatterjee et al. 2025)" in text and "disagree" in text
 
 
 # --- token counting --------------------------------------------------------------------------

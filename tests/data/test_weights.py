@@ -53,9 +53,11 @@ REF_PROMPT_NO_INPUT = (
 EMPTY_INPUT, WITH_INPUT, MERGE, SKIPPED, TRUNCATED, NON_ASCII = range(6)
 
 # The published guide (REFERENCE.md section 5), column "All": (R_g, PLW).
-REF_GUIDE_ALL = [(0.5, 0.155), (1.0, 0.155), (1.5, 0.183), (2.0, 0.239), (2.5, 1.0), (3.0, 1.0),
-                 (3.5, 1.0), (4.0, 1.0), (4.5, 0.0), (5.0, 0.0), (5.5, 1.0), (6.0, 1.0),
-                 (6.5, 1.0), (7.0, 1.0), (7.5, 1.0), (8.0, 1.0)]
+# Every value at R_g >= 2.5 is starred ("PLW barely matters"), and `auto` uses the one documented
+# value 0.1 there instead of the guide's 1.0 / 0.0 (README "Choosing a PLW").
+REF_GUIDE_ALL = [(0.5, 0.155), (1.0, 0.155), (1.5, 0.183), (2.0, 0.239), (2.5, 0.1), (3.0, 0.1),
+                 (3.5, 0.1), (4.0, 0.1), (4.5, 0.1), (5.0, 0.1), (5.5, 0.1), (6.0, 0.1),
+                 (6.5, 0.1), (7.0, 0.1), (7.5, 0.1), (8.0, 0.1)]
 
 
 # --- helpers: the real CLI, the Arrow file, the independent reference ------------------------
