@@ -39,10 +39,21 @@ def train(
     cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="FSDP with parameters, gradients and optimizer state in CPU memory (also with one process).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; do not train.")] = False,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r", help="Train a LoRA adapter of this rank (needs the [lora] extra); the base model stays frozen.", rich_help_panel="LoRA")] = None,
+    lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="LoRA scaling numerator (scale = alpha / r).", rich_help_panel="LoRA")] = 16.0,
+    lora_dropout: Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA input.", rich_help_panel="LoRA")] = 0.05,
+    lora_target: Annotated[Optional[str], typer.Option("--lora-target", help="Comma-separated module names to adapt, e.g. q_proj,v_proj [default: every linear layer of the decoder].", show_default=False, rich_help_panel="LoRA")] = None,
+    merge_lora: Annotated[bool, typer.Option("--merge-lora", help="Also write the base model with the adapter merged in to OUTPUT_DIR/merged/.", rich_help_panel="LoRA")] = False,
+    eval_weights: Annotated[Optional[Path], typer.Option("--eval-weights", help="Evaluation set: a weights folder made with the same tokenizer.", rich_help_panel="Evaluation and tracking")] = None,
+    eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Evaluation set: this share of the training records, drawn from --seed and left out of training.", rich_help_panel="Evaluation and tracking")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate every N steps (always after the last one).", rich_help_panel="Evaluation and tracking")] = None,
+    report_to: Annotated[str, typer.Option("--report-to", help="none, or comma-separated trackers: tensorboard, wandb, mlflow.", rich_help_panel="Evaluation and tracking")] = "none",
+    save_total_limit: Annotated[Optional[int], typer.Option("--save-total-limit", help="Keep only the newest N checkpoints.")] = None,
     force: Force = False,
 ) -> None:
     """Train a causal LM with per-token loss weights (prompt = PLW, completion = 1)."""
-    from alpaca_plw.cli.render import plan_table, step_line
+    from alpaca_plw.cli.render import plan_table
+    from alpaca_plw.cli.train_progress import TrainProgress
     from alpaca_plw.extras import require
     from alpaca_plw.train.config import TrainConfig
 
@@ -59,10 +70,23 @@ def train(
                           packing=packing, max_tokens=max_tokens, loss_chunk=loss_chunk,
                           gradient_checkpointing=gradient_checkpointing, compile=compile_model,
                           attn_implementation=attn_implementation, cpu_offload=cpu_offload,
-                          device=device, dry_run=dry_run, force=force)
-        run_train(cfg, on_step=lambda r: err.print(step_line(r)),
-                  on_plan=lambda p: out().print(plan_table(p)))
+                          device=device, dry_run=dry_run, force=force, lora_r=lora_r,
+                          lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
+                          merge_lora=merge_lora, eval_weights=eval_weights,
+                          eval_fraction=eval_fraction, eval_steps=eval_steps, report_to=report_to,
+                          save_total_limit=save_total_limit)
+        progress = TrainProgress(err)
+
+        def show_plan(plan) -> None:
+            progress.plan(plan)
+            out().print(plan_table(plan))
+
+        try:
+            run_train(cfg, on_step=progress.step, on_plan=show_plan, on_event=progress.event)
+        finally:
+            progress.close()
         if not dry_run and os.environ.get("RANK", "0") == "0":
-            out().print(f"saved the model and tokenizer to {output_dir}")
+            what = "LoRA adapter" if lora_r is not None else "model"
+            out().print(f"saved the {what} and tokenizer to {output_dir}")
 
     guard(run)

@@ -43,6 +43,18 @@ class TrainConfig:
     force: bool = False
     attn_implementation: str | None = None  # None: the model's default (sdpa where supported)
     cpu_offload: bool = False  # FSDP CPU offload of shards, gradients, optimizer (also 1 process)
+    # LoRA (issue 11): on when lora_r is set; lora_target None = every linear layer of the decoder
+    lora_r: int | None = None
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.05
+    lora_target: tuple[str, ...] | None = None
+    merge_lora: bool = False
+    # validation, tracking, checkpoint rotation (issue 11)
+    eval_weights: Path | None = None
+    eval_fraction: float | None = None
+    eval_steps: int | None = None
+    report_to: tuple[str, ...] = ()
+    save_total_limit: int | None = None
 
     def __post_init__(self):
         checks = [
@@ -62,7 +74,9 @@ class TrainConfig:
             (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
              f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
         ]
-        for ok, message in checks:
+        from alpaca_plw.train.features import feature_checks
+
+        for ok, message in checks + feature_checks(self):
             if not ok:
                 raise ConfigError(message)
 

@@ -6,7 +6,8 @@ property of the data, known before the forward passes, so each micro-batch's bac
 world / denominator and data-parallel gradient averaging then yields the exact step mean.
 
 `train` reads as its steps: set up the run, then for each optimizer step `_optimizer_step`,
-`_log_step` and `_maybe_checkpoint`, then `_save_final`.
+`_log_step` and a checkpoint when due, then `_save_final`. `features.RunFeatures` adds evaluation,
+trackers, progress events, checkpoint rotation and the model card around them.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.train.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoint import (full_state_dicts, load_checkpoint, save_checkpoint,
-                                         save_final, unwrap)
+from alpaca_plw.train.checkpoint import full_state_dicts, load_checkpoint, save_final, unwrap
+from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
+from alpaca_plw.train.lora import load_trainable
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.feed import attention_kwargs, device_batches
@@ -61,19 +63,21 @@ class _Run:
 
 
 def train(cfg: TrainConfig, on_step: StepCallback | None = None,
-          on_plan: Callable[[Plan], None] | None = None) -> Plan:
+          on_plan: Callable[[Plan], None] | None = None,
+          on_event: EventCallback | None = None) -> Plan:
     """Train `cfg.model` on `cfg.weights_dir`; returns the plan (also for a dry run).
 
     `on_step(record)` is called on rank 0 after every optimizer step with the log record;
-    `on_plan(plan)` once, on rank 0, before training starts.
+    `on_plan(plan)` once, on rank 0, before training starts; `on_event(name, info)`: features.py.
     """
     _quiet_transformers()
     d = setup(cfg.device)
+    features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
     data = read_weights_dir(cfg.weights_dir)
     tokenizer_dir = _check_tokenizer(cfg, data.meta)
     _check_output_dir(cfg)
-    store = SequenceStore.from_weights(data)
-    plan = make_plan(cfg, store, data.meta, d)
+    store = features.split(data.meta, SequenceStore.from_weights(data))
+    plan = features.annotate(make_plan(cfg, store, data.meta, d))
     if cfg.resume and plan.resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
     if on_plan and d.is_main:
@@ -81,12 +85,16 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     if cfg.dry_run:
         _check_model_config(cfg)
         return plan
+    features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
     run = _set_up(cfg, d, plan, store, tokenizer_dir)
+    features.start(run)
     for step in range(run.start, plan.steps):
         record = _optimizer_step(run, step)
+        features.after_step(run, record)
         _log_step(run, record, on_step)
-        _maybe_checkpoint(run, step + 1)
+        features.maybe_checkpoint(run, step + 1)  # every --save-steps; rotation
     _save_final(run)
+    features.finish(run)
     return plan
 
 
@@ -113,7 +121,8 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
-    model = _wrap(_load_model(cfg, plan.resume_from or cfg.model, int(store.ids.max())), cfg, d)
+    model = _wrap(load_trainable(cfg, plan.resume_from,
+                                 lambda source: _load_model(cfg, source, int(store.ids.max()))), cfg, d)
     plan.packing = check_speed_paths(  # chunked head and packing verified on this very model
         model, store, d.device, cfg.loss_chunk > 0, plan.packing, cfg.packing is True, d.is_main,
         torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None)
@@ -172,8 +181,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
         del terms
     sums[5] = real_tokens
     d.all_reduce_sum(sums)
-    if cfg.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -188,6 +196,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
         "prompt_loss": s[1] / s[2] if s[2] else None,
         "completion_loss": s[3] / s[4] if s[4] else None,
         "lr": lr,
+        "grad_norm": grad_norm_value(grad_norm),  # before clipping
         "tokens_per_s": round(s[5] / elapsed, 1),
         **roles.log(d),
     }
@@ -198,13 +207,6 @@ def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:
         append_log(run.log_path, record)
         if on_step:
             on_step(record)
-
-
-def _maybe_checkpoint(run: _Run, done: int) -> None:
-    every = run.cfg.save_steps
-    if every and done % every == 0 and done < run.plan.steps:
-        save_checkpoint(run.cfg.output_dir / f"checkpoint-{done}", run.model, run.optimizer,
-                        run.scheduler, run.tokenizer, done, run.d)
 
 
 def _save_final(run: _Run) -> None:
