@@ -27,6 +27,10 @@ from alpaca_plw.errors import ConfigError, InputError
 from alpaca_plw.extras import require
 
 EXPONENT = 0.30103  # log10(2): the paper's transform, w_p = PLW ** EXPONENT
+# lm-eval metrics where lower is better: with a `metric` column, their scores are negated so that
+# "higher is better" holds for every score the fit sees (and a maximum is the best PLW).
+LOWER_IS_BETTER = ("brier_score", "perplexity", "word_perplexity", "byte_perplexity",
+                   "bits_per_byte", "ter")
 
 
 def to_wp(plw):
@@ -66,6 +70,7 @@ class Scores:
     score: np.ndarray
     model: list[str] | None = None
     dropped: list[str] = field(default_factory=list)  # groups left out, with the reason
+    negated: list[str] = field(default_factory=list)  # lower-is-better metrics turned around
 
 
 def read_scores(path: Path) -> Scores:
@@ -93,7 +98,14 @@ def read_scores(path: Path) -> Scores:
         if not 0.0 <= plw[-1] <= 1.0:
             raise InputError(f"{path}, line {i}: plw {plw[-1]:g} lies outside [0, 1]")
     model = [row["model"] for row in rows] if "model" in columns else None
-    return Scores(np.array(plw), [row["task"] for row in rows], np.array(score), model)
+    negated = []
+    if "metric" in columns:
+        for i, row in enumerate(rows):
+            if row["metric"] in LOWER_IS_BETTER:
+                score[i] = -score[i]
+                negated.append(row["metric"])
+    return Scores(np.array(plw), [row["task"] for row in rows], np.array(score), model,
+                  negated=sorted(set(negated)))
 
 
 def scale(scores: Scores) -> Scores:
@@ -117,7 +129,8 @@ def scale(scores: Scores) -> Scores:
         keep[idx] = True
     pick = np.flatnonzero(keep)
     return Scores(scores.plw[pick], [scores.task[i] for i in pick], scaled[pick],
-                  None if scores.model is None else [scores.model[i] for i in pick], dropped)
+                  None if scores.model is None else [scores.model[i] for i in pick], dropped,
+                  scores.negated)
 
 
 @dataclass
@@ -172,6 +185,8 @@ def fit_scores(scores: Scores) -> Fit:
     p_value = float(chi2.sf(statistic, 2))
     b0, b1, b2 = (float(full.params[k]) for k in ("Intercept", "wp", "wp2"))
     wp_opt, lam, note = optimum(b1, b2)
+    if data.negated:
+        notes.append(f"lower is better for {', '.join(data.negated)}: negated before scaling")
     if data.dropped:
         notes.append("left out (no variation): " + "; ".join(data.dropped))
     if not math.isfinite(p_value):

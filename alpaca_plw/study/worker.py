@@ -18,9 +18,12 @@ def main(argv: list[str]) -> int:
     from alpaca_plw.train.config import TrainConfig
     from alpaca_plw.train.trainer import train
 
+    import dataclasses
+
     values = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    for name in ("weights_dir", "output_dir"):
-        values[name] = Path(values[name])
+    for f in dataclasses.fields(TrainConfig):  # paths travel as strings
+        if "Path" in str(f.type) and values.get(f.name) is not None:
+            values[f.name] = Path(values[f.name])
     try:
         train(TrainConfig(**values))
     except PLWError as exc:

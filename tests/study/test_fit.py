@@ -119,3 +119,15 @@ def test_bad_scores_fail_with_one_line(run_cli, tmp_path, text, needle):
     code, stdout, stderr = run_cli(["fit", csv])
     assert code == 2 and needle in stderr and "Traceback" not in stderr
     assert stderr.count("\n") == 1
+
+
+def test_lower_is_better_metrics_are_turned_around_before_the_fit(tmp_path):
+    from alpaca_plw.study.fit import read_scores
+
+    s = _synthetic(7)
+    csv = tmp_path / "scores.csv"
+    csv.write_text("run,plw,task,metric,value\n" + "".join(
+        f"r,{float(p)!r},{t},brier_score,{-float(v)!r}\n" for p, t, v in zip(s.plw, s.task, s.score)))
+    fit = fit_scores(read_scores(csv))
+    assert fit.wp_opt == pytest.approx(fit_scores(s).wp_opt, abs=1e-6)
+    assert "lower is better for brier_score" in fit.note
