@@ -108,3 +108,12 @@ def check_speed_paths(model, store: SequenceStore, device, chunked: bool, packin
         return packing
     finally:
         model.train(was_training)
+        _reshard(model)
+
+
+def _reshard(model) -> None:
+    """FSDP2 keeps the root's parameters gathered after a forward without backward; put every
+    module back to its sharded parameters, which the optimizer must be built on."""
+    for module in model.modules():
+        if hasattr(module, "reshard") and hasattr(module, "unshard"):  # an FSDPModule
+            module.reshard()

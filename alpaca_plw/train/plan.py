@@ -38,6 +38,7 @@ class Plan:
     max_tokens: int | None
     loss_chunk: int
     resume_from: str | None
+    memory: dict | None = None  # per-GPU estimate in GiB (train.memory), filled in by --dry-run
     eval_records: int = 0  # the evaluation set (issue 11), filled in by train.features
     eval_from: str | None = None
     lora: str | None = None

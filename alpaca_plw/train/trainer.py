@@ -31,6 +31,7 @@ from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.feed import attention_kwargs, device_batches
 from alpaca_plw.train.checks import check_speed_paths
+from alpaca_plw.train.memory import plan_memory
 from alpaca_plw.train.model import as_terms
 from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
@@ -80,10 +81,12 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     plan = features.annotate(make_plan(cfg, store, data.meta, d))
     if cfg.resume and plan.resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
+    if cfg.dry_run:
+        _check_model_config(cfg)
+        plan.memory = plan_memory(cfg, plan, int(store.lengths.max()))  # per-GPU estimate
     if on_plan and d.is_main:
         on_plan(plan)
     if cfg.dry_run:
-        _check_model_config(cfg)
         return plan
     features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
     run = _set_up(cfg, d, plan, store, tokenizer_dir)

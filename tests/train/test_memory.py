@@ -1,0 +1,88 @@
+"""The per-GPU memory estimate (`train --dry-run`) against the bytes-per-parameter arithmetic."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alpaca_plw.data.pipeline import DataOptions, make_weights
+from alpaca_plw.train.memory import GIB, estimate, model_shape
+
+REPO = Path(__file__).resolve().parents[2]
+LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
+
+
+def test_seven_billion_state_is_16_bytes_per_parameter_split_by_fsdp(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32).save_pretrained(tmp_path)
+    shape = model_shape(str(tmp_path))  # counted on the meta device, no weights
+    n = shape["params"]
+    assert n == 6_738_415_616  # LLaMA-7B
+    one = estimate(shape, 4096, 1, False, False, True, 4096)
+    state = one["parameters"] + one["gradients"] + one["optimizer"]
+    assert state == pytest.approx(16 * n / GIB, abs=0.03)
+    eight = estimate(shape, 4096, 8, True, False, True, 4096)
+    gathered = 4 * n / 32 / GIB
+    assert eight["optimizer"] == pytest.approx(8 * n / 8 / GIB, abs=0.01)
+    assert eight["parameters"] == pytest.approx(4 * n / 8 / GIB + gathered, abs=0.01)
+    ddp = estimate(shape, 4096, 8, False, False, True, 4096)
+    assert ddp["gradients"] == pytest.approx(8 * n / GIB, abs=0.01)  # grads + DDP buckets
+    offload = estimate(shape, 4096, 1, False, True, True, 4096)
+    assert offload["optimizer"] == 0 and offload["host_offload"] == pytest.approx(16 * n / GIB, abs=0.01)
+    assert offload["total"] < 141e9 / GIB < one["total"] + 30  # fits one H200 with offload
+    recompute = estimate(shape, 4096, 1, False, False, False, 4096)
+    assert recompute["activations"] > 10 * one["activations"]  # checkpointing is what saves them
+
+
+@pytest.fixture(scope="module")
+def run_inputs(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model_dir = tmp_path_factory.mktemp("tiny-llama-mem")
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=2, num_attention_heads=2,
+                                 max_position_embeddings=64)).save_pretrained(model_dir)
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        (model_dir / name).write_bytes((LLAMA / name).read_bytes())
+    records = json.loads((REPO / "data" / "sample.json").read_text(encoding="utf-8"))[:6]
+    source = tmp_path_factory.mktemp("src-mem") / "six.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    weights = tmp_path_factory.mktemp("w-mem") / "weights"
+    make_weights(str(source), 0.1, DataOptions(tokenizer=str(LLAMA)), weights, max_length=48)
+    return model_dir, weights
+
+
+def test_dry_run_prints_a_memory_estimate(run_inputs, run_cli, tmp_path):
+    model_dir, weights = run_inputs
+    code, stdout, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
+                                 tmp_path / "run", "--dry-run", "--device", "cpu"])
+    assert code == 0, err
+    assert "memory per GPU" in stdout and "AdamW" in stdout
+    assert not (tmp_path / "run").exists()
+
+
+
+def test_cpu_offload_in_one_process_trains_like_the_plain_process(run_inputs, tmp_path):
+    from safetensors.torch import load_file
+
+    from alpaca_plw.train.config import TrainConfig
+    from alpaca_plw.train.trainer import train
+
+    model_dir, weights = run_inputs
+    base = dict(weights_dir=weights, model=str(model_dir), micro_batch_size=2, grad_accum=1,
+                max_steps=2, lr=1e-3, device="cpu", warmup_ratio=0.0)
+    train(TrainConfig(output_dir=tmp_path / "plain", **base))
+    try:
+        train(TrainConfig(output_dir=tmp_path / "offload", cpu_offload=True, **base))
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    a = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    b = load_file(str(tmp_path / "offload" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
