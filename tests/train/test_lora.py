@@ -92,7 +92,7 @@ class _Stop(Exception):
 
 def test_lora_resume_with_dropout_matches_uninterrupted_run(train_weights, tiny_llama, tiny_config,
                                                             read_log, tmp_path):
-    options = dict(lora_r=4, lora_dropout=0.2, lr=1e-2, max_steps=4, save_steps=2)
+    options = dict(lora_r=4, lora_dropout=0.2, lr=1e-2, max_steps=3, save_steps=2)
     full = tmp_path / "full"
     train(tiny_config(train_weights, tiny_llama, full, **options))
 
