@@ -67,7 +67,7 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
     from safetensors import safe_open
 
     with safe_open(str(single), "np") as handle:
-        return {name: single for name in handle.keys()}
+        return {name: single for name in handle.keys()}  # noqa: SIM118 (not a dict)
 
 
 def _getter(files: dict[str, Path]):

@@ -60,7 +60,8 @@ def _builtin_dataset(task: str) -> tuple[Path, str] | None:
 
     root = Path(lm_eval.__file__).parent / "tasks"
     for yaml_file in sorted(root.rglob(f"{task}.yaml")):
-        found = re.search(r"^dataset_path:\s*(\S+)", yaml_file.read_text(encoding="utf-8"), re.M)
+        text = yaml_file.read_text(encoding="utf-8")
+        found = re.search(r"^dataset_path:\s*(\S+)", text, re.MULTILINE)
         return yaml_file, found.group(1) if found else "?"
     return None
 
@@ -98,9 +99,8 @@ def task_manager(options: EvalOptions):
 
 
 def _load_model(run_dir: Path, options: EvalOptions):
-    from lm_eval.models.huggingface import HFLM
-
     import torch
+    from lm_eval.models.huggingface import HFLM
 
     device = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
     common = {"device": device, "batch_size": options.batch_size,

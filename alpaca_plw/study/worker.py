@@ -14,11 +14,11 @@ from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    import dataclasses
+
     from alpaca_plw.errors import PLWError
     from alpaca_plw.train.config import TrainConfig
     from alpaca_plw.train.trainer import train
-
-    import dataclasses
 
     values = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     for f in dataclasses.fields(TrainConfig):  # paths travel as strings

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from study_helpers import save_tiny_llama, write_log
 
 from alpaca_plw.study.analyze import analyze_run, loss_stability, weight_distance
-from study_helpers import save_tiny_llama, write_log
 
 
 def test_stability_of_a_hand_computed_series_is_one_third():

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from study_helpers import TASKS, save_tiny_llama
 
 from alpaca_plw.study.evaluate import EvalOptions, evaluate_model, task_manager
-from study_helpers import TASKS, save_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
 
 
 def test_a_hub_task_offline_fails_with_one_line_naming_the_local_way(run_cli, model_dir):
-    code, stdout, stderr = run_cli(["eval", model_dir, "--tasks", "hellaswag",
+    code, _, stderr = run_cli(["eval", model_dir, "--tasks", "hellaswag",
                                     "--include-path", TASKS])
     assert code == 2 and "Traceback" not in stderr
     assert stderr.count("\n") == 1

@@ -117,7 +117,7 @@ def test_bad_scores_fail_with_one_line(run_cli, tmp_path, text, needle):
     csv = tmp_path / "bad.csv"
     csv.write_text(text)
     code, stdout, stderr = run_cli(["fit", csv])
-    assert code == 2 and needle in stderr and "Traceback" not in stderr
+    assert code == 2 and needle in stderr and "Traceback" not in stderr and stdout == ""
     assert stderr.count("\n") == 1
 
 

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-
 from study_helpers import LLAMA, TASKS, save_tiny_llama, small_source
 
 PLWS = ("0", "0.1", "1")

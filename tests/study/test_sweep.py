@@ -4,12 +4,12 @@ import json
 
 import numpy as np
 import pytest
+from study_helpers import LLAMA, small_source
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError
 from alpaca_plw.study.grid import PAPER_PLWS, parse_plws, prepare_weights, reweight, run_name
-from study_helpers import LLAMA, small_source
 
 
 def test_paper_grid_is_the_ten_values_of_reference_section_5():
