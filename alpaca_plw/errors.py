@@ -53,3 +53,15 @@ class MissingExtraError(PLWError):
     """A feature needs an optional dependency (a pip extra) that is not installed."""
 
     exit_code = 5
+
+
+class Interrupted(PLWError):
+    """Ctrl-C: the command stopped; outputs are as they were (or, for `train`, resumable)."""
+
+    exit_code = 130
+
+
+class DivergedError(PLWError):
+    """Training stopped: a loss or gradient norm is not finite (the step was not applied)."""
+
+    exit_code = 6

@@ -54,9 +54,33 @@ app.command("analyze")(study.analyze)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    The process ends with `os._exit` once stdout and stderr are flushed and Python's `atexit`
+    handlers have run: native thread pools (Arrow's, after reading a Parquet file) can otherwise
+    abort the interpreter's own teardown ("terminate called without an active exception", exit
+    134) depending on load, and the exit code must not depend on timing."""
     try:
         app()
+        code = 0
     except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
+        err.print("error: interrupted", markup=False)
+        code = 130
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if isinstance(exc.code, str):
+            err.print(exc.code, markup=False)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

@@ -48,11 +48,25 @@ def fail(exc: PLWError) -> None:
 
 
 def guard(call) -> None:
-    """Run `call()`, turning a library error into one line and its exit code."""
+    """Run `call()`, turning a library error into one line and its exit code. Ctrl-C and an
+    `OSError` the library did not name end in one line too (exit 130 and 3); library notices
+    (leftovers of a killed run cleaned up) are printed as they come."""
+    from alpaca_plw.data.publish import reason
+    from alpaca_plw.data.safety import set_reporter
+    from alpaca_plw.errors import Interrupted, OutputError
+
+    set_reporter(lambda message: err.print(message, markup=False))
     try:
         call()
     except PLWError as exc:
         fail(exc)
+    except KeyboardInterrupt:
+        fail(Interrupted("interrupted; every output is as it was before this run (its temporary "
+                         "files were removed)"))
+    except OSError as exc:
+        fail(OutputError(f"{exc.filename or 'an output'}: {reason(exc)}"))
+    finally:
+        set_reporter(None)
 
 
 @contextmanager

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from alpaca_plw.errors import ConfigError, OutputError, OutputExistsError
+from alpaca_plw.data.publish import publish_dir, publish_files
+from alpaca_plw.errors import ConfigError
 from alpaca_plw.data.records import Records
 
 RECORD_FORMATS = ("json", "jsonl", "parquet")
 
 
 def check_writable(paths: Sequence[Path], force: bool, source: Path | None = None) -> None:
-    """Refuse (before any work is written) when an output exists and `force` is off, or when an
-    output is the source itself (inputs are never modified, `--force` or not)."""
-    for path in paths:
-        if source is not None and path.exists() and path.resolve() == source.resolve():
-            raise OutputError(f"{path}: is the source dataset; inputs are never overwritten, "
-                              "choose another -o")
-        if path.is_dir():
-            raise OutputError(f"{path}: is a directory; give a file name")
-        if path.exists() and not force:
-            raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
+    """Refuse (before any work is written) an output that overlaps the source, cannot be a file,
+    or exists while `force` is off (see `safety.precheck`)."""
+    from alpaca_plw.data.safety import precheck
+
+    precheck(paths, [("source dataset", source)], force)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -34,47 +27,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_many(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every item to a temporary file first; rename them into place only when all succeeded."""
-    temps: list[Path] = []
-    try:
-        for path, write in items:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            except OSError as exc:
-                raise OutputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
-            os.close(fd)
-            temps.append(Path(name))
-            write(temps[-1])
-            os.chmod(temps[-1], 0o644)
-        for tmp, (path, _) in zip(temps, items):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
+    """Write every item to a temporary file first; rename them into place only when all succeeded
+    (an `OSError` becomes an `OutputError` naming the path and the reason)."""
+    publish_files(items, replace=True)
 
 
 def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a new temporary folder beside `target`, then swap it into place (an
-    existing `target` is moved aside first and removed after the swap)."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot create it ({exc.strerror or exc})") from None
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o755)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    """Call `write(tmp)` on a new temporary folder beside `target`, then swap it into place in one
+    step (an existing `target` is removed after the swap)."""
+    publish_dir(target, write, None, replace=True)
 
 
 def canonical_json(obj: object) -> str:

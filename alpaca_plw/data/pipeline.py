@@ -14,9 +14,9 @@ from alpaca_plw.data.chat_pipeline import measure_chat
 from alpaca_plw.data.conversations import Conversations
 from alpaca_plw.data.kinds import check_one_kind
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
-from alpaca_plw.data.output import (atomic_write_many, check_writable, manifest_json, text_writer,
-                               write_records)
+from alpaca_plw.data.output import manifest_json, text_writer, write_records
 from alpaca_plw.data.records import ColumnMap, Records
+from alpaca_plw.data.safety import claim, precheck
 from alpaca_plw.data.sources import default_source, load_records
 from alpaca_plw.data.stats import DatasetStats, compute_stats
 from alpaca_plw.data.tokenizer import load_tokenizer
@@ -38,12 +38,16 @@ class Measured:
     stats: DatasetStats
 
 
-def _measure_all(sources, options: DataOptions, progress: Progress | None):
+def _load_all(sources, options: DataOptions):
     tokenizer = load_tokenizer(options.tokenizer)
-    cache = LengthCache(tokenizer, progress)
-    identity = tokenizer.identity()
     loaded = [load_records(s, options.columns, options.split) for s in sources]
     check_one_kind(loaded)
+    return tokenizer, loaded
+
+
+def _measure_loaded(tokenizer, loaded, progress: Progress | None):
+    cache = LengthCache(tokenizer, progress)
+    identity = tokenizer.identity()
     measured = []
     for records in loaded:
         if isinstance(records, Conversations):  # see chat_pipeline.py
@@ -52,6 +56,17 @@ def _measure_all(sources, options: DataOptions, progress: Progress | None):
         lengths = measure(records, cache)
         measured.append(Measured(records, lengths, compute_stats(records.source.name, lengths, identity)))
     return measured, cache, identity
+
+
+def _measure_all(sources, options: DataOptions, progress: Progress | None):
+    return _measure_loaded(*_load_all(sources, options), progress)
+
+
+def _inputs(local: Path | None, options: DataOptions) -> list[tuple[str, object]]:
+    """What an output must not overlap: the source and the tokenizer (when they are local)."""
+    from alpaca_plw.data.tokenizer import resolve_spec
+
+    return [("source dataset", local), ("tokenizer", resolve_spec(options.tokenizer))]
 
 
 def dataset_stats(sources: list, options: DataOptions, progress: Progress | None = None) -> list[Measured]:
@@ -110,17 +125,22 @@ def build_dataset(
     fmt = output_format(out, fmt)
     local = Path(source) if source is not None else default_source()
     local = local if local.exists() else None
-    if out is not None:  # refuse before tokenizing when the output is known up front
-        check_writable([out, manifest_path(out)], force, local)
-    [measured], cache, identity = _measure_all([source], options, progress)
+    inputs = _inputs(local, options)
+    if out is not None:  # refuse before loading when the output is known up front
+        precheck([out, manifest_path(out)], inputs, force)
+    tokenizer, loaded = _load_all([source], options)
+    out = out or default_output(loaded[0].source.name, rule, fmt)
+    with claim([out, manifest_path(out)], inputs, force) as held:  # before tokenizing
+        return _build(tokenizer, loaded, rule, options, out, fmt, force, local, progress, held)
+
+
+def _build(tokenizer, loaded, rule, options, out, fmt, force, local, progress, held) -> Built:
+    [measured], cache, identity = _measure_loaded(tokenizer, loaded, progress)
     records = measured.records
     if isinstance(records, Conversations):  # see chat_build.py
         from alpaca_plw.data.chat_build import build_chat_dataset
 
         return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, force, local)
-    if out is None:
-        out = default_output(records.source.name, rule, fmt)
-        check_writable([out, manifest_path(out)], force, local)
     result = build(records, measured.lengths, rule, cache)
     stats = compute_stats(out.name, result.lengths, identity)
     output_index = (result.action != DROPPED).cumsum() - 1
@@ -143,8 +163,8 @@ def build_dataset(
         "counts": result.counts(),
         "provenance": provenance,
     }
-    atomic_write_many([(out, write_records(result.records, fmt)),
-                       (manifest_path(out), text_writer(manifest_json(manifest)))])
+    held.publish_files([(out, write_records(result.records, fmt)),
+                        (manifest_path(out), text_writer(manifest_json(manifest)))])
     return Built(out, manifest_path(out), stats, result.counts(), result.summary)
 
 
@@ -154,7 +174,26 @@ class WeightsSummary:
     meta: dict[str, object]
 
 
-def make_weights(
+def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, max_length: int = 512,
+                 force: bool = False, progress: Progress | None = None, chat=None) -> WeightsSummary:
+    """Tokenize `source` with the Alpaca template and write per-token loss weights to `out_dir`.
+
+    `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
+    Conversations go through `chat_pipeline.chat_weights` with `chat` (a `ChatOptions`).
+    `out_dir` is claimed (checked against the inputs, locked) before any tokenizing.
+    """
+    from alpaca_plw.data.weights import check_plw
+
+    local = Path(source) if source is not None else default_source()
+    inputs = _inputs(local, options)
+    precheck([out_dir], inputs, force, "weights")
+    if plw != "auto":
+        check_plw(float(plw))
+    with claim([out_dir], inputs, force, "weights"):
+        return _make_weights(source, plw, options, out_dir, max_length, force, progress, chat)
+
+
+def _make_weights(
     source,
     plw: float | str,
     options: DataOptions,
@@ -164,23 +203,11 @@ def make_weights(
     progress: Progress | None = None,
     chat=None,
 ) -> WeightsSummary:
-    """Tokenize `source` with the Alpaca template and write per-token loss weights to `out_dir`.
-
-    `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
-    Conversations go through `chat_pipeline.chat_weights` with `chat` (a `ChatOptions`).
-    """
+    """`make_weights` once `out_dir` is claimed."""
     from alpaca_plw.data.guide import recommend
-    from alpaca_plw.data.weights import build_weights, check_plw
-    from alpaca_plw.data.weights_store import check_output_dir, to_table, write_weights_dir
+    from alpaca_plw.data.weights import build_weights
+    from alpaca_plw.data.weights_store import to_table, write_weights_dir
 
-    check_output_dir(out_dir, force)
-    if source is not None and Path(source).exists() and out_dir.exists() \
-            and Path(source).resolve() == out_dir.resolve():
-        from alpaca_plw.errors import OutputError
-
-        raise OutputError(f"{out_dir}: is the source dataset; inputs are never overwritten")
-    if plw != "auto":
-        check_plw(float(plw))
     tokenizer = load_tokenizer(options.tokenizer)
     records = load_records(source, options.columns, options.split)
     if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):

@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from alpaca_plw.data.safety import is_regular_or_dir
 from alpaca_plw.errors import InputError
 from alpaca_plw.data.kinds import from_columns, from_rows
 from alpaca_plw.data.records import ColumnMap, Records, Source
@@ -100,6 +101,7 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
         raise InputError(f"{source.path}: the file is empty (expected a header row)") from None
     except csv.Error as exc:
         raise InputError(f"{source.path}: malformed CSV header: {exc}") from None
+    _no_duplicates(header, source)
     data: dict[str, list[object]] = {name: [] for name in header}
     try:
         for row_number, row in enumerate(reader):
@@ -117,10 +119,20 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
 
 def _load_table(table, source: Source, columns: ColumnMap) -> Records:
     """Records from an Arrow table (Parquet files, Arrow datasets)."""
+    _no_duplicates(table.column_names, source)
     wanted = {columns.instruction, columns.input, columns.output, columns.messages}
     data = {name: table.column(name).to_pylist() for name in table.column_names if name in wanted}
     data.update({name: [] for name in table.column_names if name not in wanted})
     return from_columns(data, source, columns)
+
+
+def _no_duplicates(names: list[str], source: Source) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InputError(f"{source.path}: column {name!r} appears twice in the header; "
+                             "rename one of them")
+        seen.add(name)
 
 
 def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
@@ -128,7 +140,8 @@ def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(pa.BufferReader(data))
+        # One thread: Arrow's thread pool can abort the interpreter at exit (apache/arrow#34314).
+        table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{source.path}: cannot read Parquet: {exc}") from None
     return _load_table(table, source, columns)
@@ -209,7 +222,36 @@ def load_records(
 
     `source` is a local .json (array) / .jsonl / .parquet / .csv file, a `save_to_disk` directory,
     or a Hugging Face hub dataset id (then `split` picks the split); None means the project sample.
+    Text that cannot be written as UTF-8 (lone surrogates, e.g. a JSON "\\ud800") is refused.
     """
+    dataset = _load_any(source, columns, split)
+    _check_unicode(dataset)
+    return dataset
+
+
+def _check_unicode(dataset) -> None:
+    """Refuse a string that is not valid Unicode, naming the record and field."""
+    if isinstance(dataset, Records):
+        fields = [(name, getattr(dataset, name)) for name in ("instruction", "input", "output")]
+    else:  # conversations: one list of message contents per record
+        fields = [("messages content", ["\n".join(turns) for turns in dataset.contents])]
+    for name, values in fields:
+        try:
+            "".join(values).encode("utf-8")
+            continue
+        except UnicodeEncodeError:
+            pass
+        for index, value in enumerate(values):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InputError(
+                    f"{dataset.source.path}: record {index}: field {name!r}: invalid Unicode "
+                    f"({value[exc.start]!r} at character {exc.start} is a lone surrogate, "
+                    "which UTF-8 cannot hold)") from None
+
+
+def _load_any(source, columns: ColumnMap | None, split: str):
     columns = columns or ColumnMap()
     path = Path(source) if source is not None else default_source()
     shown = display_path(path)
@@ -221,6 +263,10 @@ def load_records(
         if path.suffix.lower() not in FILE_FORMATS and _HUB_ID.match(text) and not text.startswith("."):
             return _load_hub(text, columns, split)
         raise InputError(f"{shown}: no such file or directory")
+    special = is_regular_or_dir(path)  # decided from stat: a FIFO or device is never opened
+    if special:
+        raise InputError(f"{shown}: is {special}, not a regular file; SOURCE must be a file or "
+                         "a folder")
     suffix = path.suffix.lower()
     text_loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}
     if suffix not in text_loaders and suffix != ".parquet":

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.errors import InputError, OutputError, OutputExistsError
-from alpaca_plw.data.output import atomic_write_dir
+from alpaca_plw.errors import InputError
 from alpaca_plw.data.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -78,22 +77,21 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
 
 
 def check_output_dir(out_dir: Path, force: bool) -> None:
-    """Refuse before any work: an existing output without `force`, or a path that cannot be a folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: exists and is not a directory")
-    if out_dir.exists() and not force:
-        raise OutputExistsError(f"{out_dir}: already exists; pass --force to overwrite it")
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputError(f"{out_dir}: cannot create it, {parent} is a file")
-            break
+    """Refuse before any work: a path that cannot be a folder, an existing output without `force`,
+    or, with `force`, a folder that alpaca-plw did not write (no `.alpaca-plw` marker)."""
+    from alpaca_plw.data.safety import check_replaceable, check_shape
+
+    check_shape(out_dir, folder=True)
+    check_replaceable(out_dir, force, "weights")
 
 
 def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
-    """Write into a temporary folder beside `out_dir`, then move it into place."""
+    """Write into a temporary folder beside `out_dir` (with the `.alpaca-plw` marker), then swap it
+    into place in one step."""
+    from alpaca_plw.data.publish import publish_dir
+
     check_output_dir(out_dir, force)
-    atomic_write_dir(out_dir, lambda tmp: _write_dir(tmp, table))
+    publish_dir(out_dir, lambda tmp: _write_dir(tmp, table), "weights", replace=force)
 
 
 @dataclass
@@ -136,4 +134,38 @@ def read_weights_dir(directory: Path) -> WeightsData:
         raise InputError(f"{directory}: no alpaca_plw metadata; was it written by `alpaca-plw weights`?")
     if table.num_rows == 0:
         raise InputError(f"{directory}: the weights dataset has no records")
-    return WeightsData(Path(directory), table, json.loads(raw))
+    return WeightsData(Path(directory), table, _check_values(directory, table, _meta(directory, raw)))
+
+
+def _meta(directory: Path, raw: bytes) -> dict:
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{directory}: its alpaca_plw metadata is not valid JSON ({exc}); "
+                         "rebuild it with `alpaca-plw weights`") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{directory}: its alpaca_plw metadata is a JSON {type(meta).__name__}, "
+                         "expected an object; rebuild it with `alpaca-plw weights`")
+    plw = meta.get("plw")
+    if plw is not None and (isinstance(plw, bool) or not isinstance(plw, (int, float))):
+        raise InputError(f"{directory}: PLW {plw!r} in its metadata is not a number")
+    if not isinstance(meta.get("tokenizer", {}), dict):
+        raise InputError(f"{directory}: tokenizer {meta['tokenizer']!r} in its metadata is not an object")
+    return meta
+
+
+def _check_values(directory: Path, table: pa.Table, meta: dict) -> dict:
+    """Refuse non-finite or negative loss weights and negative token ids, naming the record."""
+    for name, test, what in (("loss_weight", lambda v: ~np.isfinite(v) | (v < 0), "loss weight"),
+                             ("input_ids", lambda v: v < 0, "token id")):
+        column = table.column(name).combine_chunks()
+        values = column.values.to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(test(values))
+        if bad.size:
+            offsets = column.offsets.to_numpy()
+            row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+            source = table.column("source_index")[row].as_py()
+            raise InputError(f"{directory}: record {row} (source record {source}): {what} "
+                             f"{values[bad[0]]} at position {int(bad[0] - offsets[row])}; loss "
+                             "weights must be finite and >= 0; rebuild it with `alpaca-plw weights`")
+    return meta

@@ -22,13 +22,16 @@ NO_TORCH = """
 import sys
 sys.modules["torch"] = None
 sys.argv = ["alpaca-plw", *sys.argv[1:]]
+import atexit
 from alpaca_plw.cli import main
-try:
-    main()
-finally:
+
+def report():  # main() ends the process with os._exit after running the atexit handlers
     loaded = sorted(m for m, mod in sys.modules.items()
                     if mod is not None and (m == "torch" or m.startswith("torch.")))
     sys.stderr.write("TORCH_MODULES=" + ",".join(loaded) + "\\n")
+
+atexit.register(report)
+main()
 """
 
 

@@ -30,7 +30,7 @@ LLAMA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers"
 FIXTURE = Path("tests") / "fixtures" / "weights_records.json"  # relative to REPO_ROOT, as the CLI sees it
 GOLDEN = REPO_ROOT / "tests" / "golden" / "weights_handcrafted.json"
 ARROW_FILE = "data-00000-of-00001.arrow"
-OUTPUT_FILES = {ARROW_FILE, "dataset_info.json", "state.json"}
+OUTPUT_FILES = {ARROW_FILE, "dataset_info.json", "state.json", ".alpaca-plw"}  # the marker: issue 8
 
 PLW = 0.25
 MAX_LENGTH = 64
@@ -543,11 +543,19 @@ def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path,
     assert "Traceback" not in stderr and "--force" in stderr
     assert _nothing_in(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
 
+    # issue 8: --force replaces only a folder alpaca-plw wrote (the .alpaca-plw marker)
     code, _, stderr = invoke([*GOLDEN_ARGS, "-o", out, "--force"])
+    assert code == 3 and "not written by alpaca-plw" in stderr, stderr
+    assert _nothing_in(out) == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+    ours = tmp_path / "ours"
+    code, _, stderr = invoke([*GOLDEN_ARGS, "--plw", "0.5", "-o", ours])
     assert code == 0, stderr
-    assert set(_nothing_in(out)) == OUTPUT_FILES
-    assert (out / ARROW_FILE).read_bytes() == (handcrafted[0] / ARROW_FILE).read_bytes()
-    assert _nothing_in(tmp_path) == ["out"]  # no temporary or old folder left beside it
+    code, _, stderr = invoke([*GOLDEN_ARGS, "-o", ours, "--force"])
+    assert code == 0, stderr
+    assert set(_nothing_in(ours)) == OUTPUT_FILES
+    assert (ours / ARROW_FILE).read_bytes() == (handcrafted[0] / ARROW_FILE).read_bytes()
+    assert _nothing_in(tmp_path) == ["ours", "out"]  # no temporary or old folder left beside it
 
 
 def test_source_file_is_unchanged_by_a_run(tmp_path):

@@ -1,0 +1,334 @@
+"""Path safety: outputs never touch inputs, `--force` replaces only alpaca-plw's own folders, outputs
+are claimed exclusively and published atomically, and leftovers of killed runs are cleaned up.
+
+Every writing command goes through `claim(...)`:
+
+1. each output is compared with each input (source files and folders, `--model`, the weights folder,
+   `--tokenizer`), by resolved path and by device/inode, in both directions (equal, inside,
+   containing): an overlap is an `OutputError` (exit 3), `--force` or not;
+2. an existing output is refused without `force`; a folder output is replaced with `force` only
+   when it holds the `.alpaca-plw` marker that alpaca-plw writes into its weights and run folders;
+3. a lock (`flock` on `.NAME.alpaca-plw.lock` beside the output, released by the kernel if the
+   process dies) makes the claim exclusive: of two runs racing for one output, one stops here;
+4. temporary and backup entries a killed run left beside the output (`.NAME.plw-tmp-*`,
+   `.NAME.plw-old-*`) are removed, or restored when they hold the only copy, and reported.
+
+Publishing then writes into a temporary file or folder beside the target and renames it into
+place: `renameat2(RENAME_EXCHANGE)` swaps a folder with its predecessor in one step, so either the
+old or the new output is visible under its name at every instant. The library never prints: the
+one-line recovery report goes to the callback set with `set_reporter`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_dir, publish_files, writing
+from alpaca_plw.errors import OutputError, OutputExistsError
+
+LOCK_SUFFIX = ".alpaca-plw.lock"
+
+_reporter: Callable[[str], None] | None = None
+
+
+def set_reporter(callback: Callable[[str], None] | None) -> None:
+    """Where one-line notices (recovered leftovers) go; the CLI prints them on stderr."""
+    global _reporter
+    _reporter = callback
+
+
+def report(message: str) -> None:
+    if _reporter is not None:
+        _reporter(message)
+
+
+# --- inputs against outputs -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Node:
+    path: Path  # resolved
+    dev: int
+    ino: int
+    is_dir: bool
+
+
+def _node(path: Path) -> _Node | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return _Node(Path(os.path.realpath(path)), st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode))
+
+
+def _same(a: _Node, b: _Node) -> bool:
+    return (a.dev, a.ino) == (b.dev, b.ino)
+
+
+def _ancestors(path: Path) -> list[_Node]:
+    """The existing folders above `path` (resolved), nearest first."""
+    found = []
+    for parent in Path(os.path.realpath(path)).parents:
+        node = _node(parent)
+        if node is not None:
+            found.append(node)
+    return found
+
+
+def check_overlap(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]]) -> None:
+    """Refuse an output that is, lies inside, or contains an input (symlinks and hard links
+    resolved). `inputs` are (label, path or hub id or None); names that are not local paths are
+    skipped."""
+    nodes = []
+    for label, value in inputs:
+        if value is None:
+            continue
+        node = _node(Path(str(value)).expanduser())
+        if node is not None:
+            nodes.append((label, value, node))
+    for out in outputs:
+        out_node = _node(out)
+        out_real = Path(os.path.realpath(out))
+        out_above = _ancestors(out)
+        for label, value, node in nodes:
+            how = None
+            if out_real == node.path or (out_node is not None and _same(out_node, node)):
+                how = "is"
+            elif node.is_dir and (node.path in out_real.parents or any(_same(a, node) for a in out_above)):
+                how = "is inside"
+            elif out_real in node.path.parents or (
+                    out_node is not None and out_node.is_dir
+                    and any(_same(a, out_node) for a in _ancestors(node.path))):
+                how = "contains"
+            elif out_node is not None and out_node.is_dir and not node.is_dir \
+                    and _holds_inode(out, node):
+                how = "holds a hard link to"
+            if how:
+                raise OutputError(f"{out}: {how} the {label} {value}; inputs are never "
+                                  "overwritten, with or without --force; choose another output")
+
+
+def _holds_inode(folder: Path, node: _Node) -> bool:
+    """True when a file below `folder` is a hard link to `node` (walked only for marked folders,
+    which are small and ours)."""
+    if not (folder / MARKER).is_file():
+        return False
+    for root, _, files in os.walk(folder):
+        for name in files:
+            other = _node(Path(root) / name)
+            if other is not None and _same(other, node):
+                return True
+    return False
+
+
+# --- ownership and shape ----------------------------------------------------------------------
+
+def marker_kind(folder: Path) -> str | None:
+    """The kind recorded in `folder/.alpaca-plw` ("weights", "run"), or None."""
+    try:
+        data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get("kind") if isinstance(data, dict) else None
+
+
+def check_shape(path: Path, folder: bool) -> None:
+    """Refuse an output path that cannot be what we write (a file where a folder goes, a folder or
+    device where a file goes, a file among its parents)."""
+    if os.path.lexists(path):
+        st = os.stat(path) if os.path.exists(path) else os.lstat(path)
+        if folder and not stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{path}: exists and is not a directory")
+        if not folder and stat.S_ISDIR(st.st_mode):
+            raise OutputError(f"{path}: is a directory; give a file name")
+        if not folder and not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+            raise OutputError(f"{path}: is not a regular file (a device, FIFO or socket); "
+                              "give a file name")
+    for parent in Path(path).parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot create it, {parent} is not a directory")
+            break
+
+
+def check_replaceable(path: Path, force: bool, kind: str | None) -> None:
+    """An existing output: refused without `force`; a folder also needs alpaca-plw's marker."""
+    if not os.path.lexists(path):
+        return
+    if not force:
+        raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
+    if kind is not None and marker_kind(path) != kind:
+        raise OutputError(
+            f"{path}: exists and was not written by alpaca-plw (no {MARKER} marker of a {kind} "
+            "folder); --force replaces only alpaca-plw's own outputs: remove it yourself or "
+            "choose another output")
+
+
+# --- locks and leftovers ----------------------------------------------------------------------
+
+def _lock_path(path: Path) -> Path:
+    return path.parent / f".{path.name}{LOCK_SUFFIX}"
+
+
+def _acquire(path: Path) -> tuple[int, Path]:
+    import fcntl
+
+    lock = _lock_path(path)
+    while True:
+        with writing(lock, "create a lock file beside"):
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"{path}: another alpaca-plw run is writing it (lock {lock}); "
+                              "wait for it to finish") from None
+        try:  # the holder before us may have removed the file after we opened it: retry
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                return fd, lock
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _release(fd: int, lock: Path) -> None:
+    try:
+        lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _leftovers(path: Path) -> list[Path]:
+    prefixes = (f".{path.name}{TMP_TAG}", f".{path.name}{OLD_TAG}")
+    try:
+        return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
+    except OSError:
+        return []
+
+
+def recover(path: Path) -> None:
+    """Under the lock: restore a backup that holds the only copy of `path`, remove the rest, and
+    report what was done in one line."""
+    found = _leftovers(path)
+    if not found:
+        return
+    restored = None
+    if not os.path.lexists(path):
+        backups = [p for p in found if OLD_TAG in p.name]
+        if backups:
+            restored = backups[-1]
+            os.replace(restored, path)
+            found.remove(restored)
+    for item in found:
+        _remove(item)
+    names = ", ".join(p.name for p in found)
+    what = f"removed {names}" if found else ""
+    if restored is not None:
+        what = f"restored {path.name} from {restored.name}" + (f" and {what}" if what else "")
+    report(f"note: {path}: cleaned up after an interrupted run: {what}")
+
+
+def _remove(item: Path) -> None:
+    if item.is_dir() and not item.is_symlink():
+        shutil.rmtree(item, ignore_errors=True)
+    else:
+        item.unlink(missing_ok=True)
+
+
+# --- the claim --------------------------------------------------------------------------------
+
+@dataclass
+class Claim:
+    """Outputs held exclusively until the `claim` block ends."""
+
+    outputs: list[Path]
+    force: bool
+    kind: str | None
+    created: list[Path] = field(default_factory=list)
+    published: bool = False
+
+    def publish_files(self, items: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+        publish_files(items, replace=self.force)
+        self.published = True
+
+    def publish_dir(self, target: Path, write: Callable[[Path], None]) -> None:
+        publish_dir(target, write, self.kind, replace=self.force)
+        self.published = True
+
+
+@contextmanager
+def claim(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]], force: bool,
+          kind: str | None = None, exists_ok: bool = False) -> Iterator[Claim]:
+    """Check, lock and clean the outputs (see the module doc); yields a `Claim` to publish with.
+
+    `kind` is the marker kind for folder outputs (None: file outputs). `exists_ok` skips the
+    existence rule (the caller applies its own, e.g. `train --resume`)."""
+    outputs = [Path(p) for p in outputs]
+    check_overlap(outputs, inputs)
+    for out in outputs:
+        check_shape(out, kind is not None)
+        if not exists_ok:
+            check_replaceable(out, force, kind)
+    held: list[tuple[int, Path]] = []
+    result = Claim(outputs, force, kind)
+    try:
+        for out in sorted(set(outputs)):
+            _make_parents(out, result.created)
+            held.append(_acquire(out))
+        for out in outputs:
+            recover(out)
+            if not exists_ok:
+                check_replaceable(out, force, kind)
+        yield result
+    finally:
+        for fd, lock in reversed(held):
+            _release(fd, lock)
+        if not result.published:
+            for folder in reversed(result.created):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+
+
+def _make_parents(path: Path, created: list[Path]) -> None:
+    missing = []
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            break
+        missing.append(parent)
+    for parent in reversed(missing):
+        with writing(parent, "create"):
+            parent.mkdir()
+        created.append(parent)
+
+
+def is_regular_or_dir(path: Path) -> str | None:
+    """None when `path` is a regular file or folder (following symlinks), else what it is."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def precheck(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]], force: bool,
+             kind: str | None = None) -> None:
+    """The checks of `claim` that write nothing: overlap, shape and the existence rule."""
+    outputs = [Path(p) for p in outputs]
+    check_overlap(outputs, inputs)
+    for out in outputs:
+        check_shape(out, kind is not None)
+        check_replaceable(out, force, kind)
