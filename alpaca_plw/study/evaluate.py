@@ -108,7 +108,9 @@ def _load_model(run_dir: Path, options: EvalOptions):
     if is_adapter(run_dir):
         require("peft", "alpaca-plw eval on a LoRA run", "lora")
         base = json.loads((run_dir / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
-        return HFLM(pretrained=base, peft=str(run_dir), tokenizer=str(run_dir), **common)
+        has_tokenizer = any((run_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+        return HFLM(pretrained=base, peft=str(run_dir),
+                    tokenizer=str(run_dir) if has_tokenizer else base, **common)
     return HFLM(pretrained=str(run_dir), **common)
 
 

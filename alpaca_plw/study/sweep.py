@@ -88,7 +88,10 @@ def run_state(run_dir: Path) -> str:
     if latest_checkpoint(run_dir) is not None:
         return "resume"
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        extra = sorted(p.name for p in run_dir.iterdir() if p.name != "log.jsonl")
+        # what a run writes before its first checkpoint: its log, markers (dotfiles), JSON records
+        extra = sorted(p.name for p in run_dir.iterdir()
+                       if not (p.is_file() and (p.name == "log.jsonl" or p.name.startswith(".")
+                                                or p.suffix == ".json")))
         if extra:
             raise ConfigError(f"{run_dir}: holds {', '.join(extra[:3])} but no final model and no "
                               "complete checkpoint; it was not written by this sweep, or a save was "

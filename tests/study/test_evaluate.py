@@ -66,3 +66,31 @@ def test_a_folder_without_a_final_model_is_refused(run_cli, tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     code, _, stderr = run_cli(["eval", tmp_path, "--tasks", "plw_tiny_mc", "--include-path", TASKS])
     assert code == 2 and "no final model" in stderr and "did not finish" in stderr
+
+
+def test_a_lora_run_is_evaluated_as_its_adapter_merged_into_the_base(model_dir, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                                LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(3)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    run = tmp_path / "plw-0.1"
+    peft_model.save_pretrained(run)
+    merged = peft_model.merge_and_unload().eval()
+
+    monkeypatch.chdir(TASKS)
+    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=1, device="cpu")
+    raw = evaluate_model(run, options, task_manager(options), log_samples=True)
+    sample = raw["samples"]["plw_tiny_mc"][0]
+    context, continuation = sample["arguments"][0]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    whole = tokenizer(context + continuation).input_ids
+    n_context = len(tokenizer(context).input_ids)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(merged(torch.tensor([whole[:-1]])).logits[0].double(), dim=-1)
+    expected = sum(float(logprobs[i - 1, whole[i]]) for i in range(n_context, len(whole)))
+    assert sample["resps"][0][0][0] == pytest.approx(expected, abs=1e-4)

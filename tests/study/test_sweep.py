@@ -89,3 +89,41 @@ def test_unknown_train_option_and_foreign_folder_are_refused(run_cli, source, tm
                                "--plw", "0,1"])
     assert code == 2 and "holds no sweep.json" in stderr
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_a_weights_folder_as_source_is_read_not_tokenized(source, tmp_path):
+    make_weights(str(source), 0.25, DataOptions(tokenizer=str(LLAMA)), tmp_path / "given",
+                 max_length=96)
+
+    def never(plw, out):
+        raise AssertionError("a weights folder must not be tokenized again")
+
+    folders = prepare_weights(str(tmp_path / "given"), [0.0, 1.0], tmp_path / "w", never)
+    given = read_weights_dir(tmp_path / "given")
+    for plw, folder in folders.items():
+        data = read_weights_dir(folder)
+        assert data.table.column("input_ids").to_pylist() == given.table.column("input_ids").to_pylist()
+        assert data.meta["plw"] == plw
+        assert data.table.column("loss_weight").to_pylist() == \
+            reweight(given, plw, "x").column("loss_weight").to_pylist()
+
+
+def test_run_states_say_what_a_rerun_will_do(tmp_path):
+    from alpaca_plw.study.sweep import run_state
+
+    run = tmp_path / "plw-0.1"
+    assert run_state(run) == "new"
+    run.mkdir()
+    (run / "log.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (run / ".alpaca-plw").write_text("run\n")
+    assert run_state(run) == "restart"  # cut off before its first checkpoint
+    (run / "checkpoint-1").mkdir()
+    (run / "checkpoint-1" / "trainer_state.pt").write_bytes(b"")
+    assert run_state(run) == "resume"
+    (run / "model.safetensors").write_bytes(b"")
+    assert run_state(run) == "done"
+    other = tmp_path / "plw-1"
+    other.mkdir()
+    (other / "notes.txt").write_text("someone's")
+    with pytest.raises(ConfigError, match="notes.txt"):
+        run_state(other)
