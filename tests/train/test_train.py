@@ -1,9 +1,6 @@
 """The trainer on CPU: exact normalisation under accumulation and data parallelism, resume, errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -183,25 +180,6 @@ def test_resume_after_interruption_matches_uninterrupted_run(weights_dir, tiny_m
     assert [r["step"] for r in _log(broken)] == [1, 2, 3, 4]
     for a, b in zip(_log(full), _log(broken)):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"], ["--fsdp", "--packing", "--max-tokens", "60"]],
-                         ids=["ddp", "fsdp", "fsdp-packed"])
-def test_two_process_gloo_equals_single_process(weights_dir, tiny_model, tmp_path, sharding):
-    single = tmp_path / "single"
-    train(_config(weights_dir, tiny_model, single, micro_batch_size=2, grad_accum=2))
-    ddp = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "alpaca_plw", "train", str(weights_dir), "--model", str(tiny_model),
-               "--output-dir", str(ddp), "--micro-batch-size", "2", "--grad-accum", "1",
-               "--max-steps", "3", "--lr", "1e-3", "--device", "cpu", "--warmup-ratio", "0", *sharding]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _assert_params_close(_params(single), _params(ddp))
-    for a, b in zip(_log(single), _log(ddp)):
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
 
 
 def _cli(args):

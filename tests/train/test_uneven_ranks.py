@@ -1,6 +1,9 @@
 """Data parallelism with uneven ranks: packing gives ranks different micro-batch counts, the last
-step of an epoch is partial and leaves one rank without records. Two gloo processes (DDP and FSDP)
-must still train exactly like one process."""
+step of an epoch is partial and leaves one rank without records. Two gloo processes, DDP and FSDP,
+packed and padded, must train exactly like one process (parameters and step losses, 1e-5).
+
+All four 2-process trainings run in one `torchrun` spawn (tests/train/dist_worker.py), one after
+the other in the same process group; each is compared with the same single-process run."""
 
 import json
 import os
@@ -13,43 +16,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alpaca_plw.data.pipeline import DataOptions, make_weights
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.trainer import train
 
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
-SAMPLE = REPO / "data" / "sample.json"
+WORKER = Path(__file__).with_name("dist_worker.py")
 BUDGET = 60  # packed tokens per micro-batch
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = tmp_path_factory.mktemp("tiny-llama-uneven")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (directory / name).write_bytes((LLAMA / name).read_bytes())
-    return directory
-
-
-@pytest.fixture(scope="module")
-def twelve(tmp_path_factory) -> Path:
-    """12 records (cut at 48 tokens): with 8 per step, step 2 holds 4 records, all on rank 0."""
-    records = json.loads(SAMPLE.read_text(encoding="utf-8"))[:12]
-    source = tmp_path_factory.mktemp("src-uneven") / "twelve.json"
-    source.write_text(json.dumps(records), encoding="utf-8")
-    out = tmp_path_factory.mktemp("w-uneven") / "weights"
-    make_weights(str(source), 0.1, DataOptions(tokenizer=str(LLAMA)), out, max_length=48)
-    return out
+COMMON = dict(micro_batch_size=2, max_steps=3, lr=1e-3, device="cpu", warmup_ratio=0.0)
+RUNS = {  # 2 processes x 2 micro-batches x 2 records = the single process's 8 records per step
+    "ddp-packed": dict(packing=True, max_tokens=BUDGET),
+    "fsdp-packed": dict(packing=True, max_tokens=BUDGET, fsdp=True),
+    "ddp-padded": dict(packing=False),
+    "fsdp-padded": dict(packing=False, fsdp=True),
+}
 
 
 def _packed_counts(weights_dir: Path, step: int) -> list[int]:
@@ -60,32 +41,46 @@ def _packed_counts(weights_dir: Path, step: int) -> list[int]:
             for r in range(2)]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
-def test_uneven_ranks_train_exactly_like_one_process(twelve, tiny_model, tmp_path, sharding):
-    counts = [_packed_counts(twelve, step) for step in range(3)]
+@pytest.fixture(scope="module")
+def single(train_weights, tiny_llama, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uneven-single") / "run"
+    train(TrainConfig(weights_dir=train_weights, model=str(tiny_llama), output_dir=out,
+                      grad_accum=4, **COMMON))
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(train_weights, tiny_llama, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("uneven-two")
+    base = dict(weights_dir=str(train_weights), model=str(tiny_llama), output_dir=str(root),
+                grad_accum=2, **COMMON)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", str(WORKER), json.dumps({"base": base, "runs": RUNS})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_the_data_gives_ranks_uneven_work(train_weights):
+    # 12 records, 8 per step: step 2 holds 4 records, all on rank 0
+    counts = [_packed_counts(train_weights, step) for step in range(3)]
     assert any(a != b for a, b in counts), counts  # ranks run different numbers of real batches
     assert counts[1][1] == 0, counts  # the partial step leaves rank 1 without records
+    order = DataOrder(12, 42, 2, 2, 2)
+    assert [len(m) for m in order.micro_batches(1, 1)] == [0, 0]  # padded: rank 1 empty too
 
-    single = tmp_path / "single"
-    train(TrainConfig(weights_dir=twelve, model=str(tiny_model), output_dir=single,
-                      micro_batch_size=2, grad_accum=4, max_steps=3, lr=1e-3, device="cpu",
-                      warmup_ratio=0.0))
-    ranks = tmp_path / "two"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "alpaca_plw", "train", str(twelve), "--model", str(tiny_model),
-               "--output-dir", str(ranks), "--micro-batch-size", "2", "--grad-accum", "2",
-               "--max-steps", "3", "--lr", "1e-3", "--device", "cpu", "--warmup-ratio", "0",
-               "--packing", "--max-tokens", str(BUDGET), *sharding]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    a, b = load_file(str(single / "model.safetensors")), load_file(str(ranks / "model.safetensors"))
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", RUNS)
+def test_uneven_ranks_train_exactly_like_one_process(single, two_processes, run):
+    a = load_file(str(single / "model.safetensors"))
+    b = load_file(str(two_processes / run / "model.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=f"{run}: {name}")
     log_a, log_b = ([json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
-                    for d in (single, ranks))
+                    for d in (single, two_processes / run))
     assert len(log_a) == len(log_b) == 3
     for x, y in zip(log_a, log_b):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
