@@ -59,6 +59,8 @@ TINY = BuildRule("tiny", target_rg=0.042, allow_drop=True)
 
 
 def target_rule(target_rg: float, allow_drop: bool = False) -> BuildRule:
+    if not 0 < target_rg < float("inf"):  # also refuses nan
+        raise ConfigError(f"--target-rg must be a finite number > 0, got {target_rg}")
     return BuildRule(f"rg{target_rg:g}", target_rg=target_rg, allow_drop=allow_drop)
 
 

@@ -189,6 +189,10 @@ def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, 
     precheck([out_dir], inputs, force, "weights")
     if plw != "auto":
         check_plw(float(plw))
+    if not 2 <= max_length < 2**31:
+        from alpaca_plw.errors import ConfigError
+
+        raise ConfigError(f"--max-length must be in [2, 2**31), got {max_length}")
     with claim([out_dir], inputs, force, "weights"):
         return _make_weights(source, plw, options, out_dir, max_length, force, progress, chat)
 

@@ -91,7 +91,15 @@ def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: 
 def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
     """Restore optimizer and scheduler from `path/trainer_state.pt` (the model was loaded from
     `path` itself); returns the step the checkpoint was taken after."""
-    state = torch.load(path / STATE_FILE, weights_only=False)
+    try:
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        step = int(state["step"])
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file raises many types
+        from alpaca_plw.errors import InputError
+
+        raise InputError(f"{path / STATE_FILE}: cannot read the checkpoint ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); remove "
+                         f"{path.name} to resume from an earlier checkpoint") from None
     if d.world == 1 and not sharded(model):
         optimizer.load_state_dict(state["optimizer"])
     else:
@@ -101,4 +109,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
                                  options=StateDictOptions(full_state_dict=True,
                                                           broadcast_from_rank0=False))
     scheduler.load_state_dict(state["scheduler"])
-    return int(state["step"])
+    return step

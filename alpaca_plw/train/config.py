@@ -76,7 +76,9 @@ class TrainConfig:
         ]
         from alpaca_plw.train.features import feature_checks
 
-        for ok, message in checks + feature_checks(self):
+        from alpaca_plw.train.run_record import option_checks
+
+        for ok, message in option_checks(self) + checks + feature_checks(self):
             if not ok:
                 raise ConfigError(message)
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 LOG_FILE = "log.jsonl"
 
 
 def append_log(path: Path, record: dict) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+    """One line of strict JSON: a non-finite number is written as null (never NaN)."""
+    from alpaca_plw.data.publish import writing
+
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in record.items()}
+    with writing(path), path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(finite, sort_keys=True, allow_nan=False) + "\n")
 
 
 def trim_log(path: Path, last_step: int) -> None:

@@ -23,13 +23,14 @@ import torch
 
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError, TokenizerError
+from alpaca_plw.train import run_record
 from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoint import full_state_dicts, load_checkpoint, save_final, unwrap
-from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
-from alpaca_plw.train.lora import load_trainable
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
+from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
 from alpaca_plw.train.feed import attention_kwargs, device_batches
+from alpaca_plw.train.lora import load_trainable
 from alpaca_plw.train.checks import check_speed_paths
 from alpaca_plw.train.memory import plan_memory
 from alpaca_plw.train.model import as_terms
@@ -74,11 +75,12 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     _quiet_transformers()
     d = setup(cfg.device)
     features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
+    run_record.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
     data = read_weights_dir(cfg.weights_dir)
     tokenizer_dir = _check_tokenizer(cfg, data.meta)
-    _check_output_dir(cfg)
     store = features.split(data.meta, SequenceStore.from_weights(data))
     plan = features.annotate(make_plan(cfg, store, data.meta, d))
+    run_record.check_resume(cfg, plan, data)  # a finished or a different run is refused
     if cfg.resume and plan.resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
     if cfg.dry_run:
@@ -88,24 +90,19 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         on_plan(plan)
     if cfg.dry_run:
         return plan
-    features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
-    run = _set_up(cfg, d, plan, store, tokenizer_dir)
-    features.start(run)
-    for step in range(run.start, plan.steps):
-        record = _optimizer_step(run, step)
-        features.after_step(run, record)
-        _log_step(run, record, on_step)
-        features.maybe_checkpoint(run, step + 1)  # every --save-steps; rotation
-    _save_final(run)
-    features.finish(run)
+    with run_record.claimed(cfg, plan, data, d) as run_json:  # locked; run.json before any step
+        features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
+        run = _set_up(cfg, d, plan, store, tokenizer_dir)
+        features.start(run)
+        for step in range(run.start, plan.steps):
+            record = _optimizer_step(run, step)
+            features.after_step(run, record)
+            _log_step(run, record, on_step)
+            features.maybe_checkpoint(run, step + 1)  # every --save-steps; rotation
+        _save_final(run)
+        features.finish(run)
+        run_json.finish()
     return plan
-
-
-def _check_output_dir(cfg: TrainConfig) -> None:
-    if cfg.output_dir.exists() and not cfg.resume and not cfg.dry_run and not cfg.force \
-            and any(cfg.output_dir.iterdir()):
-        raise ConfigError(f"--output-dir {cfg.output_dir}: not empty; pass --resume to continue "
-                          "from its last checkpoint or --force to train into it anyway")
 
 
 def _check_model_config(cfg: TrainConfig) -> None:
@@ -185,6 +182,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
     sums[5] = real_tokens
     d.all_reduce_sum(sums)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+    run_record.check_step(step + 1, sums[0], denominator, grad_norm, cfg.output_dir)  # finite?
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -213,6 +211,7 @@ def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:
 
 
 def _save_final(run: _Run) -> None:
+    run_record.check_params(run.model, run.d, "the final model")
     model_state, _ = full_state_dicts(run.model, run.optimizer, run.d)
     if run.d.is_main:
         save_final(run.cfg.output_dir, unwrap(run.model), model_state, run.tokenizer)
@@ -255,7 +254,7 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
-    except (OSError, ValueError, ImportError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt or truncated files raise many types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
             f"--model {name}: cannot load a causal LM ({first}). Offline, pass a local directory "

@@ -1,0 +1,288 @@
+"""Runs cannot mix: the run folder's marker and `run.json`, the `--resume` comparison, and the
+checks that stop a diverging run.
+
+`train` writes `OUTPUT_DIR/run.json` when it starts: the resolved options, the weights folder's
+digest and metadata, the plan and the package versions. `--resume` recomputes the same record and
+refuses any difference that alters the trajectory (data, PLW, batch geometry, learning rate and
+schedule length, seed, precision, packing, ...), naming each option; a finished run says so.
+`--force` replaces only a folder holding alpaca-plw's `.alpaca-plw` marker of a run, and empties
+it before the new run writes anything, so no checkpoint of the previous run can be resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import shlex
+import shutil
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_files, write_marker, writing
+from alpaca_plw.data.safety import check_overlap, check_shape, claim, marker_kind, report
+from alpaca_plw.errors import (ConfigError, DivergedError, InputError, OutputError,
+                               OutputExistsError)
+
+RUN_FILE = "run.json"
+KIND = "run"
+
+
+def inputs(cfg) -> list[tuple[str, object]]:
+    return [("weights folder", cfg.weights_dir), ("model", cfg.model),
+            ("tokenizer", cfg.tokenizer), ("evaluation weights", getattr(cfg, "eval_weights", None))]
+
+
+def check_paths(cfg) -> None:
+    """Before any work: the run folder overlaps no input, can be a folder, and may be used as
+    asked (empty or new; `--resume` of an alpaca-plw run; `--force` over an alpaca-plw run)."""
+    out = Path(cfg.output_dir)
+    check_overlap([out], inputs(cfg))
+    if cfg.resume and cfg.force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run "
+                          f"in {out}, --force replaces it")
+    check_shape(out, folder=True)
+    if cfg.dry_run or not out.is_dir() or not any(out.iterdir()):
+        return
+    ours = marker_kind(out) == KIND
+    if cfg.resume:
+        if not ours or not (out / RUN_FILE).is_file():
+            raise ConfigError(f"--resume: {out} has no {RUN_FILE} and {MARKER} marker of an "
+                              "alpaca-plw run, so nothing shows which run it holds; train into "
+                              "a new --output-dir")
+        return
+    if not cfg.force:
+        raise OutputExistsError(f"--output-dir {out}: not empty; pass --resume to continue the "
+                                "run in it or --force to replace that run")
+    if not ours:
+        raise OutputError(f"--output-dir {out}: not empty and not a run folder written by "
+                          f"alpaca-plw (no {MARKER} marker); --force replaces only alpaca-plw's "
+                          "own runs: remove it yourself or choose another --output-dir")
+
+
+def weights_digest(data) -> str:
+    from alpaca_plw.data.weights_store import ARROW_FILE
+
+    with open(Path(data.path) / ARROW_FILE, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def trajectory(cfg, plan, digest: str) -> dict[str, object]:
+    """What decides the sequence of updates, keyed by the option a user would change."""
+    values = {
+        "weights data (sha256 of the weights folder)": digest,
+        "PLW of the weights": plan.plw,
+        "--micro-batch-size": cfg.micro_batch_size,
+        "--grad-accum": plan.grad_accum,
+        "--batch-size": plan.effective_batch,
+        "processes": plan.world_size,
+        "--lr": cfg.lr,
+        "steps (--max-steps / --epochs)": plan.steps,
+        "warmup steps (--warmup-ratio)": plan.warmup_steps,
+        "--weight-decay": cfg.weight_decay,
+        "--max-grad-norm": cfg.max_grad_norm,
+        "--seed": cfg.seed,
+        "--loss-norm": cfg.loss_norm,
+        "precision": plan.precision,
+        "--packing": plan.packing,
+        "--max-tokens": plan.max_tokens,
+    }
+    for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target", "eval_fraction"):
+        if hasattr(cfg, name):
+            value = getattr(cfg, name)
+            values["--" + name.replace("_", "-")] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def _read(out: Path) -> dict:
+    path = out / RUN_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read it ({exc}); the run cannot be checked, so it "
+                         "cannot be resumed") from None
+    if not isinstance(record, dict) or not isinstance(record.get("trajectory"), dict):
+        raise InputError(f"{path}: not a run record written by alpaca-plw; cannot resume")
+    return record
+
+
+def check_resume(cfg, plan, data) -> None:
+    """`--resume`: refuse a finished run, and any option or data that differs from run.json."""
+    if not cfg.resume or cfg.dry_run and not (Path(cfg.output_dir) / RUN_FILE).is_file():
+        return
+    out = Path(cfg.output_dir)
+    record = _read(out)
+    if record.get("finished"):
+        raise ConfigError(f"--resume: the run in {out} is finished ({record.get('steps')} of "
+                          f"{record.get('steps')} steps); nothing to resume. To train further, "
+                          f"start a new run with --model {out}")
+    now = trajectory(cfg, plan, weights_digest(data))
+    then = record["trajectory"]
+    diffs = [f"{key} {_show(value)} (the run has {_show(then.get(key))})"
+             for key, value in now.items() if _norm(value) != _norm(then.get(key))]
+    if diffs:
+        raise ConfigError(f"--resume: this would not continue the run in {out}: "
+                          + "; ".join(diffs) + ". Give the run's own options (see its "
+                          f"{RUN_FILE}), or start over with --force or a new --output-dir")
+
+
+def _norm(value):
+    return json.loads(json.dumps(value))
+
+
+def _show(value) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in ("alpaca_plw", "torch", "transformers", "numpy", "pyarrow", "peft"):
+        module = sys.modules.get(name)
+        found[name] = getattr(module, "__version__", None) if module else None
+    return found
+
+
+def _record(cfg, plan, data) -> dict:
+    meta = {k: v for k, v in data.meta.items() if k not in ("truncated", "skipped")}
+    options = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+               for k, v in vars(cfg).items()}
+    return {"tool": "alpaca-plw", "options": options, "plan": plan.to_json(),
+            "weights": {"path": str(data.path), "sha256": weights_digest(data), "meta": meta},
+            "trajectory": trajectory(cfg, plan, weights_digest(data)), "versions": _versions(),
+            "finished": False, "steps": plan.steps}
+
+
+def _write(out: Path, record: dict) -> None:
+    text = json.dumps(record, indent=2, sort_keys=True, default=str) + "\n"
+    publish_files([(out / RUN_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))])
+
+
+class RunRecord:
+    def __init__(self, out: Path, record: dict | None):
+        self.out, self.record = out, record
+
+    def finish(self) -> None:
+        """Mark the run finished (rank 0); `--resume` then refuses it."""
+        if self.record is not None:
+            _write(self.out, {**self.record, "finished": True})
+
+
+@contextmanager
+def claimed(cfg, plan, data, d):
+    """Rank 0 holds the run folder for the whole run: locked, emptied for `--force`, marked, and
+    `run.json` written before any checkpoint; leftovers of a killed run are removed."""
+    out = Path(cfg.output_dir)
+    if not d.is_main:
+        yield RunRecord(out, None)
+        return
+    with claim([out], inputs(cfg), cfg.force, KIND, exists_ok=True):
+        existed = out.exists()
+        fresh = not existed or cfg.force or not any(out.iterdir())
+        if cfg.force and out.is_dir():
+            for item in out.iterdir():  # checked in check_paths: an alpaca-plw run folder
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        _clean_leftovers(out)
+        with writing(out, "create"):
+            out.mkdir(parents=True, exist_ok=True)
+            if marker_kind(out) != KIND:
+                write_marker(out, KIND)
+        record = _read(out) if cfg.resume else _record(cfg, plan, data)
+        if not cfg.resume:
+            _write(out, record)
+        try:
+            yield RunRecord(out, record)
+        except BaseException:
+            if fresh:  # failed before its first step was logged: leave nothing behind
+                _undo(out, remove_folder=not existed)
+            raise
+
+
+def _undo(out: Path, remove_folder: bool) -> None:
+    from alpaca_plw.train.runlog import LOG_FILE
+
+    log = out / LOG_FILE
+    if log.exists() and log.stat().st_size:
+        return
+    if {p.name for p in out.iterdir()} <= {MARKER, RUN_FILE, LOG_FILE}:
+        for name in (MARKER, RUN_FILE, LOG_FILE):
+            (out / name).unlink(missing_ok=True)
+        if remove_folder:
+            out.rmdir()
+
+
+def _clean_leftovers(out: Path) -> None:
+    if not out.is_dir():
+        return
+    found = sorted(p for p in out.iterdir()
+                   if TMP_TAG in p.name or OLD_TAG in p.name or p.name == ".final")
+    for item in found:
+        shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+    if found:
+        report(f"note: {out}: cleaned up after an interrupted run: removed "
+               + ", ".join(p.name for p in found))
+
+
+def check_step(step: int, loss_sum, denominator: float, grad_norm, out: Path) -> None:
+    """Stop before applying step `step` when its loss or gradient norm is not finite."""
+    loss = float(loss_sum) / denominator
+    norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    if math.isfinite(loss) and math.isfinite(norm):
+        return
+    from alpaca_plw.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(Path(out))
+    raise DivergedError(
+        f"step {step}: the loss is {loss} and the gradient norm {norm}; training stopped before "
+        "applying this step, and no model was saved. "
+        + (f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet.")
+        + " Check the data and a lower --lr (a new run: --force or a new --output-dir)")
+
+
+def check_params(model, d, what: str) -> None:
+    """Refuse to save `what` when a parameter is not finite (counted over every rank)."""
+    import torch
+
+    bad = torch.zeros(1, dtype=torch.float64, device=d.device)
+    for p in model.parameters():
+        local = p.to_local() if hasattr(p, "to_local") else p
+        bad += (~torch.isfinite(local.detach())).sum()
+    d.all_reduce_sum(bad)
+    if bad.item():
+        raise DivergedError(f"model parameters are not finite; {what} was not saved. Check the "
+                            "data and a lower --lr")
+
+
+def interrupted_message(cfg) -> str:
+    """Ctrl-C during `train`: the last checkpoint and the command that continues from it."""
+    from alpaca_plw.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(Path(cfg.output_dir))
+    if last is None:
+        return f"interrupted; no checkpoint was saved in {cfg.output_dir} (--save-steps N saves some)"
+    args = [a for a in sys.argv[1:] if a != "--force"]
+    command = shlex.join(["alpaca-plw", *args, *([] if "--resume" in args else ["--resume"])])
+    return f"interrupted; last checkpoint: {last}; continue with: {command}"
+
+
+_FLOATS = ("lr", "epochs", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_alpha",
+           "lora_dropout", "eval_fraction")
+_INTS = ("micro_batch_size", "grad_accum", "batch_size", "max_steps", "save_steps", "max_tokens",
+         "loss_chunk", "eval_steps", "save_total_limit", "lora_r")
+
+
+def option_checks(cfg) -> list[tuple[bool, str]]:
+    """`TrainConfig` checks against overflow and nonsense: finite floats, ints that fit, a seed
+    the generators accept, a schedule that ends."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    checks = [(not isinstance(getattr(cfg, n, None), float) or math.isfinite(getattr(cfg, n)),
+               f"{flag(n)} must be a finite number, got {getattr(cfg, n, None)}") for n in _FLOATS]
+    checks += [(getattr(cfg, n, None) is None or abs(getattr(cfg, n)) < 2**31,
+                f"{flag(n)} must be below 2**31, got {getattr(cfg, n, None)}") for n in _INTS]
+    checks += [(0 <= cfg.seed < 2**63, f"--seed must be in [0, 2**63), got {cfg.seed}"),
+               (not math.isfinite(cfg.epochs) or cfg.epochs <= 1e6,
+                f"--epochs must be at most 1e6, got {cfg.epochs}")]
+    return checks
