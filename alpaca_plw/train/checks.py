@@ -8,9 +8,10 @@ rank runs the same forwards), before the first step:
   (Granite's logit scaling, Gemma 2's soft-capping, tied embeddings...). If not, the run falls
   back to full logits and says so.
 - packing: two records packed in one row must give the same logits as each record alone. Llama,
-  Qwen2, Gemma 2 or Granite confine attention from the restarting position ids; models whose mask
-  code ignores position ids (OPT, Falcon, Bloom with sdpa/eager in transformers 5) let packed
-  records attend to each other. Then packing is refused (`--packing` given) or switched off
+  Qwen2, GPT-NeoX, Falcon, Gemma 2 or Granite confine attention from the restarting position ids
+  (tiny models, transformers 5.24); models whose mask code ignores position ids (OPT with sdpa or
+  eager there; Falcon and Bloom were reported to in other versions) let packed records attend to
+  each other. Then packing is refused (`--packing` given) or switched off
   (packing was only the GPU default), with the measured difference in the message.
 """
 
