@@ -43,7 +43,8 @@ def fail(exc: PLWError) -> None:
     """Print `error: <message>` on stderr and exit with the error's code."""
     from rich.text import Text
 
-    err.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+    message = " ".join(str(exc).split("\n"))  # one line, whatever a library put in it
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 

@@ -140,6 +140,7 @@ def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
     import pyarrow.parquet as pq
 
     try:
+        _no_duplicates(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names, source)
         # One thread: Arrow's thread pool can abort the interpreter at exit (apache/arrow#34314).
         table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except (OSError, pa.ArrowException) as exc:

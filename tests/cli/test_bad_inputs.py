@@ -1,0 +1,391 @@
+"""Bad inputs and unlucky situations through the real CLI (issue 8): for each case, the exit code,
+exactly one `error:` line on stderr, no traceback, no new or changed file except the documented
+ones, and every input's bytes unchanged. Then kill tests (SIGKILL at the rename points, through the
+ALPACA_PLW_TEST_KILL_AT hook) for `weights --force` and the builders."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
+SAMPLE = REPO / "data" / "sample.json"
+ARROW = "data-00000-of-00001.arrow"
+
+
+# --- shared, read-only inputs -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    """records.json (6 sample records), weights/ (PLW 0.1, 48 tokens), model/ (tiny LLaMA), run/
+    (a finished 2-step run with checkpoint-1) and unfinished/ (the same run, marked unfinished)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alpaca_plw.data.pipeline import DataOptions, make_weights
+    from alpaca_plw.train.config import TrainConfig
+    from alpaca_plw.train.trainer import train
+
+    root = tmp_path_factory.mktemp("ws")
+    records = json.loads(SAMPLE.read_text(encoding="utf-8"))[:6]
+    (root / "records.json").write_text(json.dumps(records), encoding="utf-8")
+    make_weights(str(root / "records.json"), 0.1, DataOptions(tokenizer=str(LLAMA)),
+                 root / "weights", max_length=48)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LLAMA / name, root / "model" / name)
+    train(TrainConfig(weights_dir=root / "weights", model=str(root / "model"),
+                      output_dir=root / "run", micro_batch_size=2, batch_size=2, max_steps=2,
+                      save_steps=1, lr=1e-3, warmup_ratio=0.0, device="cpu"))
+    shutil.copytree(root / "run", root / "unfinished")
+    run_json = root / "unfinished" / "run.json"
+    run_json.write_text(json.dumps({**json.loads(run_json.read_text()), "finished": False}))
+    return root
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    found = {}
+    for root in roots:
+        for here, dirs, files in os.walk(root):
+            for name in dirs:
+                found[os.path.join(here, name)] = "dir"
+            for name in files:
+                path = os.path.join(here, name)
+                if os.path.islink(path) or not os.path.isfile(path):
+                    found[path] = "special"
+                else:
+                    found[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return found
+
+
+def _weights_copy(ws: Path, dst: Path, weights=None, meta: bytes | None = None) -> Path:
+    """A copy of ws/weights with its loss weights or raw metadata replaced."""
+    with pa.memory_map(str(ws / "weights" / ARROW)) as src:
+        table = pa.ipc.open_stream(src).read_all()
+    if weights is not None:
+        column = table.column("loss_weight").combine_chunks()
+        values = column.values.to_numpy().copy()
+        values[5] = weights
+        new = pa.ListArray.from_arrays(column.offsets, pa.array(values, pa.float32()))
+        table = table.set_column(table.column_names.index("loss_weight"), "loss_weight", new)
+    schema = table.schema
+    if meta is not None:
+        schema = schema.with_metadata({**schema.metadata, b"alpaca_plw": meta})
+        table = table.replace_schema_metadata(schema.metadata)
+    dst.mkdir()
+    with pa.OSFile(str(dst / ARROW), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    return dst
+
+
+# --- the corpus: (id, make(ws, tmp) -> args, exit code, text in the error, new files allowed) ----
+
+def _json(tmp: Path, text: str, name: str = "bad.json") -> str:
+    (tmp / name).write_text(text, encoding="utf-8", errors="surrogatepass")
+    return str(tmp / name)
+
+
+def _fifo(tmp: Path) -> str:
+    os.mkfifo(tmp / "pipe.json")
+    return str(tmp / "pipe.json")
+
+
+def _dup_parquet(tmp: Path) -> str:
+    table = pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["c"])],
+                                 names=["instruction", "output", "output"])
+    pq.write_table(table, tmp / "dup.parquet")
+    return str(tmp / "dup.parquet")
+
+
+def _copy(ws: Path, tmp: Path, name: str) -> Path:
+    (shutil.copytree if (ws / name).is_dir() else shutil.copy)(ws / name, tmp / name)
+    return tmp / name
+
+
+def _link_args(tmp: Path, ws: Path) -> tuple[str, str]:
+    src = tmp / "records.json"
+    if not src.exists():
+        shutil.copy(ws / "records.json", src)
+        os.link(src, tmp / "other.json")
+    return str(src), str(tmp / "other.json")
+
+
+def _symlink_to(tmp: Path, name: str) -> str:
+    os.symlink(tmp / name, tmp / "alias.json")
+    return str(tmp / "alias.json")
+
+
+def _user_folder(tmp: Path) -> str:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "notes.txt").write_text("precious")
+    return str(tmp / "mine")
+
+
+def _with_file(tmp: Path) -> str:
+    (tmp / "afile").write_text("x")
+    return str(tmp / "afile")
+
+
+def _corrupt_model(ws: Path, tmp: Path) -> str:
+    model = _copy(ws, tmp, "model")
+    data = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(data[: len(data) // 3])
+    return str(model)
+
+
+def _corrupt_checkpoint(ws: Path, tmp: Path) -> str:
+    run = _copy(ws, tmp, "unfinished")
+    (run / "checkpoint-1" / "trainer_state.pt").write_bytes(b"not a torch file")
+    return str(run)
+
+
+def _train(ws, out, *extra, weights=None, model=None):
+    return ["train", str(weights or ws / "weights"), "--model", str(model or ws / "model"),
+            "--output-dir", str(out), "--micro-batch-size", "2", "--batch-size", "2",
+            "--max-steps", "2", "--lr", "1e-3", "--warmup-ratio", "0", "--device", "cpu", *extra]
+
+
+CASES = [
+    # stats
+    ("stats-lone-surrogate", lambda ws, t: ["stats", _json(t, '[{"instruction": "a\\ud800", "output": "b"}]')],
+     2, "invalid Unicode", ()),
+    ("stats-surrogate-in-output", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "\\udfff"}]')],
+     2, "field 'output'", ()),
+    ("stats-fifo", lambda ws, t: ["stats", _fifo(t)], 2, "FIFO", ()),
+    ("stats-char-device", lambda ws, t: ["stats", "/dev/null"], 2, "character device", ()),
+    ("stats-csv-duplicate-column", lambda ws, t: ["stats", _json(t, "instruction,output,output\na,b,c\n", "d.csv")],
+     2, "appears twice", ()),
+    ("stats-parquet-duplicate-column", lambda ws, t: ["stats", _dup_parquet(t)], 2, "appears twice", ()),
+    ("stats-malformed-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a",')], 2, "malformed JSON", ()),
+    ("stats-invalid-utf8", lambda ws, t: ["stats", _json(t, '[{"instruction": "\udcff"}]')], 2, "not UTF-8", ()),
+    # builders
+    ("build-over-hard-link", lambda ws, t: ["build-short", _link_args(t, ws)[1], "-o", _link_args(t, ws)[0],
+                                            "--force"], 3, "source dataset", ()),
+    ("build-over-symlink", lambda ws, t: ["build-short", str(_copy(ws, t, "records.json")), "-o",
+                                          _symlink_to(t, "records.json"), "--force"], 3, "source dataset", ()),
+    ("build-into-tokenizer", lambda ws, t: ["build-short", str(ws / "records.json"), "--tokenizer",
+                                            str(_copy(LLAMA.parent, t, "llama")), "-o",
+                                            str(t / "llama" / "out.json"), "--force"], 3, "tokenizer", ()),
+    ("build-to-dev-full", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", "/dev/full", "--force"],
+     3, "not a regular file", ()),
+    ("build-to-a-folder", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", _user_folder(t), "--force"],
+     3, "is a directory", ()),
+    ("build-below-a-file", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", _with_file(t) + "/o.json"],
+     3, "not a directory", ()),
+    ("build-output-exists", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", _with_file(t)],
+     3, "--force", ()),
+    ("build-medium-surrogate", lambda ws, t: ["build-medium", _json(t, '[{"instruction": "\\ud83d", "output": "b"}]'),
+                                              "-o", str(t / "o.json")], 2, "record 0", ()),
+    ("build-target-inf", lambda ws, t: ["build", "--target-rg", "inf", str(ws / "records.json"), "-o", str(t / "o.json")],
+     2, "--target-rg", ()),
+    ("build-target-nan", lambda ws, t: ["build", "--target-rg", "nan", str(ws / "records.json"), "-o", str(t / "o.json")],
+     2, "--target-rg", ()),
+    ("build-tiny-fifo", lambda ws, t: ["build-tiny", _fifo(t), "-o", str(t / "o.json")], 2, "FIFO", ()),
+    # weights
+    ("weights-folder-holding-the-source", lambda ws, t: ["weights", str(_copy(ws, t, "records.json")), "--plw", "0.1",
+                                                          "-o", str(t), "--force"], 3, "contains the source", ()),
+    ("weights-inside-the-source-folder", lambda ws, t: ["weights", str(_copy(ws, t, "weights")), "--plw", "0.1",
+                                                         "-o", str(t / "weights" / "w"), "--force"], 3, "", ()),
+    ("weights-over-unmarked-folder", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "0.1",
+                                                    "-o", _user_folder(t), "--force"], 3, "not written by alpaca-plw", ()),
+    ("weights-over-the-tokenizer", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "0.1", "--tokenizer",
+                                                  str(_copy(LLAMA.parent, t, "llama")), "-o", str(t / "llama"),
+                                                  "--force"], 3, "tokenizer", ()),
+    ("weights-max-length-overflow", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "0.1",
+                                                   "--max-length", str(2**40), "-o", str(t / "w")], 2, "--max-length", ()),
+    ("weights-plw-nan", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "nan", "-o", str(t / "w")],
+     2, "--plw", ()),
+    ("weights-output-is-a-file", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "0.1", "-o",
+                                                _with_file(t), "--force"], 3, "not a directory", ()),
+    ("weights-surrogate", lambda ws, t: ["weights", _json(t, '[{"instruction": "x", "input": "\\udc80", "output": "b"}]'),
+                                         "--plw", "0.1", "-o", str(t / "w")], 2, "field 'input'", ()),
+    # train
+    ("train-nan-loss-weight", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", float("nan"))),
+     2, "record 0", ()),
+    ("train-inf-loss-weight", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", float("inf"))),
+     2, "loss weight inf", ()),
+    ("train-negative-loss-weight", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", -1.0)),
+     2, "loss weight -1", ()),
+    ("train-malformed-metadata", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta=b"{not json")),
+     2, "not valid JSON", ()),
+    ("train-metadata-not-object", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta=b"[1]")),
+     2, "expected an object", ()),
+    ("train-lr-inf", lambda ws, t: _train(ws, t / "run", "--lr", "inf"), 2, "--lr", ()),
+    ("train-lr-nan", lambda ws, t: _train(ws, t / "run", "--lr", "nan"), 2, "--lr", ()),
+    ("train-epochs-huge", lambda ws, t: _train(ws, t / "run", "--epochs", "1e300"), 2, "--epochs", ()),
+    ("train-seed-negative", lambda ws, t: _train(ws, t / "run", "--seed", "-1"), 2, "--seed", ()),
+    ("train-max-steps-overflow", lambda ws, t: _train(ws, t / "run", "--max-steps", str(2**40)), 2, "--max-steps", ()),
+    ("train-warmup-nan", lambda ws, t: _train(ws, t / "run", "--warmup-ratio", "nan"), 2, "--warmup-ratio", ()),
+    ("train-into-the-model", lambda ws, t: _train(ws, ws / "model", "--force"), 3, "is the model", ()),
+    ("train-into-the-weights", lambda ws, t: _train(ws, ws / "weights" / "run", "--force"), 3, "inside the weights", ()),
+    ("train-over-the-model-parent", lambda ws, t: _train(ws, t, "--force", model=_copy(ws, t, "model")), 3,
+     "contains the model", ()),
+    ("train-over-the-tokenizer", lambda ws, t: _train(ws, t / "llama", "--force", "--tokenizer",
+                                                      str(_copy(LLAMA.parent, t, "llama"))), 3, "tokenizer", ()),
+    ("train-force-over-unmarked-folder", lambda ws, t: _train(ws, _user_folder(t), "--force"), 3,
+     "not a run folder written by alpaca-plw", ()),
+    ("train-non-empty-folder", lambda ws, t: _train(ws, _user_folder(t)), 3, "not empty", ()),
+    ("train-resume-finished", lambda ws, t: _train(ws, ws / "run", "--resume"), 2, "finished", ()),
+    ("train-resume-other-lr", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--lr", "5e-4"), 2, "--lr", ()),
+    ("train-resume-other-batch", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--batch-size", "4"),
+     2, "--batch-size", ()),
+    ("train-resume-other-steps", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--max-steps", "3"),
+     2, "steps", ()),
+    ("train-resume-other-weights", lambda ws, t: _train(ws, ws / "unfinished", "--resume",
+                                                        weights=_weights_copy(ws, t / "w", 0.5)), 2, "weights data", ()),
+    ("train-resume-and-force", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--force"), 2, "contradict", ()),
+    ("train-resume-unmarked", lambda ws, t: _train(ws, _user_folder(t), "--resume"), 2, "run.json", ()),
+    ("train-corrupt-model", lambda ws, t: _train(ws, t / "run", model=_corrupt_model(ws, t)), 2, "--model", ()),
+    ("train-corrupt-checkpoint", lambda ws, t: _train(ws, _corrupt_checkpoint(ws, t), "--resume"), 2,
+     "cannot read the checkpoint", ()),
+    ("train-diverges", lambda ws, t: _train(ws, t / "run", "--lr", "1e30", "--max-steps", "4", "--loss-chunk", "0"),
+     6, "step", (".alpaca-plw", "run.json", "log.jsonl")),
+]
+
+
+def _assert_one_error_line(code, stdout, stderr, expected, needle):
+    """One `error:` line, the last thing on stderr (train's progress lines may come before it)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == expected, (code, stderr)
+    assert "Traceback" not in stdout + stderr, stderr
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], stderr
+    assert needle in lines[-1], stderr
+
+
+@pytest.mark.parametrize("name,make,expected,needle,allowed", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_ends_in_one_line_and_changes_nothing(name, make, expected, needle, allowed,
+                                                         ws, tmp_path, run_cli):
+    args = make(ws, tmp_path)
+    before = snapshot(ws, tmp_path)
+    code, stdout, stderr = run_cli(args, cwd=tmp_path)
+    _assert_one_error_line(code, stdout, stderr, expected, needle)
+    after = snapshot(ws, tmp_path)
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    assert {Path(p).name for p in changed} <= set(allowed) | ({"run"} if allowed else set()), changed
+    if name == "train-diverges":
+        run = tmp_path / "run"
+        assert not (run / "model.safetensors").exists()
+        assert all(json.loads(line) for line in (run / "log.jsonl").read_text().splitlines())
+
+
+# --- unlucky situations -----------------------------------------------------------------------
+
+def test_write_error_names_the_path_and_reason_and_keeps_the_old_output(ws, tmp_path, run_cli,
+                                                                       monkeypatch):
+    out = tmp_path / "out.json"
+    code, _, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(out)])
+    assert code == 0, stderr
+    before = snapshot(tmp_path)
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("alpaca_plw.data.publish.os.fsync", no_space)
+    code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(out), "--force"])
+    _assert_one_error_line(code, stdout, stderr, 3, "no space left on device")
+    assert str(out) in stderr
+    assert snapshot(tmp_path) == before  # the previous output intact, no temporary file left
+    code, stdout, stderr = run_cli(["weights", str(ws / "records.json"), "--plw", "0.1", "-o",
+                                    str(tmp_path / "w")])
+    _assert_one_error_line(code, stdout, stderr, 3, "no space left on device")
+    assert snapshot(tmp_path) == before
+
+
+def test_of_two_runs_racing_for_one_output_exactly_one_wins(ws, tmp_path, run_cli):
+    from alpaca_plw.data.pipeline import manifest_path
+    from alpaca_plw.data.safety import claim
+
+    out = tmp_path / "out.json"
+    with claim([out, manifest_path(out)], [], force=False):  # the other run, mid-way
+        code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(out)])
+        _assert_one_error_line(code, stdout, stderr, 3, "another alpaca-plw run is writing it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_prints_one_line(ws, tmp_path, run_cli, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("alpaca_plw.data.pipeline.build", interrupt)
+    code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(tmp_path / "o.json")])
+    _assert_one_error_line(code, stdout, stderr, 130, "interrupted")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr("alpaca_plw.train.trainer._set_up", interrupt)
+    code, stdout, stderr = run_cli(_train(ws, tmp_path / "run"))
+    assert code == 130 and "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == [
+        f"error: interrupted; no checkpoint was saved in {tmp_path / 'run'} (--save-steps N saves some)"]
+
+
+def test_force_on_a_run_folder_removes_the_previous_checkpoints_first(ws, tmp_path, run_cli):
+    run = _copy(ws, tmp_path, "run")
+    assert (run / "checkpoint-1").is_dir()
+    code, _, stderr = run_cli(_train(ws, run, "--force", "--max-steps", "1"))
+    assert code == 0, stderr
+    assert not list(run.glob("checkpoint-*"))
+    record = json.loads((run / "run.json").read_text())
+    assert record["finished"] and record["trajectory"]["steps (--max-steps / --epochs)"] == 1
+    assert {"torch", "transformers", "python"} <= set(record["versions"])
+
+
+# --- kill tests: SIGKILL at the rename points ---------------------------------------------------
+
+def _cli(args, env=None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "ALPACA_PLW_TOKENIZER": str(LLAMA), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "alpaca_plw", *map(str, args)], env=full,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("point,env", [("publish", {}), ("swapped", {}),
+                                       ("between-renames", {"ALPACA_PLW_TEST_NO_RENAMEAT2": "1"})])
+def test_weights_force_killed_at_a_rename_point_leaves_old_or_new(point, env, ws, tmp_path, run_cli):
+    from alpaca_plw.data.weights_store import read_weights_dir
+
+    out = _copy(ws, tmp_path, "weights")
+    old = (out / ARROW).read_bytes()
+    args = ["weights", ws / "records.json", "--plw", "0.5", "--max-length", "48", "-o", out, "--force"]
+    done = _cli(args, {"ALPACA_PLW_TEST_KILL_AT": point, **env})
+    assert done.returncode == -9, done.stderr
+    if point != "between-renames":  # the one step that cannot be atomic without renameat2
+        assert (out / ARROW).read_bytes() in (old, (out / ARROW).read_bytes())
+        read_weights_dir(out)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "weights"]
+    assert leftovers, "a kill at a rename point leaves a temporary or backup folder"
+    code, _, stderr = run_cli([*args[:-1], "--force"])
+    assert code == 0, stderr
+    assert "cleaned up after an interrupted run" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]
+    assert read_weights_dir(out).meta["plw"] == 0.5
+
+
+@pytest.mark.parametrize("point", ["publish", "between-files"])
+def test_builder_killed_at_a_rename_point_leaves_old_or_new(point, ws, tmp_path, run_cli):
+    out = tmp_path / "out.json"
+    code, _, stderr = run_cli(["build-short", ws / "records.json", "-o", out])
+    assert code == 0, stderr
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    done = _cli(["build-tiny", ws / "records.json", "-o", out, "--force"],
+                {"ALPACA_PLW_TEST_KILL_AT": point})
+    assert done.returncode == -9, done.stderr
+    for name, data in old.items():  # each file is whole: the old or the new one
+        json.loads((tmp_path / name).read_text(encoding="utf-8"))
+    code, _, stderr = run_cli(["build-tiny", ws / "records.json", "-o", out, "--force"])
+    assert code == 0, stderr
+    assert "cleaned up after an interrupted run" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.manifest.json"]
+    assert np.all([p.stat().st_size > 0 for p in tmp_path.iterdir()])
