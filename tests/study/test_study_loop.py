@@ -11,24 +11,45 @@ from study_helpers import LLAMA, TASKS, save_tiny_llama, small_source
 PLWS = ("0", "0.1", "1")
 
 
+class Interrupt(KeyboardInterrupt):
+    pass
+
+
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """One sweep (2 steps per run, a checkpoint after step 1) shared by the tests below."""
+    """One sweep (2 steps per run, a checkpoint after step 1) shared by the tests below. It is
+    interrupted (Ctrl-C) during PLW 0.1's second step, then completed by the CLI."""
     from typer.testing import CliRunner
 
     from alpaca_plw.cli import app
+    from alpaca_plw.cli.study import train_options
+    from alpaca_plw.data.pipeline import DataOptions, make_weights
+    from alpaca_plw.study.sweep import SweepConfig, sweep
 
     root = tmp_path_factory.mktemp("study")
     base = save_tiny_llama(root / "base")
     source = small_source(root)
     out = root / "sweep"
+    train_args = ["--batch-size", "4", "--micro-batch-size", "4", "--max-steps", "2",
+                  "--save-steps", "1", "--lr", "1e-3", "--warmup-ratio", "0", "--device", "cpu"]
     args = ["sweep", str(source), "--model", str(base), "--output-dir", str(out),
-            "--plw", ",".join(PLWS), "--max-length", "96", "--batch-size", "4",
-            "--micro-batch-size", "4", "--max-steps", "2", "--save-steps", "1", "--lr", "1e-3",
-            "--warmup-ratio", "0", "--device", "cpu", "--tokenizer", str(LLAMA)]
+            "--plw", ",".join(PLWS), "--max-length", "96", "--tokenizer", str(LLAMA), *train_args]
+
+    def interrupt(kind, info):
+        if kind == "step" and info["plw"] == 0.1 and info["step"] == 2:
+            raise Interrupt()
+
+    cfg = SweepConfig(source=str(source), model=str(base), output_dir=out,
+                      plws=[float(p) for p in PLWS], train=train_options(train_args),
+                      max_length=96, tokenizer=str(LLAMA))
+    with pytest.raises(Interrupt):
+        sweep(cfg, lambda plw, folder: make_weights(str(source), plw, DataOptions(tokenizer=str(LLAMA)),
+                                                    folder, 96), interrupt)
+    interrupted = json.loads((out / "sweep.json").read_text())
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.stderr + repr(result.exception)
-    return {"root": root, "base": base, "out": out, "args": args, "stdout": result.stdout}
+    return {"root": root, "base": base, "out": out, "args": args, "stdout": result.stdout,
+            "stderr": result.stderr, "interrupted": interrupted}
 
 
 def _runner_invoke(args):
@@ -59,21 +80,20 @@ def test_every_run_sees_the_same_first_batch_from_the_same_start(study):
     assert first[0]["loss"] != pytest.approx(first[2]["loss"], rel=1e-6)  # the PLW does matter
 
 
-def test_rerun_skips_finished_runs_and_resumes_an_interrupted_one(study):
-    run = study["out"] / "plw-0.1"
-    moved = study["root"] / "plw-0.1-final"
-    moved.mkdir()
-    for name in ("model.safetensors", "config.json"):  # as if cut off before the final save
-        shutil.move(run / name, moved / name)
-    untouched = (study["out"] / "plw-1" / "model.safetensors").stat().st_mtime_ns
-    result = _runner_invoke(study["args"])
-    assert result.exit_code == 0, result.stderr
-    assert "plw-0.1: PLW 0.1, resume" in result.stderr.replace(str(study["out"]) + "/", "")
-    assert "plw-1: PLW 1, done" in result.stderr.replace(str(study["out"]) + "/", "")
-    assert (study["out"] / "plw-1" / "model.safetensors").stat().st_mtime_ns == untouched
-    log = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
-    assert log == [1, 2]
-    assert (run / "model.safetensors").is_file()
+def test_an_interrupted_sweep_resumes_and_a_finished_one_is_skipped(study):
+    status = {r["folder"]: r["status"] for r in study["interrupted"]["runs"]}
+    assert status == {"plw-0": "done", "plw-0.1": "interrupted", "plw-1": "pending"}
+    said = study["stderr"].replace(str(study["out"]) + "/", "")
+    assert "plw-0: PLW 0, done" in said and "plw-0.1: PLW 0.1, resume" in said
+    assert "plw-1: PLW 1, new" in said
+    steps = [json.loads(x)["step"] for x in (study["out"] / "plw-0.1" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # step 2 redone from checkpoint-1, logged once
+    mtimes = {p: (study["out"] / f"plw-{p}" / "model.safetensors").stat().st_mtime_ns for p in PLWS}
+    again = _runner_invoke(study["args"])
+    assert again.exit_code == 0, again.stderr
+    assert again.stderr.count(", done") == 3
+    assert mtimes == {p: (study["out"] / f"plw-{p}" / "model.safetensors").stat().st_mtime_ns
+                      for p in PLWS}
 
 
 def test_a_sweep_folder_refuses_other_settings(study):
@@ -110,3 +130,35 @@ def test_eval_fit_and_analyze_run_end_to_end_on_the_sweep(study, run_cli):
     assert [r["plw"] for r in rows] == [0.0, 0.1, 1.0]
     assert all(r["distance"] > 0 and 0 < r["relative_distance"] < 1 for r in rows)
     assert all(r["stability"] is None for r in rows)  # two steps: no 5-step window
+
+
+def test_torchrun_launcher_runs_the_worker_on_the_same_config(study, monkeypatch):
+    """The launcher's command is checked, then run in this process (no real torchrun on 2 CPUs):
+    the worker trains from the JSON config to the same weights as the in-process run."""
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from alpaca_plw.study import worker
+
+    commands = []
+
+    def fake_run(command, check):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, worker.main(command[-1:]))
+
+    monkeypatch.setattr("alpaca_plw.study.sweep.subprocess.run", fake_run)
+    out = study["root"] / "launched"
+    args = [a if a != str(study["out"]) else str(out) for a in study["args"]]
+    args[args.index("--plw") + 1] = "0.1"
+    result = _runner_invoke([*args, "--launcher", "torchrun", "--nproc-per-node", "2"])
+    assert result.exit_code == 0, result.stderr
+    [command] = commands
+    assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=2" in command and command[-3:-1] == ["-m", "alpaca_plw.study.worker"]
+    launched = load_file(str(out / "plw-0.1" / "model.safetensors"))
+    direct = load_file(str(study["out"] / "plw-0.1" / "model.safetensors"))
+    for name in direct:
+        torch.testing.assert_close(launched[name], direct[name], rtol=0, atol=1e-6)
