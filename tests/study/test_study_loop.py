@@ -3,7 +3,6 @@ and the sweep's promises: same seed and data order, finished runs skipped, inter
 
 import csv
 import json
-import shutil
 
 import pytest
 from study_helpers import LLAMA, TASKS, save_tiny_llama, small_source
