@@ -226,8 +226,11 @@ def _clean_leftovers(out: Path) -> None:
 
 def check_step(step: int, loss_sum, denominator: float, grad_norm, out: Path) -> None:
     """Stop before applying step `step` when its loss or gradient norm is not finite."""
-    loss = float(loss_sum) / denominator
-    norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    import torch
+
+    norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    loss_sum, norm = torch.stack([loss_sum.double(), norm.double()]).tolist()  # one device read
+    loss = loss_sum / denominator
     if math.isfinite(loss) and math.isfinite(norm):
         return
     from alpaca_plw.train.checkpoint import latest_checkpoint

@@ -64,7 +64,7 @@ def test_cli_run_rotates_checkpoints_and_writes_a_model_card(run_cli, train_weig
     assert f"saved checkpoint {out / 'checkpoint-3'}" in err
     assert f"removed {out / 'checkpoint-1'} (--save-total-limit)" in err
     assert err.count("eval  step") == 1 and "wrote the model card" in err
-    assert not list(out.glob(".*"))  # no hidden leftovers of the rotation
+    assert [p.name for p in out.glob(".*")] == [".alpaca-plw"]  # the run marker, no leftovers
 
     card = (out / "README.md").read_text()
     meta = read_weights_dir(train_weights).meta
