@@ -173,14 +173,6 @@ def plan_table(plan) -> Table:
                      f"{memory['activations']:.1f} + logits {memory['logits']:.1f}"))
         if memory["host_offload"]:
             rows.append(("host memory (CPU offload)", f"{memory['host_offload']:.1f} GiB"))
-    memory = getattr(plan, "memory", None)
-    if memory:
-        rows.append(("memory per GPU (estimate)",
-                     f"{memory['total']:.1f} GiB = weights {memory['parameters']:.1f} + grads "
-                     f"{memory['gradients']:.1f} + AdamW {memory['optimizer']:.1f} + activations "
-                     f"{memory['activations']:.1f} + logits {memory['logits']:.1f}"))
-        if memory["host_offload"]:
-            rows.append(("host memory (CPU offload)", f"{memory['host_offload']:.1f} GiB"))
     if getattr(plan, "eval_records", 0):
         rows.append(("evaluation set", plan.eval_from))
     if getattr(plan, "lora", None):
