@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from conftest import (
+from reference import (
     REF_SWAP_NO_INPUT,
     REF_SWAP_WITH_INPUT,
     comparable,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import REF_SWAP_NO_INPUT
+from reference import REF_SWAP_NO_INPUT
 
 CONVERSATIONS = Path(__file__).resolve().parents[1] / "fixtures" / "chat" / "conversations.jsonl"
 

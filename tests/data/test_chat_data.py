@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import reference_plw
+from reference import reference_plw
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat"
 CONVERSATIONS = FIXTURES / "conversations.jsonl"

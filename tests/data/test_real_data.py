@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import comparable, reference_swap, stats_from_counts
+from reference import comparable, reference_swap, stats_from_counts
 
 pytestmark = pytest.mark.slow
 

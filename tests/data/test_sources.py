@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import sha256_of, write_json
+from reference import sha256_of, write_json
 
 GOOD = [
     {"instruction": "Give three tips for staying healthy.", "input": "",

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REF_GUIDE, REF_STARS, comparable, expected_stats, reference_guide, write_json
+from reference import REF_GUIDE, REF_STARS, comparable, expected_stats, reference_guide, write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
