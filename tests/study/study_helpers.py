@@ -5,25 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tiny_models import save_tiny_llama  # noqa: F401  (re-exported to the study tests)
+
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
 SAMPLE = REPO / "data" / "sample.json"
 TASKS = REPO / "tests" / "fixtures" / "lm_eval_tasks"
 
 
-def save_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """save_pretrained of a 2-layer, hidden-32 random LlamaForCausalLM, plus the shared tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (directory / name).write_bytes((LLAMA / name).read_bytes())
-    return directory
 
 
 def small_source(directory: Path, count: int = 8) -> Path:

@@ -7,25 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
 SAMPLE = REPO / "data" / "sample.json"
 
 
-def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama (hidden 32, the LLaMA vocabulary) with the shared tokenizer, saved."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (directory / name).write_bytes((LLAMA / name).read_bytes())
-    return directory
+make_tiny_llama = save_tiny_llama  # the name the trainer-feature tests use
 
 
 def make_weights_dir(tmp_path_factory, first: int, count: int, plw: float = 0.1) -> Path:

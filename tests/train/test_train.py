@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from tiny_models import save_tiny_llama
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -21,17 +22,7 @@ LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
 SAMPLE = REPO / "data" / "sample.json"
 
 
-def _save_tiny_llama(directory: Path, seed: int = 0) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (directory / name).write_bytes((LLAMA / name).read_bytes())
-    return directory
+_save_tiny_llama = save_tiny_llama
 
 
 @pytest.fixture(scope="module")
