@@ -5,7 +5,10 @@ a deterministic share of the training records (`--eval-fraction F`, drawn from t
 out of training). `eval_loss` is sum(w * loss) / sum(w) over every target token of the whole set
 (`/ target tokens` with `--loss-norm tokens`), the normalisation training uses, not a mean of
 per-batch means; `eval_prompt_loss` and `eval_completion_loss` are the plain mean token losses over
-prompt and completion targets. Every rank evaluates its share; the sums are reduced over ranks.
+prompt and completion targets (for conversation weights: non-assistant and learned-assistant
+targets, as in training), and conversation weights add `eval_role_loss` {role: mean token loss over
+that role's weighted targets}, the training log's `role_loss` definition (train/roles.py). Every
+rank evaluates its share; the sums are reduced over ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from alpaca_plw.train.batches import SequenceStore, collate
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.model import as_terms
+from alpaca_plw.train.roles import RoleTally
 
 _SPLIT_STREAM = 0x65766C  # a fixed second seed word: the split never shares the data-order stream
 
@@ -39,7 +43,9 @@ def subset(store: SequenceStore, indices: np.ndarray) -> SequenceStore:
     np.cumsum(lengths, out=offsets[1:])
     gather = np.repeat(store.offsets[indices] - offsets[:-1], lengths) + np.arange(offsets[-1])
     return SequenceStore(ids=store.ids[gather], weights=store.weights[gather], offsets=offsets,
-                         prompt_length=store.prompt_length[indices])
+                         prompt_length=store.prompt_length[indices],
+                         roles=None if store.roles is None else store.roles[gather],
+                         role_names=store.role_names)
 
 
 def split_indices(records: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +96,8 @@ def _rank_batches(n: int, micro: int, d: Dist) -> list[np.ndarray]:
 
 @torch.no_grad()
 def evaluate(model, eval_set: EvalSet, cfg: TrainConfig, d: Dist, pad_id: int) -> dict:
-    """`eval_loss`, `eval_prompt_loss`, `eval_completion_loss` of `model` on the whole set."""
+    """`eval_loss`, `eval_prompt_loss`, `eval_completion_loss` (and `eval_role_loss` for
+    conversation weights) of `model` on the whole set."""
     store = eval_set.store
     inner = getattr(model, "module", model)  # DDP's module; FSDP and one process: the model itself
     was_training = inner.training
@@ -98,19 +105,25 @@ def evaluate(model, eval_set: EvalSet, cfg: TrainConfig, d: Dist, pad_id: int) -
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda"
                 else nullcontext())
     sums = torch.zeros(5, dtype=torch.float64, device=d.device)
+    roles = RoleTally(store.role_names, d.device)  # conversation weights: a loss per role
     for indices in _rank_batches(len(store), cfg.micro_batch_size, d):
         batch = collate(store, indices, pad_id).to(d.device)
+        sel = batch.selection  # the positions training would select, with their roles
         with autocast:
-            t = as_terms(inner(batch.input_ids, batch.targets, batch.weights, batch.prompt_mask,
-                               attention_mask=batch.attention_mask))
+            t = as_terms(inner(batch.input_ids, sel.targets, sel.weights, sel.prompt,
+                               attention_mask=batch.attention_mask, index=sel.index,
+                               roles=sel.roles))
         sums += torch.stack([x.detach().double() for x in (
             t.weighted_sum, t.prompt_loss_sum, t.prompt_count, t.completion_loss_sum,
             t.completion_count)])
+        roles.add(t)
     d.all_reduce_sum(sums)
+    per_role = roles.log(d)  # reduced over ranks; {} for Alpaca weights
     inner.train(was_training)
     denominator = (store.target_weight_sums().sum() if cfg.loss_norm == "weight"
                    else store.target_counts().sum())
     s = sums.tolist()
     return {"eval_loss": s[0] / float(denominator) if denominator else None,
             "eval_prompt_loss": s[1] / s[2] if s[2] else None,
-            "eval_completion_loss": s[3] / s[4] if s[4] else None}
+            "eval_completion_loss": s[3] / s[4] if s[4] else None,
+            **({"eval_role_loss": per_role["role_loss"]} if per_role else {})}

@@ -2,7 +2,8 @@
 
 Every optimizer step logs the `log.jsonl` record's numbers under the same names (`loss`,
 `prompt_loss`, `completion_loss`, `lr`, `grad_norm`, `tokens_per_s`, `epoch`, and `eval_loss`,
-`eval_prompt_loss`, `eval_completion_loss` on evaluation steps) at that step; the run's
+`eval_prompt_loss`, `eval_completion_loss` on evaluation steps; for conversation weights also
+`role_loss/<role>` and `eval_role_loss/<role>`) at that step; the run's
 configuration is logged once. Only rank 0 opens trackers.
 
 - tensorboard: event files in `OUTPUT_DIR/tensorboard/` (on resume, events after the checkpoint's
@@ -42,8 +43,17 @@ def check_trackers(names: tuple[str, ...]) -> None:
         require(TRACKERS[name], f"--report-to {name}", name)
 
 
+ROLE_METRICS = ("role_loss", "eval_role_loss")  # conversation weights: {role: loss}
+
+
 def metrics_of(record: dict) -> dict[str, float]:
-    return {k: float(record[k]) for k in METRICS if record.get(k) is not None}
+    """The record's numbers; per-role losses flattened to `role_loss/<role>`,
+    `eval_role_loss/<role>` (roles without targets left out)."""
+    flat = {k: float(record[k]) for k in METRICS if record.get(k) is not None}
+    for key in ROLE_METRICS:
+        flat.update({f"{key}/{role}": float(v) for role, v in (record.get(key) or {}).items()
+                     if v is not None})
+    return flat
 
 
 class _TensorBoard:
