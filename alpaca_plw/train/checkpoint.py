@@ -1,8 +1,9 @@
 """Checkpoints: model and tokenizer via `save_pretrained`, plus the trainer state for `--resume`.
 
 Layout: `OUTPUT_DIR/checkpoint-<step>/` holds the model, the tokenizer and `trainer_state.pt`
-(optimizer, scheduler, step). The final model is saved in `OUTPUT_DIR` itself. Each checkpoint is
-written to a temporary folder and renamed, so a crash never leaves a half checkpoint behind.
+(optimizer, scheduler, step). The final model is saved in `OUTPUT_DIR` itself (through `.final/`,
+see `save_final`). Each checkpoint is written to a temporary folder and renamed, so a crash never
+leaves a half checkpoint behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from alpaca_plw.data.output import atomic_write_dir
 from alpaca_plw.train.distributed import Dist
 
 STATE_FILE = "trainer_state.pt"
+FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,12 +44,34 @@ def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict 
 
 
 def save_final(output_dir: Path, model, state_dict, tokenizer) -> None:
-    """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log)."""
-    staging = output_dir / ".final"
-    save_pretrained_dir(staging, model, state_dict, tokenizer)
-    for item in staging.iterdir():
-        os.replace(item, output_dir / item.name)
-    staging.rmdir()
+    """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log).
+
+    The whole model is first written to `.final/` and renamed into place in one step, so `.final/`
+    only ever exists complete; its files are then moved into `output_dir`. A run killed while they
+    move leaves the rest in `.final/`, and `complete_final` (the next `--resume`) moves them on:
+    the model is complete once `.final/` is gone, and `run.json` says `finished` after that."""
+    save_pretrained_dir(output_dir / FINAL_STAGE, model, state_dict, tokenizer)
+    complete_final(output_dir)
+
+
+def complete_final(output_dir: Path) -> bool:
+    """Move every file left in `output_dir/.final/` into `output_dir`; False when there is none."""
+    from alpaca_plw.data.publish import kill_point, writing
+
+    staging = output_dir / FINAL_STAGE
+    if not staging.is_dir():
+        return False
+    with writing(output_dir):
+        for item in sorted(staging.iterdir()):
+            os.replace(item, output_dir / item.name)
+            kill_point("final-between-files")
+        fd = os.open(output_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the renames reach the disk before `.final/` goes
+        finally:
+            os.close(fd)
+        staging.rmdir()
+    return True
 
 
 def unwrap(model):

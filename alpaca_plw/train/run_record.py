@@ -113,6 +113,8 @@ def check_resume(cfg, plan, data) -> None:
     if not cfg.resume or cfg.dry_run and not (Path(cfg.output_dir) / RUN_FILE).is_file():
         return
     out = Path(cfg.output_dir)
+    if not cfg.dry_run:
+        _complete_final(cfg, out)
     record = _read(out)
     if record.get("finished"):
         raise ConfigError(f"--resume: the run in {out} is finished ({record.get('steps')} of "
@@ -126,6 +128,19 @@ def check_resume(cfg, plan, data) -> None:
         raise ConfigError(f"--resume: this would not continue the run in {out}: "
                           + "; ".join(diffs) + ". Give the run's own options (see its "
                           f"{RUN_FILE}), or start over with --force or a new --output-dir")
+
+
+def _complete_final(cfg, out: Path) -> None:
+    """A run killed while moving its final model into place (all steps done): finish the move."""
+    from alpaca_plw.train.checkpoint import FINAL_STAGE, complete_final
+
+    if not (out / FINAL_STAGE).is_dir():
+        return
+    with claim([out], inputs(cfg), False, KIND, exists_ok=True):
+        if complete_final(out):
+            _write(out, {**_read(out), "finished": True})
+            report(f"note: {out}: completed placing the final model that an interrupted run left "
+                   "in .final/ (training had finished; its model card was not written)")
 
 
 def _norm(value):
@@ -216,7 +231,7 @@ def _clean_leftovers(out: Path) -> None:
     if not out.is_dir():
         return
     found = sorted(p for p in out.iterdir()
-                   if TMP_TAG in p.name or OLD_TAG in p.name or p.name == ".final")
+                   if TMP_TAG in p.name or OLD_TAG in p.name)
     for item in found:
         shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
     if found:

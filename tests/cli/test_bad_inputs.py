@@ -389,3 +389,18 @@ def test_builder_killed_at_a_rename_point_leaves_old_or_new(point, ws, tmp_path,
     assert "cleaned up after an interrupted run" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.manifest.json"]
     assert np.all([p.stat().st_size > 0 for p in tmp_path.iterdir()])
+
+
+def test_train_killed_while_placing_the_final_model_is_completed_by_resume(ws, tmp_path, run_cli):
+    out = tmp_path / "run"
+    done = _cli(_train(ws, out), {"ALPACA_PLW_TEST_KILL_AT": "final-between-files"})
+    assert done.returncode == -9, done.stderr
+    staged = sorted(p.name for p in (out / ".final").iterdir())
+    assert staged, "killed after the first file moved: the rest is still staged"
+    assert not json.loads((out / "run.json").read_text())["finished"]  # not complete: not claimed
+    code, _, stderr = run_cli(_train(ws, out, "--resume"))
+    assert "completed placing the final model" in stderr and "is finished" in stderr, stderr
+    assert code == 2 and not (out / ".final").exists()
+    assert json.loads((out / "run.json").read_text())["finished"]
+    for name in staged:  # every file that was still staged is in place, whole
+        assert (out / name).read_bytes() == (ws / "run" / name).read_bytes()
