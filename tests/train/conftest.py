@@ -43,6 +43,13 @@ def heldout_weights(tmp_path_factory) -> Path:
     return make_weights_dir(tmp_path_factory, 12, 12)
 
 
+@pytest.fixture(scope="session")
+def odd_heldout_weights(tmp_path_factory) -> Path:
+    """Sample records 24-50, of which 5 fit 48 tokens: an odd evaluation set (2 ranks x
+    micro-batches of 2 split it unevenly)."""
+    return make_weights_dir(tmp_path_factory, 24, 27)
+
+
 def _tiny_config(weights_dir, model, out, **overrides):
     """Three steps of 4 records (2 micro x 2 accum) on CPU, lr 1e-3, no warmup."""
     from alpaca_plw.train.config import TrainConfig

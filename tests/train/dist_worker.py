@@ -14,9 +14,11 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     base = dict(spec["base"])
     root = Path(base.pop("output_dir"))
-    base["weights_dir"] = Path(base["weights_dir"])
+    for key in ("weights_dir", "eval_weights"):
+        if base.get(key) is not None:
+            base[key] = Path(base[key])
     for name, overrides in spec["runs"].items():
-        train(TrainConfig(output_dir=root / name, **base, **overrides))
+        train(TrainConfig(output_dir=root / name, **{**base, **overrides}))
 
 
 if __name__ == "__main__":
