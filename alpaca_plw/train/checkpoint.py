@@ -105,6 +105,9 @@ def full_state_dicts(model, optimizer, d: Dist):
 
 def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
     """Gather the full states on every rank; rank 0 writes `target` (model, tokenizer, trainer state)."""
+    from alpaca_plw.train.run_record import check_params
+
+    check_params(model, d, target.name, step, target.parent)  # never a non-finite checkpoint
     model_state, optim_state = full_state_dicts(model, optimizer, d)
     if d.is_main:
         extra = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}

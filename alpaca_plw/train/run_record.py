@@ -23,8 +23,8 @@ from pathlib import Path
 
 from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_files, write_marker, writing
 from alpaca_plw.data.safety import check_overlap, check_shape, claim, marker_kind, report
-from alpaca_plw.errors import (ConfigError, DivergedError, InputError, OutputError,
-                               OutputExistsError)
+from alpaca_plw.errors import ConfigError, InputError, OutputError, OutputExistsError
+from alpaca_plw.train.finite import check_params, check_step  # noqa: F401  (the trainer's names)
 
 RUN_FILE = "run.json"
 KIND = "run"
@@ -237,39 +237,6 @@ def _clean_leftovers(out: Path) -> None:
     if found:
         report(f"note: {out}: cleaned up after an interrupted run: removed "
                + ", ".join(p.name for p in found))
-
-
-def check_step(step: int, loss_sum, denominator: float, grad_norm, out: Path) -> None:
-    """Stop before applying step `step` when its loss or gradient norm is not finite."""
-    import torch
-
-    norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    loss_sum, norm = torch.stack([loss_sum.double(), norm.double()]).tolist()  # one device read
-    loss = loss_sum / denominator
-    if math.isfinite(loss) and math.isfinite(norm):
-        return
-    from alpaca_plw.train.checkpoint import latest_checkpoint
-
-    last = latest_checkpoint(Path(out))
-    raise DivergedError(
-        f"step {step}: the loss is {loss} and the gradient norm {norm}; training stopped before "
-        "applying this step, and no model was saved. "
-        + (f"The last good checkpoint is {last}." if last else "No checkpoint was saved yet.")
-        + " Check the data and a lower --lr (a new run: --force or a new --output-dir)")
-
-
-def check_params(model, d, what: str) -> None:
-    """Refuse to save `what` when a parameter is not finite (counted over every rank)."""
-    import torch
-
-    bad = torch.zeros(1, dtype=torch.float64, device=d.device)
-    for p in model.parameters():
-        local = p.to_local() if hasattr(p, "to_local") else p
-        bad += (~torch.isfinite(local.detach())).sum()
-    d.all_reduce_sum(bad)
-    if bad.item():
-        raise DivergedError(f"model parameters are not finite; {what} was not saved. Check the "
-                            "data and a lower --lr")
 
 
 def interrupted_message(cfg) -> str:

@@ -404,3 +404,23 @@ def test_train_killed_while_placing_the_final_model_is_completed_by_resume(ws, t
     assert json.loads((out / "run.json").read_text())["finished"]
     for name in staged:  # every file that was still staged is in place, whole
         assert (out / name).read_bytes() == (ws / "run" / name).read_bytes()
+
+
+def test_a_checkpoint_with_non_finite_parameters_is_never_written(ws, tmp_path, run_cli,
+                                                                  monkeypatch):
+    import torch
+
+    step = torch.optim.AdamW.step
+
+    def step_then_corrupt(self, *args, **kwargs):  # finite loss and gradients, an inf parameter
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][-1].view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_corrupt)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(_train(ws, out, "--save-steps", "1"))
+    _assert_one_error_line(code, "", stderr, 6, "error: step 1: model parameters are not finite; "
+                           "checkpoint-1 was not saved. No checkpoint was saved yet. Check the data")
+    assert not list(out.glob("*checkpoint-*")) and not (out / "model.safetensors").exists()
