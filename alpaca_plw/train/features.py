@@ -198,7 +198,7 @@ class RunFeatures:
                 merged = write_merged(cfg, cfg.output_dir, run.tokenizer)
                 self.event("merged_saved", path=str(merged))
             keys = ("step", "loss", "prompt_loss", "completion_loss", "eval_loss",
-                    "eval_prompt_loss", "eval_completion_loss")
+                    "eval_prompt_loss", "eval_completion_loss", "eval_role_loss")
             results = {k: self.last.get(k) for k in keys}
             card = write_model_card(cfg.output_dir, run_facts(cfg, run.plan, self.meta, results))
             self.event("card_written", path=str(card))

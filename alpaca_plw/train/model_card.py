@@ -159,6 +159,8 @@ def model_card(facts: dict) -> str:
         ("final eval loss", _fmt(r.get("eval_loss"))),
         ("final eval prompt / completion loss",
          f"{_fmt(r.get('eval_prompt_loss'))} / {_fmt(r.get('eval_completion_loss'))}"),
+        *((f"final eval loss, role {role}", _fmt(value))  # conversation weights
+          for role, value in (r.get("eval_role_loss") or {}).items() if value is not None),
     ])
     lines += ["Per-step losses, learning rate and gradient norm are in `log.jsonl`.", "",
               "## Versions", "", *_table(sorted(facts["versions"].items()))]

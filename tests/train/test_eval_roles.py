@@ -82,6 +82,10 @@ def test_eval_role_losses_match_an_independent_forward(chat_weights, tiny_llama,
             assert record["eval_role_loss"][name] is None, name
         else:
             assert record["eval_role_loss"][name] == pytest.approx(value, abs=1e-5), name
+    card = (out / "README.md").read_text()
+    for name, value in record["eval_role_loss"].items():  # roles without targets: no row
+        row = f"| final eval loss, role {name} | {value:.4f} |" if value is not None else None
+        assert (row in card) if row else f"role {name} |" not in card, name
 
 
 def test_trackers_get_per_role_losses_flattened():
