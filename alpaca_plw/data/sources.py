@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path
 
+from alpaca_plw.data.json_keys import DuplicateKey, Pairs, duplicate, duplicate_error, unique
 from alpaca_plw.data.safety import is_regular_or_dir
 from alpaca_plw.errors import InputError
 from alpaca_plw.data.kinds import from_columns, from_rows
@@ -65,7 +66,13 @@ def _decode(data: bytes, shown: str) -> str:
 
 def _load_json(text: str, source: Source, columns: ColumnMap) -> Records:
     try:
-        rows = json.loads(text)
+        rows = json.loads(text, object_pairs_hook=unique)
+    except DuplicateKey:
+        rows = json.loads(text, object_pairs_hook=Pairs)
+        if not isinstance(rows, list) or isinstance(rows, Pairs):
+            raise duplicate_error(source.path, "the top-level object", duplicate(rows)) from None
+        index = next(i for i, row in enumerate(rows) if duplicate(row) is not None)
+        raise duplicate_error(source.path, f"record {index}", duplicate(rows[index])) from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{source.path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
@@ -85,7 +92,11 @@ def _load_jsonl(text: str, source: Source, columns: ColumnMap) -> Records:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append(json.loads(line, object_pairs_hook=unique))
+        except DuplicateKey:
+            key = duplicate(json.loads(line, object_pairs_hook=Pairs))
+            raise duplicate_error(source.path, f"record {len(rows)} (line {line_number})",
+                                   key) from None
         except json.JSONDecodeError as exc:
             raise InputError(
                 f"{source.path}: malformed JSON at line {line_number}, column {exc.colno}: {exc.msg}"

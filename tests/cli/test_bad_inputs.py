@@ -171,6 +171,10 @@ CASES = [
     ("stats-csv-duplicate-column", lambda ws, t: ["stats", _json(t, "instruction,output,output\na,b,c\n", "d.csv")],
      2, "appears twice", ()),
     ("stats-parquet-duplicate-column", lambda ws, t: ["stats", _dup_parquet(t)], 2, "appears twice", ()),
+    ("stats-duplicate-key-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b", "output": "c"}]')],
+     2, "record 1: the key 'output' appears twice in one object", ()),
+    ("stats-duplicate-nested-key-jsonl", lambda ws, t: ["stats", _json(t, '{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "m": {"x": 1, "x": 2}, "output": "c"}\n', "d.jsonl")],
+     2, "record 1 (line 3): the key 'x' appears twice", ()),
     ("stats-malformed-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a",')], 2, "malformed JSON", ()),
     ("stats-invalid-utf8", lambda ws, t: ["stats", _json(t, '[{"instruction": "\udcff"}]')], 2, "not UTF-8", ()),
     # builders
