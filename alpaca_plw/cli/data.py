@@ -23,15 +23,22 @@ def stats(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw length and ratio histograms to this PNG.")] = None,
 ) -> None:
     """Token-length statistics, R_g and the guide's recommended PLW, one row per dataset."""
-    from alpaca_plw.data.pipeline import dataset_stats
     from alpaca_plw.cli.render import stats_table
+    from alpaca_plw.data.output_claim import file_output
+    from alpaca_plw.data.pipeline import dataset_stats
+    from alpaca_plw.data.sources import default_source
+    from alpaca_plw.data.tokenizer import resolve_spec
 
     with progress_bar() as progress:
-        measured = dataset_stats(list(sources or []), data_options(tokenizer, columns, split), progress)
-        if plot is not None:
-            from alpaca_plw.data.plot import plot_lengths
+        options = data_options(tokenizer, columns, split)
+        inputs = [("source dataset", s) for s in sources or [default_source()]]
+        inputs.append(("tokenizer", resolve_spec(options.tokenizer)))
+        with file_output(plot, inputs, force=True):  # never over an input; --plot replaces a file
+            measured = dataset_stats(list(sources or []), options, progress)
+            if plot is not None:
+                from alpaca_plw.data.plot import plot_lengths
 
-            plot_lengths(measured, plot)
+                plot_lengths(measured, plot)
     if as_json:
         for m in measured:
             print(json.dumps(m.stats.to_json(), sort_keys=True, ensure_ascii=False))

@@ -128,18 +128,20 @@ def evaluate(
     from alpaca_plw.cli.render_study import scores_table
 
     def run() -> None:
-        from alpaca_plw.data.output import atomic_write, check_writable, text_writer
+        from alpaca_plw.data.output import atomic_write, text_writer
+        from alpaca_plw.data.output_claim import file_output
         from alpaca_plw.study.evaluate import EvalOptions, evaluate_runs, scores_csv
 
-        if output is not None:
-            check_writable([output], force)
         options = EvalOptions(tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                               include_path=include_path, limit=limit, batch_size=batch_size,
                               device=device, num_fewshot=num_fewshot)
-        rows = evaluate_runs(runs, options, on_run=lambda r: err.print(f"evaluating {r}"))
-        if output is not None:
-            atomic_write(output, text_writer(scores_csv(rows)))
-            err.print(f"wrote {output}")
+        inputs = [("run folder", r) for r in runs]
+        inputs += [("--include-path folder", p) for p in include_path or []]
+        with file_output(output, inputs, force):  # -o never overlaps an input; locked
+            rows = evaluate_runs(runs, options, on_run=lambda r: err.print(f"evaluating {r}"))
+            if output is not None:
+                atomic_write(output, text_writer(scores_csv(rows)))
+                err.print(f"wrote {output}")
         out().print(scores_table(rows))
 
     guard(run)
@@ -155,17 +157,16 @@ def fit(
     from alpaca_plw.cli.render_study import fit_table
 
     def run() -> None:
-        from alpaca_plw.data.output import check_writable
+        from alpaca_plw.data.output_claim import file_output
         from alpaca_plw.study.fit import fit_scores, read_scores
 
-        if plot is not None:
-            check_writable([plot], force)
-        result = fit_scores(read_scores(scores))
-        if plot is not None:
-            from alpaca_plw.study.plots import plot_fit
+        with file_output(plot, [("scores file", scores)], force):  # never over an input; locked
+            result = fit_scores(read_scores(scores))
+            if plot is not None:
+                from alpaca_plw.study.plots import plot_fit
 
-            plot_fit(result, plot)
-            err.print(f"wrote {plot}")
+                plot_fit(result, plot)
+                err.print(f"wrote {plot}")
         if as_json:
             print(json.dumps(result.to_json(), sort_keys=True))
         else:
@@ -185,17 +186,17 @@ def analyze(
     from alpaca_plw.cli.render_study import analysis_table
 
     def run() -> None:
-        from alpaca_plw.data.output import check_writable
+        from alpaca_plw.data.output_claim import file_output
         from alpaca_plw.study.analyze import analyze_runs
 
-        if plot is not None:
-            check_writable([plot], force)
-        results = analyze_runs(runs, base)
-        if plot is not None:
-            from alpaca_plw.study.plots import plot_runs
+        inputs = [("run folder", r) for r in runs] + [("base model", base)]
+        with file_output(plot, inputs, force):  # never over an input; locked
+            results = analyze_runs(runs, base)
+            if plot is not None:
+                from alpaca_plw.study.plots import plot_runs
 
-            plot_runs(runs, plot)
-            err.print(f"wrote {plot}")
+                plot_runs(runs, plot)
+                err.print(f"wrote {plot}")
         if as_json:
             for r in results:
                 print(json.dumps(r.to_json(), sort_keys=True))

@@ -153,9 +153,17 @@ def sweep(cfg: SweepConfig, make_base, on_event: Event | None = None) -> list[di
     `on_event(kind, info)` hears `run` (before each run: plw, folder, state) and `step` (log
     records of in-process runs).
     """
+    from alpaca_plw.data.safety import claim
+    from alpaca_plw.data.tokenizer import resolve_spec
     from alpaca_plw.train.trainer import train
 
-    emit = on_event or (lambda kind, info: None)
+    inputs = [("source", cfg.source), ("model", cfg.model),
+              ("tokenizer", resolve_spec(cfg.tokenizer))]
+    with claim([cfg.output_dir], inputs, False, "sweep", exists_ok=True):  # locked; no input inside
+        return _sweep(cfg, make_base, on_event or (lambda kind, info: None), train)
+
+
+def _sweep(cfg: SweepConfig, make_base, emit: Event, train) -> list[dict]:
     _check_folder(cfg)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     folders = prepare_weights(cfg.source, cfg.plws, cfg.output_dir / "weights", make_base)

@@ -154,6 +154,11 @@ def _corrupt_checkpoint(ws: Path, tmp: Path) -> str:
     return str(run)
 
 
+def _tok(tmp: Path) -> str:
+    shutil.copytree(LLAMA, tmp / "tok")
+    return str(tmp / "tok")
+
+
 def _train(ws, out, *extra, weights=None, model=None):
     return ["train", str(weights or ws / "weights"), "--model", str(model or ws / "model"),
             "--output-dir", str(out), "--micro-batch-size", "2", "--batch-size", "2",
@@ -171,6 +176,19 @@ CASES = [
     ("stats-csv-duplicate-column", lambda ws, t: ["stats", _json(t, "instruction,output,output\na,b,c\n", "d.csv")],
      2, "appears twice", ()),
     ("stats-parquet-duplicate-column", lambda ws, t: ["stats", _dup_parquet(t)], 2, "appears twice", ()),
+    ("stats-plot-over-the-source", lambda ws, t: ["stats", str(_copy(ws, t, "records.json")), "--plot", str(t / "records.json")],
+     3, "is the source dataset", ()),
+    ("stats-plot-inside-the-tokenizer", lambda ws, t: ["stats", str(ws / "records.json"), "--tokenizer", _tok(t), "--plot", str(t / "tok" / "x.png")],
+     3, "is inside the tokenizer", ()),
+    ("fit-plot-over-the-scores", lambda ws, t: ["fit", _json(t, "plw,task,score\n", "s.csv"), "--plot", str(t / "s.csv"), "--force"],
+     3, "is the scores file", ()),
+    ("analyze-plot-inside-a-run", lambda ws, t: ["analyze", str(_copy(ws, t, "run")), "--plot", str(t / "run" / "x.png")],
+     3, "is inside the run folder", ()),
+    ("eval-output-inside-a-run", lambda ws, t: ["eval", str(_copy(ws, t, "run")), "--tasks", "x", "-o", str(t / "run" / "s.csv")],
+     3, "is inside the run folder", ()),
+    ("sweep-output-holding-the-source", lambda ws, t: ["sweep", str(_copy(ws, t / "out", "weights")), "--model", str(ws / "model"),
+                                                      "--output-dir", str(t / "out"), "--plw", "0.1"],
+     3, "contains the source", ()),
     ("stats-duplicate-key-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b", "output": "c"}]')],
      2, "record 1: the key 'output' appears twice in one object", ()),
     ("stats-duplicate-nested-key-jsonl", lambda ws, t: ["stats", _json(t, '{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "m": {"x": 1, "x": 2}, "output": "c"}\n', "d.jsonl")],
