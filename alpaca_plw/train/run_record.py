@@ -269,5 +269,9 @@ def option_checks(cfg) -> list[tuple[bool, str]]:
                 f"{flag(n)} must be below 2**31, got {getattr(cfg, n, None)}") for n in _INTS]
     checks += [(0 <= cfg.seed < 2**63, f"--seed must be in [0, 2**63), got {cfg.seed}"),
                (not math.isfinite(cfg.epochs) or cfg.epochs <= 1e6,
-                f"--epochs must be at most 1e6, got {cfg.epochs}")]
+                f"--epochs must be at most 1e6, got {cfg.epochs}"),
+               (not (math.isfinite(cfg.lr) and math.isfinite(cfg.weight_decay)) or  # in float32
+                max(abs(cfg.lr), abs(cfg.lr * cfg.weight_decay)) <= 3.4e38,
+                f"--lr (and --lr x --weight-decay) must be at most 3.4e38, float32's largest; "
+                f"got --lr {cfg.lr}, --weight-decay {cfg.weight_decay}")]
     return checks

@@ -189,6 +189,8 @@ CASES = [
     ("sweep-output-holding-the-source", lambda ws, t: ["sweep", str(_copy(ws, t / "out", "weights")), "--model", str(ws / "model"),
                                                       "--output-dir", str(t / "out"), "--plw", "0.1"],
      3, "contains the source", ()),
+    ("train-lr-overflows-float32", lambda ws, t: _train(ws, t / "run", "--lr", "1e39"), 2,
+     "--lr (and --lr x --weight-decay) must be at most 3.4e38", ()),
     ("stats-duplicate-key-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b", "output": "c"}]')],
      2, "record 1: the key 'output' appears twice in one object", ()),
     ("stats-duplicate-nested-key-jsonl", lambda ws, t: ["stats", _json(t, '{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "m": {"x": 1, "x": 2}, "output": "c"}\n', "d.jsonl")],
