@@ -44,6 +44,12 @@ def heldout_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def twelve_train_weights(tmp_path_factory) -> Path:
+    """Sample records 0-47, of which 12 fit 48 tokens (the 2-process tests' training set)."""
+    return make_weights_dir(tmp_path_factory, 0, 48)
+
+
+@pytest.fixture(scope="session")
 def odd_heldout_weights(tmp_path_factory) -> Path:
     """Sample records 24-50, of which 5 fit 48 tokens: an odd evaluation set (2 ranks x
     micro-batches of 2 split it unevenly)."""

@@ -58,18 +58,19 @@ def _reference(single: Path, run: str) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def single(train_weights, odd_heldout_weights, tiny_llama, tmp_path_factory) -> Path:
+def single(twelve_train_weights, odd_heldout_weights, tiny_llama, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("uneven-single")
     for name, extra in (("full", {}), ("lora", LORA)):
-        train(TrainConfig(weights_dir=train_weights, model=str(tiny_llama), output_dir=root / name,
+        train(TrainConfig(weights_dir=twelve_train_weights, model=str(tiny_llama),
+                          output_dir=root / name,
                           grad_accum=4, eval_weights=odd_heldout_weights, **COMMON, **extra))
     return root
 
 
 @pytest.fixture(scope="module")
-def two_processes(train_weights, odd_heldout_weights, tiny_llama, tmp_path_factory) -> Path:
+def two_processes(twelve_train_weights, odd_heldout_weights, tiny_llama, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("uneven-two")
-    base = dict(weights_dir=str(train_weights), model=str(tiny_llama), output_dir=str(root),
+    base = dict(weights_dir=str(twelve_train_weights), model=str(tiny_llama), output_dir=str(root),
                 grad_accum=2, eval_weights=str(odd_heldout_weights), **COMMON)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                "2", str(WORKER), json.dumps({"base": base, "runs": RUNS})]
@@ -79,9 +80,10 @@ def two_processes(train_weights, odd_heldout_weights, tiny_llama, tmp_path_facto
     return root
 
 
-def test_the_data_gives_ranks_uneven_work(train_weights):
+def test_the_data_gives_ranks_uneven_work(twelve_train_weights):
     # 12 records, 8 per step: step 2 holds 4 records, all on rank 0
-    counts = [_packed_counts(train_weights, step) for step in range(3)]
+    assert len(read_weights_dir(twelve_train_weights)) == 12
+    counts = [_packed_counts(twelve_train_weights, step) for step in range(3)]
     assert any(a != b for a, b in counts), counts  # ranks run different numbers of real batches
     assert counts[1][1] == 0, counts  # the partial step leaves rank 1 without records
     order = DataOrder(12, 42, 2, 2, 2)
