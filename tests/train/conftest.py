@@ -1,5 +1,8 @@
-"""Fixtures shared by the trainer-feature tests: one tiny Llama and two small weights folders per
-session (training: sample records 0-11; evaluation: records 12-23; both PLW 0.1, 48 tokens)."""
+"""Fixtures shared by the trainer-feature tests: one tiny Llama and small weights folders per
+session, cut from sample records at 48 tokens with PLW 0.1. Records whose prompt alone fills 48
+tokens are skipped by `weights`, so a folder holds fewer records than the slice it is made from
+(training: slice 0-11, 4 records; evaluation: slice 12-23); the 2-process tests use a slice that
+yields 12 and assert that count."""
 
 from __future__ import annotations
 
