@@ -16,6 +16,7 @@ import torch
 
 from alpaca_plw.data.output import atomic_write_dir
 from alpaca_plw.train.distributed import Dist
+from alpaca_plw.train.finite import check_params
 
 STATE_FILE = "trainer_state.pt"
 FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR
@@ -105,8 +106,6 @@ def full_state_dicts(model, optimizer, d: Dist):
 
 def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
     """Gather the full states on every rank; rank 0 writes `target` (model, tokenizer, trainer state)."""
-    from alpaca_plw.train.run_record import check_params
-
     check_params(model, d, target.name, step, target.parent)  # never a non-finite checkpoint
     model_state, optim_state = full_state_dicts(model, optimizer, d)
     if d.is_main:

@@ -24,7 +24,6 @@ from pathlib import Path
 from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_files, write_marker, writing
 from alpaca_plw.data.safety import check_overlap, check_shape, claim, marker_kind, report
 from alpaca_plw.errors import ConfigError, InputError, OutputError, OutputExistsError
-from alpaca_plw.train.finite import check_params, check_step  # noqa: F401  (the trainer's names)
 
 RUN_FILE = "run.json"
 KIND = "run"

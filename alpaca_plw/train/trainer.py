@@ -30,6 +30,7 @@ from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
 from alpaca_plw.train.feed import attention_kwargs, device_batches
+from alpaca_plw.train.finite import check_params, check_step
 from alpaca_plw.train.lora import load_trainable
 from alpaca_plw.train.checks import check_speed_paths
 from alpaca_plw.train.memory import plan_memory
@@ -182,7 +183,7 @@ def _optimizer_step(run: _Run, step: int) -> dict:
     sums[5] = real_tokens
     d.all_reduce_sum(sums)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
-    run_record.check_step(step + 1, sums[0], denominator, grad_norm, cfg.output_dir)  # finite?
+    check_step(step + 1, sums[0], denominator, grad_norm, cfg.output_dir)  # finite?
     lr = run.scheduler.get_last_lr()[0]
     run.optimizer.step()
     run.scheduler.step()
@@ -211,7 +212,7 @@ def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:
 
 
 def _save_final(run: _Run) -> None:
-    run_record.check_params(run.model, run.d, "the final model")
+    check_params(run.model, run.d, "the final model")
     model_state, _ = full_state_dicts(run.model, run.optimizer, run.d)
     if run.d.is_main:
         save_final(run.cfg.output_dir, unwrap(run.model), model_state, run.tokenizer)
