@@ -13,7 +13,6 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,25 +86,10 @@ def run_cli(llama_dir):
     a traceback) is appended to stderr as its formatted traceback, so `"Traceback" not in stderr`
     catches it.
     """
-    from typer.testing import CliRunner
-
-    from alpaca_plw.cli import app
+    from cli_invoke import invoke_cli
 
     def run(args: Sequence[str], cwd: Path | None = None, env: dict | None = None):
-        runner = CliRunner()
-        full_env = {"ALPACA_PLW_TOKENIZER": str(llama_dir), "HF_HUB_OFFLINE": "1",
-                    "HF_DATASETS_OFFLINE": "1", **(env or {})}
-        old = Path.cwd()
-        if cwd is not None:
-            os.chdir(cwd)
-        try:
-            result = runner.invoke(app, [str(a) for a in args], env=full_env)
-        finally:
-            os.chdir(old)
-        stderr = result.stderr
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            stderr += "".join(traceback.format_exception(*result.exc_info))
-        return result.exit_code, result.stdout, stderr
+        return invoke_cli(args, cwd, env, tokenizer=llama_dir)
 
     return run
 

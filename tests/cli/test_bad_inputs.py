@@ -31,8 +31,7 @@ ARROW = "data-00000-of-00001.arrow"
 def ws(tmp_path_factory) -> Path:
     """records.json (6 sample records), weights/ (PLW 0.1, 48 tokens), model/ (tiny LLaMA), run/
     (a finished 2-step run with checkpoint-1) and unfinished/ (the same run, marked unfinished)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tiny_models import save_tiny_llama
 
     from alpaca_plw.data.pipeline import DataOptions, make_weights
     from alpaca_plw.train.config import TrainConfig
@@ -43,12 +42,7 @@ def ws(tmp_path_factory) -> Path:
     (root / "records.json").write_text(json.dumps(records), encoding="utf-8")
     make_weights(str(root / "records.json"), 0.1, DataOptions(tokenizer=str(LLAMA)),
                  root / "weights", max_length=48)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(LLAMA / name, root / "model" / name)
+    save_tiny_llama(root / "model", max_position_embeddings=64)
     train(TrainConfig(weights_dir=root / "weights", model=str(root / "model"),
                       output_dir=root / "run", micro_batch_size=2, batch_size=2, max_steps=2,
                       save_steps=1, lr=1e-3, warmup_ratio=0.0, device="cpu"))

@@ -13,11 +13,10 @@ merge). Regenerate it only on purpose, and explain the change in CHANGELOG.md:
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import tempfile
-import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,23 +36,11 @@ SYSTEM, MULTI, EMPTY_SYSTEM, TRUNCATED, UNICODE, SKIPPED = range(6)
 MARKUP, SYS, USER, TOOL, ASSISTANT, ASSISTANT_END, ASSISTANT_PROMPT = range(7)
 
 
-def invoke(args, cwd: Path = REPO_ROOT) -> tuple[int, str, str]:
-    """The real Typer app in `cwd` (usable outside a test, for --regen)."""
-    from typer.testing import CliRunner
+def invoke(args: Sequence[object], cwd: Path = REPO_ROOT) -> tuple[int, str, str]:
+    """The real Typer app in `cwd` (usable outside a test, for --regen, so not `run_cli`)."""
+    from cli_invoke import invoke_cli  # tests/ is on sys.path under pytest and in __main__ below
 
-    from alpaca_plw.cli import app
-
-    env = {"ALPACA_PLW_TOKENIZER": str(LLAMA_DIR), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        os.chdir(old)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return result.exit_code, result.stdout, stderr
+    return invoke_cli(args, cwd)
 
 
 def read_arrow(directory: Path) -> pa.Table:
@@ -228,4 +215,5 @@ if __name__ == "__main__":
     if sys.argv[1:] != ["--regen"]:
         raise SystemExit("usage: python tests/data/test_chat_weights.py --regen")
     sys.path.insert(0, str(REPO_ROOT))
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
     regenerate_golden()

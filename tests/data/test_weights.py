@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import sys
 import tempfile
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,25 +61,10 @@ REF_GUIDE_ALL = [(0.5, 0.155), (1.0, 0.155), (1.5, 0.183), (2.0, 0.239), (2.5, 0
 # --- helpers: the real CLI, the Arrow file, the independent reference ------------------------
 
 def invoke(args: Sequence[object], cwd: Path = REPO_ROOT) -> tuple[int, str, str]:
-    """Run the real Typer app in `cwd`; (exit code, stdout, stderr with any escaped traceback).
+    """The real Typer app in `cwd` (usable outside a test, for --regen, so not `run_cli`)."""
+    from cli_invoke import invoke_cli  # tests/ is on sys.path under pytest and in __main__ below
 
-    Module-scoped fixtures and `--regen` need it outside a test, so it does not use `run_cli`.
-    """
-    from typer.testing import CliRunner
-
-    from alpaca_plw.cli import app
-
-    env = {"ALPACA_PLW_TOKENIZER": str(LLAMA_DIR), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        os.chdir(old)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return result.exit_code, result.stdout, stderr
+    return invoke_cli(args, cwd)
 
 
 def read_arrow(directory: Path) -> tuple[pa.Table, dict]:
@@ -604,4 +587,5 @@ def regenerate_golden() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--regen"]:
         raise SystemExit("usage: python tests/data/test_weights.py --regen")
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
     regenerate_golden()

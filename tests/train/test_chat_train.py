@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import save_tiny_llama
 
 torch = pytest.importorskip("torch")
 
@@ -18,16 +19,7 @@ CHAT = REPO / "tests" / "fixtures" / "chat"
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = tmp_path_factory.mktemp("tiny-chat-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=128)).save_pretrained(directory)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (directory / name).write_bytes((LLAMA / name).read_bytes())
-    return directory
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-chat-llama"))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_llama
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -43,15 +44,9 @@ class SyncCounter(TorchFunctionMode):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    model_dir = tmp_path_factory.mktemp("tiny-llama-sync")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=128)).save_pretrained(model_dir)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (model_dir / name).write_bytes((LLAMA / name).read_bytes())
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-sync"), hidden_size=16,
+                                intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2)
     records = json.loads((REPO / "data" / "sample.json").read_text(encoding="utf-8"))[:8]
     source = tmp_path_factory.mktemp("src-sync") / "eight.json"
     source.write_text(json.dumps(records), encoding="utf-8")

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import save_tiny_llama
 import torch
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
@@ -39,15 +40,9 @@ def test_seven_billion_state_is_16_bytes_per_parameter_split_by_fsdp(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_inputs(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    model_dir = tmp_path_factory.mktemp("tiny-llama-mem")
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32,
-                                 num_hidden_layers=2, num_attention_heads=2,
-                                 max_position_embeddings=64)).save_pretrained(model_dir)
-    for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
-        (model_dir / name).write_bytes((LLAMA / name).read_bytes())
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny-llama-mem"), hidden_size=16,
+                                intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
+                                max_position_embeddings=64)
     records = json.loads((REPO / "data" / "sample.json").read_text(encoding="utf-8"))[:6]
     source = tmp_path_factory.mktemp("src-mem") / "six.json"
     source.write_text(json.dumps(records), encoding="utf-8")
