@@ -61,6 +61,13 @@ class SequenceStore:
     def target_counts(self) -> np.ndarray:
         return self.lengths - 1
 
+    def denominators(self, loss_norm: str) -> np.ndarray:
+        """Per record, its part of the loss denominator (float64): its targets' weight sum, or with
+        `loss_norm="tokens"` its target count."""
+        if loss_norm == "weight":
+            return self.target_weight_sums()
+        return self.target_counts().astype(np.float64)
+
     def target_prompt_counts(self) -> np.ndarray:
         """Per record, its prompt-side targets (for conversations: every non-assistant target)."""
         if self.roles is None:

@@ -120,8 +120,7 @@ def evaluate(model, eval_set: EvalSet, cfg: TrainConfig, d: Dist, pad_id: int) -
     d.all_reduce_sum(sums)
     per_role = roles.log(d)  # reduced over ranks; {} for Alpaca weights
     inner.train(was_training)
-    denominator = (store.target_weight_sums().sum() if cfg.loss_norm == "weight"
-                   else store.target_counts().sum())
+    denominator = store.denominators(cfg.loss_norm).sum()
     s = sums.tolist()
     return {"eval_loss": s[0] / float(denominator) if denominator else None,
             "eval_prompt_loss": s[1] / s[2] if s[2] else None,

@@ -133,8 +133,7 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     scheduler = make_scheduler(optimizer, plan.warmup_steps, plan.steps)
     start = load_checkpoint(Path(plan.resume_from), model, optimizer, scheduler, d) \
         if plan.resume_from else 0
-    denominators = store.target_weight_sums() if cfg.loss_norm == "weight" else \
-        store.target_counts().astype(np.float64)
+    denominators = store.denominators(cfg.loss_norm)
     log_path = cfg.output_dir / LOG_FILE
     if d.is_main:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
