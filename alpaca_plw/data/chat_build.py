@@ -21,11 +21,10 @@ from alpaca_plw.errors import TargetError
 from alpaca_plw.data.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, _closest, _descending, _prefix_rg
 from alpaca_plw.data.chat_stats import ChatLengths, compute_chat_stats
 from alpaca_plw.data.conversations import KIND, ROLES
-from alpaca_plw.data.output import atomic_write_many, check_writable, manifest_json, text_writer
+from alpaca_plw.data.output import manifest_json, text_writer
 from alpaca_plw.data.swap import SWAP_NO_INPUT
 
 NOT_SWAPPABLE = "multi-turn: not swappable"
-CHAT_FORMATS = ("json", "jsonl", "parquet")
 
 
 def swapped_messages(roles: list[str], contents: list[str]) -> list[dict[str, str]]:
@@ -118,14 +117,12 @@ def _writer(conversations: list[list[dict]], fmt: str):
     return text_writer("[\n" + ",\n".join("  " + r for r in rows) + "\n]\n")
 
 
-def build_chat_dataset(measured, rule, options, cache, identity, out, fmt, force, local):
-    """Build a variant of a conversation dataset under `rule`; write it and its manifest."""
-    from alpaca_plw.data.pipeline import Built, default_output, manifest_path
+def build_chat_dataset(measured, rule, options, cache, identity, out, fmt, held):
+    """Build a variant of a conversation dataset under `rule`; write it and its manifest through
+    `held`, the claim `pipeline.build_dataset` holds on them."""
+    from alpaca_plw.data.pipeline import Built, manifest_path
 
     conv, lengths = measured.records, measured.lengths
-    if out is None:
-        out = default_output(conv.source.name, rule, fmt)
-        check_writable([out, manifest_path(out)], force, local)
     action, reasons, new, out_p, out_c, summary = _plan(conv, lengths, rule, cache)
     _apply_target(rule, action, reasons, out_p, out_c, summary, conv.source.name)
     keep = np.flatnonzero(action != DROPPED)
@@ -151,5 +148,6 @@ def build_chat_dataset(measured, rule, options, cache, identity, out, fmt, force
                         "output_index": None if a == DROPPED else int(j)}
                        for i, (a, r, j) in enumerate(zip(action.tolist(), reasons, output_index.tolist()))],
     }
-    atomic_write_many([(out, _writer(result, fmt)), (manifest_path(out), text_writer(manifest_json(manifest)))])
+    held.publish_files([(out, _writer(result, fmt)),
+                        (manifest_path(out), text_writer(manifest_json(manifest)))])
     return Built(out, manifest_path(out), stats, counts, summary)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from alpaca_plw.data.publish import publish_dir, publish_files
@@ -13,23 +13,10 @@ from alpaca_plw.data.records import Records
 RECORD_FORMATS = ("json", "jsonl", "parquet")
 
 
-def check_writable(paths: Sequence[Path], force: bool, source: Path | None = None) -> None:
-    """Refuse (before any work is written) an output that overlaps the source, cannot be a file,
-    or exists while `force` is off (see `safety.precheck`)."""
-    from alpaca_plw.data.safety import precheck
-
-    precheck(paths, [("source dataset", source)], force)
-
-
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`."""
-    atomic_write_many([(path, write)])
-
-
-def atomic_write_many(items: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every item to a temporary file first; rename them into place only when all succeeded
-    (an `OSError` becomes an `OutputError` naming the path and the reason)."""
-    publish_files(items, replace=True)
+    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path` (an
+    `OSError` becomes an `OutputError` naming the path and the reason)."""
+    publish_files([(path, write)], replace=True)
 
 
 def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:

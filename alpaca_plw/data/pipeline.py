@@ -131,16 +131,16 @@ def build_dataset(
     tokenizer, loaded = _load_all([source], options)
     out = out or default_output(loaded[0].source.name, rule, fmt)
     with claim([out, manifest_path(out)], inputs, force) as held:  # before tokenizing
-        return _build(tokenizer, loaded, rule, options, out, fmt, force, local, progress, held)
+        return _build(tokenizer, loaded, rule, options, out, fmt, progress, held)
 
 
-def _build(tokenizer, loaded, rule, options, out, fmt, force, local, progress, held) -> Built:
+def _build(tokenizer, loaded, rule, options, out, fmt, progress, held) -> Built:
     [measured], cache, identity = _measure_loaded(tokenizer, loaded, progress)
     records = measured.records
     if isinstance(records, Conversations):  # see chat_build.py
         from alpaca_plw.data.chat_build import build_chat_dataset
 
-        return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, force, local)
+        return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, held)
     result = build(records, measured.lengths, rule, cache)
     stats = compute_stats(out.name, result.lengths, identity)
     output_index = (result.action != DROPPED).cumsum() - 1
