@@ -81,6 +81,8 @@ class MicroBatch:
     """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1).
 
     `selection` holds the weighted positions chosen on the host (`alpaca_plw.train.selection`);
+    the loss reads only those, so the dense `targets`, `weights` and `prompt_mask` stay on the host
+    (`to` and `pin_memory` leave them as they are: no copies of them per micro-batch);
     a packed row also carries `cu_seq_lens` [n + 1] int32 (record boundaries) and `max_length`,
     the variable-length attention arguments flash kernels take instead of inferring them.
     """
@@ -98,8 +100,8 @@ class MicroBatch:
 
     def to(self, device) -> MicroBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return MicroBatch(move(self.input_ids), move(self.attention_mask), move(self.targets),
-                          move(self.weights), move(self.prompt_mask), self.real_tokens,
+        return MicroBatch(move(self.input_ids), move(self.attention_mask), self.targets,
+                          self.weights, self.prompt_mask, self.real_tokens,
                           move(self.position_ids),
                           None if self.selection is None else self.selection.to(device),
                           move(self.cu_seq_lens), self.max_length)
@@ -107,8 +109,8 @@ class MicroBatch:
     def pin_memory(self) -> MicroBatch:
         """Page-locked copies, so that `to(cuda)` is a true asynchronous copy."""
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return MicroBatch(pin(self.input_ids), pin(self.attention_mask), pin(self.targets),
-                          pin(self.weights), pin(self.prompt_mask), self.real_tokens,
+        return MicroBatch(pin(self.input_ids), pin(self.attention_mask), self.targets,
+                          self.weights, self.prompt_mask, self.real_tokens,
                           pin(self.position_ids),
                           None if self.selection is None else self.selection.pin_memory(),
                           pin(self.cu_seq_lens), self.max_length)
