@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 from alpaca_plw.errors import InputError
+from alpaca_plw.train.runlog import LOG_FILE
 
-LOG_FILE = "log.jsonl"
 ADAPTER_CONFIG = "adapter_config.json"
 _PLW_NAME = re.compile(r"^plw-(.+)$")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from alpaca_plw.data.output import atomic_write, text_writer
 from alpaca_plw.errors import ConfigError, PLWError
 from alpaca_plw.study.grid import prepare_weights, run_name
-from alpaca_plw.study.runs import final_losses, has_final_model, read_log
+from alpaca_plw.study.runs import LOG_FILE, final_losses, has_final_model, read_log
 
 SWEEP_FILE = "sweep.json"
 LAUNCHERS = ("none", "torchrun")
@@ -90,7 +90,7 @@ def run_state(run_dir: Path) -> str:
     if run_dir.is_dir() and any(run_dir.iterdir()):
         # what a run writes before its first checkpoint: its log, markers (dotfiles), JSON records
         extra = sorted(p.name for p in run_dir.iterdir()
-                       if not (p.is_file() and (p.name == "log.jsonl" or p.name.startswith(".")
+                       if not (p.is_file() and (p.name == LOG_FILE or p.name.startswith(".")
                                                 or p.suffix == ".json")))
         if extra:
             raise ConfigError(f"{run_dir}: holds {', '.join(extra[:3])} but no final model and no "
