@@ -9,7 +9,7 @@ from alpaca_plw.data.guide import other_studies
 from alpaca_plw.data.stats import DatasetStats
 
 
-def _ms(field: dict[str, float]) -> str:
+def mean_std(field: dict[str, float]) -> str:
     return f"{field['mean']:.1f} ({field['std']:.1f})"
 
 
@@ -22,9 +22,10 @@ _LENGTHS, _RATIOS = _STATS_COLUMNS[:6], [_STATS_COLUMNS[0], *_STATS_COLUMNS[6:]]
 
 def _stats_cells(s: DatasetStats) -> dict[str, str]:
     rec = s.recommended_plw
-    return {"Dataset": s.dataset, "Records": f"{s.records:,}", "Instruction": _ms(s.instruction),
-            "Input": _ms(s.input), "Completion": _ms(s.completion),
-            "Total tokens": f"{s.total_tokens:,}", "R_g": f"{s.rg:.3f}",
+    return {"Dataset": s.dataset, "Records": f"{s.records:,}",
+            "Instruction": mean_std(s.instruction), "Input": mean_std(s.input),
+            "Completion": mean_std(s.completion), "Total tokens": f"{s.total_tokens:,}",
+            "R_g": f"{s.rg:.3f}",
             "Mean ratio": f"{s.rg_mean_of_ratios:.3f}", "Median ratio": f"{s.rg_median:.3f}",
             "PLW all / MC / gen": f"{rec.all:.3f} / {rec.mc:.3f} / {rec.gen:.3f}"}
 
@@ -110,6 +111,15 @@ def build_summary(built) -> Text:
     return Text(line)
 
 
+def plw_text(meta: dict) -> str:
+    """The PLW that `weights` used, with how `--plw auto` chose it."""
+    choice = meta["plw_choice"]
+    text = f"{meta['plw']:g}"
+    if choice["mode"] == "auto":
+        text += f" (auto: guide 'all' column at R_g {choice['rg']:.3f}; {choice['guide']['note']})"
+    return text
+
+
 def weights_summary(summary) -> Table:
     """What `weights` wrote, with the prompt's share of the total loss weight."""
     meta = summary.meta
@@ -118,16 +128,12 @@ def weights_summary(summary) -> Table:
 
         return chat_weights_summary(summary)
     counts, tokens = meta["counts"], meta["tokens"]
-    choice = meta["plw_choice"]
-    plw_text = f"{meta['plw']:g}"
-    if choice["mode"] == "auto":
-        plw_text += f" (auto: guide 'all' column at R_g {choice['rg']:.3f}; {choice['guide']['note']})"
     table = Table(title=f"Loss weights written to {summary.out}", title_justify="left",
                   show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     rows = [
-        ("PLW", plw_text),
+        ("PLW", plw_text(meta)),
         ("records written", f"{counts['written']:,} of {counts['source']:,}"),
         ("truncated at --max-length", f"{counts['truncated']:,} (cut at the end)"),
         ("skipped", f"{counts['skipped']:,} (prompt alone fills --max-length)"),

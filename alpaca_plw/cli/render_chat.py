@@ -5,11 +5,9 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from alpaca_plw.cli.render import mean_std, plw_text
+
 ROLE_ORDER = ("system", "user", "assistant", "tool")
-
-
-def _ms(field: dict[str, float]) -> str:
-    return f"{field['mean']:.1f} ({field['std']:.1f})"
 
 
 class ChatStatsView:
@@ -25,12 +23,12 @@ class ChatStatsView:
             table.add_column("what")
             table.add_column("value", justify="right", no_wrap=True)
             rec = s.recommended_plw
-            rows = [("Records", f"{s.records:,}"), ("Turns per conversation", _ms(s.turns)),
-                    ("Assistant turns", _ms(s.assistant_turns))]
+            rows = [("Records", f"{s.records:,}"), ("Turns per conversation", mean_std(s.turns)),
+                    ("Assistant turns", mean_std(s.assistant_turns))]
             rows += [(f"{role} tokens per message ({s.roles[role]['messages']:,} messages)",
-                      _ms(s.roles[role])) for role in ROLE_ORDER]
-            rows += [("Prompt tokens per conversation", _ms(s.prompt)),
-                     ("Completion tokens per conversation", _ms(s.completion)),
+                      mean_std(s.roles[role])) for role in ROLE_ORDER]
+            rows += [("Prompt tokens per conversation", mean_std(s.prompt)),
+                     ("Completion tokens per conversation", mean_std(s.completion)),
                      ("Total tokens", f"{s.total_tokens:,}"), ("R_g", f"{s.rg:.3f}"),
                      ("Mean ratio", f"{s.rg_mean_of_ratios:.3f}"),
                      ("Median ratio", f"{s.rg_median:.3f}"),
@@ -48,10 +46,7 @@ class ChatStatsView:
 def chat_weights_summary(summary) -> Table:
     """What `weights` wrote for conversations."""
     meta = summary.meta
-    counts, tokens, choice = meta["counts"], meta["tokens"], meta["plw_choice"]
-    plw_text = f"{meta['plw']:g}"
-    if choice["mode"] == "auto":
-        plw_text += f" (auto: guide 'all' column at R_g {choice['rg']:.3f}; {choice['guide']['note']})"
+    counts, tokens = meta["counts"], meta["tokens"]
     table = Table(title=f"Loss weights written to {summary.out} (conversations)",
                   title_justify="left", show_header=False)
     table.add_column("what")
@@ -60,7 +55,7 @@ def chat_weights_summary(summary) -> Table:
     by_role = ", ".join(f"{k} {v:,}" for k, v in tokens["by_role"].items() if v)
     rows = [
         ("chat template", f"{meta['chat_template']['name']} ({meta['chat_template']['sha256']})"),
-        ("PLW", plw_text), ("role weights", weights),
+        ("PLW", plw_text(meta)), ("role weights", weights),
         ("assistant turns learned", meta["assistant_turns"]),
         ("conversations written", f"{counts['written']:,} of {counts['source']:,}"),
         ("truncated at --max-length", f"{counts['truncated']:,} (cut at the end)"),
