@@ -47,8 +47,8 @@ def _plan(conv, lengths: ChatLengths, rule, cache):
     cand = np.flatnonzero(single)
     new = {int(i): swapped_messages(conv.roles[i], conv.contents[i]) for i in cand}
     user_new = cache.lengths([new[int(i)][-2]["content"] for i in cand], "tokenizing swapped prompts")
-    sw_p = p[cand] - lengths.tokens[lengths.offsets[cand + 1] - 2] + user_new  # system + new user
     sw_c = lengths.tokens[lengths.offsets[cand + 1] - 2].astype(np.int64)  # the old user content
+    sw_p = p[cand] - sw_c + user_new  # system + new user
     action = np.full(n, KEPT, dtype=np.int8)
     reasons = [NOT_SWAPPABLE] * n
     summary: dict[str, object] = {"not_swappable": int(n - cand.size)}
@@ -69,10 +69,9 @@ def _plan(conv, lengths: ChatLengths, rule, cache):
         summary.update(swapped_prefix=k, swap_floor_rg=round(float(np.nanmin(rgs)), 6),
                        swap_ceiling_rg=round(float(np.nanmax(rgs)), 6))
     action[chosen] = SWAPPED
-    pos = {int(i): j for j, i in enumerate(cand)}
+    at = np.searchsorted(cand, chosen)  # `cand` is sorted: where each chosen one sits in it
     out_p, out_c = p.copy(), c.copy()
-    for i in chosen.tolist():
-        out_p[i], out_c[i] = sw_p[pos[i]], sw_c[pos[i]]
+    out_p[chosen], out_c[chosen] = sw_p[at], sw_c[at]
     return action, reasons, new, out_p, out_c, summary
 
 
