@@ -25,13 +25,22 @@ def unique(pairs: list) -> dict:
     return found
 
 
+def first_repeat(names):
+    """The first name that repeats an earlier one, or None."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def duplicate(value) -> str | None:
     """The first key that appears twice in one object within `value` (parsed into `Pairs`)."""
     if isinstance(value, Pairs):
-        keys = [k for k, _ in value]
-        twice = [k for i, k in enumerate(keys) if k in keys[:i]]
-        if twice:
-            return twice[0]
+        twice = first_repeat(k for k, _ in value)
+        if twice is not None:
+            return twice
         value = [v for _, v in value]
     if not isinstance(value, list):
         return None

@@ -14,7 +14,8 @@ import os
 import re
 from pathlib import Path
 
-from alpaca_plw.data.json_keys import DuplicateKey, Pairs, duplicate, duplicate_error, unique
+from alpaca_plw.data.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
+                                      first_repeat, unique)
 from alpaca_plw.data.safety import is_regular_or_dir
 from alpaca_plw.errors import InputError
 from alpaca_plw.data.kinds import from_columns, from_rows
@@ -138,12 +139,10 @@ def _load_table(table, source: Source, columns: ColumnMap) -> Records:
 
 
 def _no_duplicates(names: list[str], source: Source) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise InputError(f"{source.path}: column {name!r} appears twice in the header; "
-                             "rename one of them")
-        seen.add(name)
+    name = first_repeat(names)
+    if name is not None:
+        raise InputError(f"{source.path}: column {name!r} appears twice in the header; "
+                         "rename one of them")
 
 
 def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
