@@ -269,12 +269,7 @@ def claim(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]], force: 
 
     `kind` is the marker kind for folder outputs (None: file outputs). `exists_ok` skips the
     existence rule (the caller applies its own, e.g. `train --resume`)."""
-    outputs = [Path(p) for p in outputs]
-    check_overlap(outputs, inputs)
-    for out in outputs:
-        check_shape(out, kind is not None)
-        if not exists_ok:
-            check_replaceable(out, force, kind)
+    outputs = precheck(outputs, inputs, force, kind, exists_ok)
     held: list[tuple[int, Path]] = []
     result = Claim(outputs, force, kind)
     try:
@@ -325,10 +320,13 @@ def is_regular_or_dir(path: Path) -> str | None:
 
 
 def precheck(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]], force: bool,
-             kind: str | None = None) -> None:
-    """The checks of `claim` that write nothing: overlap, shape and the existence rule."""
+             kind: str | None = None, exists_ok: bool = False) -> list[Path]:
+    """The checks of `claim` that write nothing: overlap, shape and (unless `exists_ok`) the
+    existence rule. Returns `outputs` as paths."""
     outputs = [Path(p) for p in outputs]
     check_overlap(outputs, inputs)
     for out in outputs:
         check_shape(out, kind is not None)
-        check_replaceable(out, force, kind)
+        if not exists_ok:
+            check_replaceable(out, force, kind)
+    return outputs
