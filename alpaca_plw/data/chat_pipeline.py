@@ -67,7 +67,7 @@ def chat_weights(conv: Conversations, tokenizer: Tokenizer, tokenizer_spec: str 
                  plw: float | str, options: ChatOptions | None, max_length: int,
                  progress: Progress | None = None):
     """(table-ready weights, metadata) for a conversation dataset; `plw="auto"` uses its R_g."""
-    from alpaca_plw.data.guide import recommend
+    from alpaca_plw.data.guide import choose_plw
 
     if not isinstance(conv, Conversations):
         raise ConfigError(f"--chat-template, --role-weights and --assistant-turns apply to "
@@ -75,13 +75,8 @@ def chat_weights(conv: Conversations, tokenizer: Tokenizer, tokenizer_spec: str 
     options = options or ChatOptions()
     template = load_template(options.chat_template, tokenizer_dir(tokenizer_spec))
     identity = tokenizer.identity()
-    choice: dict[str, object] = {"mode": "given"}
-    if plw == "auto":
-        _, stats = measure_chat(conv, LengthCache(tokenizer, progress), identity)
-        rec = recommend(stats.rg)
-        plw = rec.all
-        choice = {"mode": "auto", "rg": stats.rg, "guide": rec.to_json(), "column": "all"}
-    plw = float(plw)
+    plw, choice = choose_plw(
+        plw, lambda: measure_chat(conv, LengthCache(tokenizer, progress), identity)[1].rg)
     tw = build_chat_weights(conv, tokenizer, template, plw, options, max_length, progress)
     if tw.source_index.size == 0:
         reasons = sorted({s["reason"].split(";")[0] for s in tw.skipped})

@@ -14,6 +14,7 @@ found no significant effect of PLW at these ratios, so no value is better suppor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -104,3 +105,14 @@ def other_studies(rg: float, records: int) -> str:
     return (f"Other studies: Instruction Modelling (Shi et al. 2024) gains most when prompts are "
             f"long relative to outputs ({shape}) and {size}; WIT (Chatterjee et al. 2025) found "
             "prompt weights 0-0.6 best in 61 of 75 cases; they disagree with this guide on R_g.")
+
+
+def choose_plw(plw: float | str,
+               measure_rg: Callable[[], float]) -> tuple[float, dict[str, object]]:
+    """(PLW, how it was chosen): a given `plw` as is; "auto" takes the guide's "all" column at the
+    R_g that `measure_rg()` returns (called only then)."""
+    if plw != "auto":
+        return float(plw), {"mode": "given"}
+    rg = measure_rg()
+    rec = recommend(rg)
+    return float(rec.all), {"mode": "auto", "rg": rg, "guide": rec.to_json(), "column": "all"}

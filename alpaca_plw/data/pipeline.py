@@ -208,7 +208,7 @@ def _make_weights(
     chat=None,
 ) -> WeightsSummary:
     """`make_weights` once `out_dir` is claimed."""
-    from alpaca_plw.data.guide import recommend
+    from alpaca_plw.data.guide import choose_plw
     from alpaca_plw.data.weights import build_weights
     from alpaca_plw.data.weights_store import to_table, write_weights_dir
 
@@ -221,14 +221,8 @@ def _make_weights(
         write_weights_dir(out_dir, to_table(tw, meta), force)
         return WeightsSummary(out_dir, meta)
     identity = tokenizer.identity()
-    choice: dict[str, object] = {"mode": "given"}
-    if plw == "auto":
-        lengths = measure(records, LengthCache(tokenizer, progress))
-        stats = compute_stats(records.source.name, lengths, identity)
-        rec = recommend(stats.rg)
-        plw = rec.all
-        choice = {"mode": "auto", "rg": stats.rg, "guide": rec.to_json(), "column": "all"}
-    plw = float(plw)
+    plw, choice = choose_plw(plw, lambda: compute_stats(
+        records.source.name, measure(records, LengthCache(tokenizer, progress)), identity).rg)
     tw = build_weights(records, tokenizer, plw, max_length, progress)
     if tw.source_index.size == 0:
         from alpaca_plw.errors import InputError
