@@ -14,6 +14,7 @@ token is ever predicted across a record boundary, and padding weighs 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -200,7 +201,7 @@ class DataOrder:
 
     def step_records(self, step: int) -> np.ndarray:
         epoch, within = divmod(step, self.steps_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.records)
+        order = _epoch_order(self.records, self.seed, epoch)
         return order[within * self.global_batch : (within + 1) * self.global_batch]
 
     def micro_batches(self, step: int, rank: int) -> list[np.ndarray]:
@@ -208,3 +209,12 @@ class DataOrder:
         size = self.micro_batch
         return [chosen[(rank * self.accum + j) * size : (rank * self.accum + j + 1) * size]
                 for j in range(self.accum)]
+
+
+@lru_cache(maxsize=2)
+def _epoch_order(records: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s permutation, drawn once: a step reads it for its denominator and for every
+    rank's micro-batches, and every step of the epoch slices it (read-only, as it is shared)."""
+    order = np.random.default_rng([seed, epoch]).permutation(records)
+    order.setflags(write=False)
+    return order
