@@ -188,6 +188,9 @@ def claimed(cfg, plan, data, d):
     """Rank 0 holds the run folder for the whole run: locked, emptied for `--force`, marked, and
     `run.json` written before any checkpoint; leftovers of a killed run are removed."""
     out = Path(cfg.output_dir)
+    # Every rank ran check_paths on the folder as it was; none may see rank 0's marker or run.json
+    # there (a slow rank would then refuse the folder as "not empty").
+    d.barrier()
     if not d.is_main:
         yield RunRecord(out, None)
         return
