@@ -114,25 +114,76 @@ def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: 
     d.barrier()
 
 
+def read_state(path: Path, mmap: bool = False) -> dict:
+    """`path/trainer_state.pt`, checked: a dict with an integer `step` >= 0 and the `optimizer` and
+    `scheduler` state dicts. Loaded with `weights_only=True`, so a file holding anything but tensors
+    and plain containers (a pickle that could run code when loaded) is refused, never executed.
+    `mmap=True` maps the tensors instead of reading them (a cheap check before the run starts)."""
+    import pickle
+
+    from alpaca_plw.errors import InputError
+
+    file = path / STATE_FILE
+    hint = f"remove {path.name} to resume from an earlier checkpoint"
+    try:
+        state = torch.load(file, weights_only=True, mmap=mmap, map_location="cpu" if mmap else None)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise InputError(f"{file}: cannot read the checkpoint (UnpicklingError: "
+                             f"{_first_line(exc)}); {hint}") from None
+        raise InputError(f"{file}: refused: it holds objects other than tensors and plain "
+                         "containers, which only a tampered file does (loading it could run "
+                         f"code); it was not loaded. {hint}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file raises many types
+        raise InputError(f"{file}: cannot read the checkpoint ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); {hint}") from None
+    problem = _state_problem(state)
+    if problem:
+        raise InputError(f"{file}: not a trainer state written by alpaca-plw ({problem}); {hint}")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc).strip() else "corrupt"
+
+
+def _state_problem(state) -> str | None:
+    if not isinstance(state, dict):
+        return f"expected a dict, found {type(state).__name__}"
+    missing = [k for k in ("step", "optimizer", "scheduler") if k not in state]
+    if missing:
+        return "missing " + ", ".join(repr(k) for k in missing)
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'step' must be an integer >= 0, found {step!r:.40}"
+    optimizer = state["optimizer"]
+    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
+        return "'optimizer' is not an optimizer state dict (no 'state' and 'param_groups')"
+    if not isinstance(state["scheduler"], dict):
+        return "'scheduler' is not a scheduler state dict"
+    return None
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
     """Restore optimizer and scheduler from `path/trainer_state.pt` (the model was loaded from
     `path` itself); returns the step the checkpoint was taken after."""
+    from alpaca_plw.errors import InputError
+
+    state = read_state(path)
+    step = state["step"]
     try:
-        state = torch.load(path / STATE_FILE, weights_only=False)
-        step = int(state["step"])
-    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file raises many types
-        from alpaca_plw.errors import InputError
+        if d.world == 1 and not sharded(model):
+            optimizer.load_state_dict(state["optimizer"])
+        else:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
+                                                                 set_optimizer_state_dict)
 
-        raise InputError(f"{path / STATE_FILE}: cannot read the checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); remove "
+            set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True,
+                                                              broadcast_from_rank0=False))
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        raise InputError(f"{path / STATE_FILE}: its optimizer or scheduler state does not fit "
+                         f"this model ({type(exc).__name__}: {_first_line(exc)}); remove "
                          f"{path.name} to resume from an earlier checkpoint") from None
-    if d.world == 1 and not sharded(model):
-        optimizer.load_state_dict(state["optimizer"])
-    else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True,
-                                                          broadcast_from_rank0=False))
-    scheduler.load_state_dict(state["scheduler"])
     return step

@@ -127,6 +127,10 @@ def check_resume(cfg, plan, data) -> None:
         raise ConfigError(f"--resume: this would not continue the run in {out}: "
                           + "; ".join(diffs) + ". Give the run's own options (see its "
                           f"{RUN_FILE}), or start over with --force or a new --output-dir")
+    if plan.resume_from is not None:  # refused here, before the folder is claimed or a model loads
+        from alpaca_plw.train.checkpoint import read_state
+
+        read_state(Path(plan.resume_from), mmap=True)
 
 
 def _complete_final(cfg, out: Path) -> None:

@@ -148,6 +148,36 @@ def _corrupt_checkpoint(ws: Path, tmp: Path) -> str:
     return str(run)
 
 
+class _Plant:
+    """Unpickling this creates `marker`: the code a tampered trainer_state.pt would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _planted_checkpoint(ws: Path, tmp: Path) -> str:
+    import torch
+
+    run = _copy(ws, tmp, "unfinished")
+    torch.save({"step": 1, "optimizer": _Plant(tmp / "PWNED"), "scheduler": {}},
+               run / "checkpoint-1" / "trainer_state.pt")
+    return str(run)
+
+
+def _state_without(ws: Path, tmp: Path, key: str) -> str:
+    import torch
+
+    run = _copy(ws, tmp, "unfinished")
+    path = run / "checkpoint-1" / "trainer_state.pt"
+    state = torch.load(path, weights_only=True)
+    del state[key]
+    torch.save(state, path)
+    return str(run)
+
+
 def _tok(tmp: Path) -> str:
     shutil.copytree(LLAMA, tmp / "tok")
     return str(tmp / "tok")
@@ -271,6 +301,10 @@ CASES = [
     ("train-corrupt-model", lambda ws, t: _train(ws, t / "run", model=_corrupt_model(ws, t)), 2, "--model", ()),
     ("train-corrupt-checkpoint", lambda ws, t: _train(ws, _corrupt_checkpoint(ws, t), "--resume"), 2,
      "cannot read the checkpoint", ()),
+    ("train-resume-planted-pickle", lambda ws, t: _train(ws, _planted_checkpoint(ws, t), "--resume"), 2,
+     "refused: it holds objects other than tensors and plain containers", ()),
+    ("train-resume-state-missing-step", lambda ws, t: _train(ws, _state_without(ws, t, "step"), "--resume"), 2,
+     "missing 'step'", ()),
     ("train-diverges", lambda ws, t: _train(ws, t / "run", "--lr", "1e30", "--max-steps", "4", "--loss-chunk", "0"),
      6, "step", (".alpaca-plw", "run.json", "log.jsonl")),
 ]
