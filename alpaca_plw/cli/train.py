@@ -35,7 +35,7 @@ def train(
     loss_chunk: Annotated[int, typer.Option("--loss-chunk", help="Positions per chunk of LM head + cross-entropy, recomputed in backward (0: full logits).")] = 4096,
     gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="Recompute decoder activations in backward (less memory, ~30% more compute).")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the decoder layers (dynamic shapes: no recompile per packed length).")] = False,
-    attn_implementation: Annotated[Optional[str], typer.Option("--attn-implementation", help="sdpa, eager, flex_attention, flash_attention_2 or flash_attention_3 (installed) [default: the model's].", show_default=False)] = None,
+    attn_implementation: Annotated[Optional[str], typer.Option("--attn-implementation", help="torch_varlen (torch's flash varlen kernel on CUDA, no extra package), sdpa, eager, flex_attention, flash_attention_2 or flash_attention_3 (installed) [default: torch_varlen for packed CUDA runs when the model allows it, else the model's].", show_default=False)] = None,
     cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="FSDP with parameters, gradients and optimizer state in CPU memory (also with one process).")] = False,
     device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything and print the plan; do not train.")] = False,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from alpaca_plw.errors import ConfigError
+from alpaca_plw.train import attention
 from alpaca_plw.train.batches import SequenceStore, collate
 from alpaca_plw.train.feed import attention_kwargs
 from alpaca_plw.train.head import head_mismatch, tolerance
@@ -45,12 +46,13 @@ def probe_store(store: SequenceStore, count: int = 2) -> SequenceStore:
 
 
 def _logits(model, batch, device, probe: str) -> torch.Tensor:
+    """The probe's logits in the dtype the model computed them in (bf16 under FSDP's policy)."""
     batch = batch.to(device)
     sel = batch.selection
     return model(batch.input_ids, sel.targets, sel.weights, sel.prompt,
                  attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                  index=sel.index, probe=probe,
-                 **attention_kwargs(_inner(model).model, batch)).float()
+                 **attention_kwargs(_inner(model).model, batch))
 
 
 def _inner(model):
@@ -63,7 +65,7 @@ def head_difference(model, store: SequenceStore, device) -> tuple[float, torch.d
     batch = collate(probe_store(store, 1), np.array([0]))
     own = _logits(model, batch, device, "logits")
     mine = _logits(model, batch, device, "head")
-    return head_mismatch(own, mine), own.dtype
+    return head_mismatch(own, mine), own.dtype  # the coarser of the two: the model's own
 
 
 @torch.no_grad()
@@ -76,37 +78,56 @@ def packing_difference(model, store: SequenceStore, device) -> tuple[float, torc
     return head_mismatch(alone, packed), packed.dtype
 
 
+def _leak(model, store: SequenceStore, device) -> str | None:
+    """None when packed records do not see each other; else what was measured."""
+    diff, dtype = packing_difference(model, store, device)
+    if diff <= tolerance(dtype):
+        return None
+    name = type(_inner(model).model).__name__
+    impl = attention.current(_inner(model).model)
+    return (f"{name} with attn_implementation={impl} lets packed records attend to each other "
+            f"(packed vs separate logits differ by {diff:.3g} relative)")
+
+
 def check_speed_paths(model, store: SequenceStore, device, chunked: bool, packing: bool,
-                      packing_requested: bool, is_main: bool, autocast=None) -> bool:
+                      packing_requested: bool, is_main: bool, autocast=None,
+                      fallback: str | None = None) -> bool:
     """Run the checks above on the wrapped `model`; switch the chunked loss off when it does not
     reproduce the model's logits. Returns whether packing stays on (raises ConfigError when
-    `--packing` was asked for and the model leaks attention across packed records)."""
+    `--packing` was asked for and the model leaks attention across packed records).
+
+    The head check runs under the training `autocast`; the packing check in fp32 (no autocast), so
+    that a small leak across records is not lost in bf16 rounding. `fallback` names the attention
+    to switch to when the packing check fails on an attention the trainer chose itself (the
+    `torch_varlen` default): the check then runs again on the fallback."""
     was_training = model.training
     model.eval()  # no dropout: the two computations must be comparable
     try:
-        with autocast or nullcontext():
-            if chunked and _inner(model).chunk_size is not None:
+        if chunked and _inner(model).chunk_size is not None:
+            with autocast or nullcontext():
                 diff, dtype = head_difference(model, store, device)
-                if diff > tolerance(dtype):
-                    _inner(model).chunk_size = None
-                    if is_main:
-                        log.warning("note: the chunked loss does not reproduce this model's own "
-                                    "logits (relative difference %.3g); training with full logits "
-                                    "(--loss-chunk 0)", diff)
-            if packing:
-                diff, dtype = packing_difference(model, store, device)
-                if diff > tolerance(dtype):
-                    name = type(_inner(model).model).__name__
-                    impl = getattr(_inner(model).model.config, "_attn_implementation", None)
-                    why = (f"{name} with attn_implementation={impl} lets packed records attend to "
-                           f"each other (packed vs separate logits differ by {diff:.3g} relative)")
-                    if packing_requested:
-                        raise ConfigError(f"--packing: {why}; train with --no-packing, or another "
-                                          "--attn-implementation")
-                    if is_main:
-                        log.warning("note: %s; training with right-padded micro-batches", why)
-                    return False
-        return packing
+            if diff > tolerance(dtype):
+                _inner(model).chunk_size = None
+                if is_main:
+                    log.warning("note: the chunked loss does not reproduce this model's own "
+                                "logits (relative difference %.3g); training with full logits "
+                                "(--loss-chunk 0)", diff)
+        if not packing:
+            return packing
+        why = _leak(model, store, device)
+        if why is not None and fallback is not None:
+            if is_main:
+                log.warning("note: %s; using attn_implementation=%s instead", why, fallback)
+            attention.use(_inner(model).model, fallback)
+            why = _leak(model, store, device)
+        if why is None:
+            return packing
+        if packing_requested:
+            raise ConfigError(f"--packing: {why}; train with --no-packing, or another "
+                              "--attn-implementation")
+        if is_main:
+            log.warning("note: %s; training with right-padded micro-batches", why)
+        return False
     finally:
         model.train(was_training)
         _reshard(model)

@@ -8,7 +8,8 @@ from pathlib import Path
 from alpaca_plw.errors import ConfigError
 
 LOSS_NORMS = ("weight", "tokens")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+ATTN_IMPLEMENTATIONS = ("torch_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2",
+                        "flash_attention_3")
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class TrainConfig:
     device: str | None = None  # None: cuda when available, else cpu
     dry_run: bool = False
     force: bool = False
-    attn_implementation: str | None = None  # None: the model's default (sdpa where supported)
+    attn_implementation: str | None = None  # None: torch_varlen for packed CUDA runs, else the model's
     cpu_offload: bool = False  # FSDP CPU offload of shards, gradients, optimizer (also 1 process)
     # LoRA (issue 11): on when lora_r is set; lora_target None = every linear layer of the decoder
     lora_r: int | None = None

@@ -21,7 +21,7 @@ import torch
 from alpaca_plw.train.batches import MicroBatch, SequenceStore, collate
 from alpaca_plw.train.packing import collate_packed
 
-VARLEN_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3")
+VARLEN_IMPLEMENTATIONS = ("torch_varlen", "flash_attention_2", "flash_attention_3")
 
 
 def _host_batch(store: SequenceStore, indices: np.ndarray, pad_id: int, packed: bool,

@@ -42,6 +42,7 @@ class Plan:
     eval_records: int = 0  # the evaluation set (issue 11), filled in by train.features
     eval_from: str | None = None
     lora: str | None = None
+    attention: str | None = None  # the attn_implementation the run used (after the checks)
 
     def to_json(self) -> dict:
         return asdict(self)

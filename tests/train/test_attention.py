@@ -1,0 +1,258 @@
+"""`torch_varlen`: the packed-row attention that needs only torch (train/attention.py).
+
+The CUDA kernel cannot run here, so it is tested in two halves: the adapter that calls it (layouts,
+causal flag per torch version, grouped-query heads, head-size padding) against a CPU stand-in with
+the kernel's contract, and the reference kernel the same code runs on CPU against attention
+computed by hand in float64, then through the whole model: packed = padded to 1e-5, loss and
+gradients, and the trainer's own packed run."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from alpaca_plw.train import attention
+from alpaca_plw.train.batches import SequenceStore, collate
+from alpaca_plw.train.checks import check_speed_paths
+from alpaca_plw.train.model import WeightedCausalLM
+from alpaca_plw.train.packing import collate_packed
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _by_hand(q, k, v, lengths, scale):
+    """Causal softmax attention record by record, float64: q [N, H, D], k/v [N, Hkv, D]."""
+    groups = q.shape[1] // k.shape[1]
+    out, start = [], 0
+    for n in lengths:
+        qs, ks, vs = (t[start:start + n].double() for t in (q, k, v))
+        ks, vs = ks.repeat_interleave(groups, dim=1), vs.repeat_interleave(groups, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", qs, ks) * scale
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), -math.inf)
+        out.append(torch.einsum("hqk,khd->qhd", scores.softmax(-1), vs))
+        start += n
+    return torch.cat(out)
+
+
+def _qkv(lengths, heads=4, kv_heads=2, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(lengths)
+    return (torch.randn(n, heads, dim, generator=g), torch.randn(n, kv_heads, dim, generator=g),
+            torch.randn(n, kv_heads, dim, generator=g))
+
+
+def _cu(lengths):
+    return torch.tensor(np.concatenate(([0], np.cumsum(lengths))), dtype=torch.int32)
+
+
+def test_reference_kernel_is_causal_attention_within_each_record():
+    lengths = [5, 1, 7, 3]
+    q, k, v = _qkv(lengths)
+    got = attention.reference_varlen(q, k, v, _cu(lengths), 0.35)
+    torch.testing.assert_close(got.double(), _by_hand(q, k, v, lengths, 0.35), atol=1e-6, rtol=1e-6)
+    # the plausible wrong version, one causal row over the whole packed row, differs
+    whole = _by_hand(q, k, v, [sum(lengths)], 0.35)
+    assert (got.double() - whole).abs().max() > 1e-2
+
+
+def _stand_in(style: str, seen: dict):
+    """A CPU function with the contract of torch's `varlen_attn` in torch 2.10 (`is_causal`, no
+    grouped-query support) or 2.11+ (`window_size`, `enable_gqa`); it records its arguments."""
+
+    def run(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, gqa):
+        assert q.dim() == 3 and q.shape[-1] % 8 == 0, "the kernel takes [N, H, D], D % 8 == 0"
+        assert cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and max_q == max_k
+        assert causal, "training attention is causal"
+        if k.shape[1] != q.shape[1]:
+            assert gqa, "grouped-query heads without enable_gqa"
+        seen.update(heads=q.shape[1], kv_heads=k.shape[1], dim=q.shape[-1], max=max_q)
+        lengths = torch.diff(cu_q).tolist()
+        assert max_q == max(lengths)
+        return _by_hand(q, k, v, lengths, scale).to(q.dtype)
+
+    if style == "2.10":
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False,
+                        return_aux=None, scale=None):
+            return run(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale, is_causal, False)
+    else:
+        def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None,
+                        scale=None, window_size=(-1, -1), enable_gqa=False):
+            return run(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale,
+                       tuple(window_size) == (-1, 0), enable_gqa)
+    return varlen_attn
+
+
+@pytest.mark.parametrize("style", ["2.10", "2.11"])
+@pytest.mark.parametrize("dim", [8, 12])
+def test_flash_adapter_passes_the_kernel_what_it_needs(monkeypatch, style, dim):
+    lengths = [4, 9, 2]
+    q, k, v = _qkv(lengths, dim=dim)
+    seen: dict = {}
+    fake = _stand_in(style, seen)
+    monkeypatch.setattr(attention, "_kernel", lambda: (fake, frozenset(
+        __import__("inspect").signature(fake).parameters)))
+    got = attention.flash_varlen(q, k, v, _cu(lengths), max(lengths), dim ** -0.5)
+    assert got.shape == q.shape
+    torch.testing.assert_close(got.double(), _by_hand(q, k, v, lengths, dim ** -0.5),
+                               atol=1e-6, rtol=1e-6)
+    assert seen["dim"] == -(-dim // 8) * 8  # padded with zero columns, sliced back
+    assert seen["kv_heads"] == (2 if style == "2.11" else 4)  # repeated only where the kernel must
+
+
+def _store():
+    rng = np.random.default_rng(3)
+    lengths, prompts = [7, 4, 9, 3], [3, 2, 4, 1]
+    ids = rng.integers(3, 50, size=sum(lengths)).astype(np.int64)
+    weights = np.concatenate([np.where(np.arange(n) < p, 0.3, 1.0) for n, p in zip(lengths, prompts)])
+    return SequenceStore(ids=ids, weights=weights.astype(np.float32),
+                         offsets=np.concatenate(([0], np.cumsum(lengths))),
+                         prompt_length=np.array(prompts))
+
+
+def _model(impl, kv_heads=2):
+    attention.register()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads,
+                         max_position_embeddings=64)
+    config._attn_implementation = impl
+    return LlamaForCausalLM(config)
+
+
+def _loss_and_grads(model, batch):
+    model.zero_grad()
+    out = WeightedCausalLM(model, 4096)(batch.input_ids, batch.targets, batch.weights,
+                                        batch.prompt_mask, attention_mask=batch.attention_mask,
+                                        position_ids=batch.position_ids, **batch.varlen_kwargs())
+    out[0].backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_varlen_packed_loss_and_gradients_equal_padded_sdpa(kv_heads):
+    store = _store()
+    padded, grads_padded = _loss_and_grads(_model("sdpa", kv_heads), collate(store, np.arange(4)))
+    for batch in (collate_packed(store, np.arange(4)), collate(store, np.arange(4))):
+        got, grads = _loss_and_grads(_model(attention.NAME, kv_heads), batch)
+        for a, b in zip(padded, got):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        for name in grads_padded:
+            torch.testing.assert_close(grads_padded[name], grads[name], atol=1e-5, rtol=1e-5)
+
+
+def test_without_the_boundaries_a_packed_row_leaks_and_the_check_sees_it():
+    store = _store()
+    padded, _ = _loss_and_grads(_model("sdpa"), collate(store, np.arange(4)))
+    batch = collate_packed(store, np.arange(4))
+    batch.cu_seq_lens = None  # the boundaries lost on the way: one causal sequence
+    leaked, _ = _loss_and_grads(_model(attention.NAME), batch)
+    assert abs(float(leaked[0].detach() - padded[0].detach())) > 1e-3
+
+
+def test_the_default_is_varlen_only_for_packed_cuda_runs_of_plain_attention(monkeypatch):
+    monkeypatch.setattr(attention, "kernel_available", lambda: True)
+    model, cuda = _model("sdpa"), torch.device("cuda")
+    assert attention.default_for(model, cuda, True, None) == attention.NAME
+    assert attention.default_for(model, cuda, False, None) is None  # padded: the model's own
+    assert attention.default_for(model, cuda, True, "sdpa") is None  # the user chose
+    assert attention.default_for(model, torch.device("cpu"), True, None) is None
+    model.config.sliding_window = 16
+    assert "sliding" in attention.supported(model.config)
+    assert attention.default_for(model, cuda, True, None) is None
+    monkeypatch.setattr(attention, "kernel_available", lambda: False)
+    assert attention.default_for(_model("sdpa"), cuda, True, None) is None
+
+
+def test_a_leaking_default_falls_back_to_sdpa_and_keeps_packing(monkeypatch):
+    from alpaca_plw.train import checks
+
+    store = _store()
+    model = WeightedCausalLM(_model(attention.NAME), 4096)
+    monkeypatch.setattr(checks, "attention_kwargs", lambda model, batch: {})  # boundaries lost
+    assert check_speed_paths(model, store, torch.device("cpu"), True, True, False, True,
+                             fallback="sdpa")
+    assert attention.current(model.model) == "sdpa"
+    model = WeightedCausalLM(_model(attention.NAME), 4096)
+    assert not check_speed_paths(model, store, torch.device("cpu"), True, True, False, True)
+
+
+class AllFramesSyncCounter(TorchFunctionMode):
+    """Host reads of tensor values from any Python frame (transformers' too), except torch's own
+    optimizers (CPU AdamW reads its step counters; fused CUDA AdamW does not)."""
+
+    NAMES = {"item", "tolist", "__bool__", "__float__", "__int__", "nonzero", "cpu", "numpy",
+             "any", "all", "unique", "masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES:
+            frame = sys._getframe(1)
+            where = frame.f_code.co_filename
+            if f"torch{'/'}optim" not in where:
+                self.calls.append(f"{func.__name__} at {Path(where).name}:{frame.f_lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+def _train_syncs(tmp_path, weights, model_dir, impl):
+    from alpaca_plw.train import trainer
+    from alpaca_plw.train.config import TrainConfig
+
+    original, seen, losses = trainer._optimizer_step, [], []
+
+    def counted(run, step):
+        with AllFramesSyncCounter() as counter:
+            record = original(run, step)
+        seen.append(counter.calls)
+        return record
+
+    trainer._optimizer_step = counted
+    try:
+        plan = trainer.train(TrainConfig(weights_dir=weights, model=str(model_dir), output_dir=tmp_path,
+                                  max_steps=2, device="cpu", warmup_ratio=0.0, micro_batch_size=4,
+                                  grad_accum=2, packing=True, max_tokens=96,
+                                  attn_implementation=impl),
+                      on_step=lambda r: losses.append(r["loss"]))
+    finally:
+        trainer._optimizer_step = original
+    return seen, losses, plan
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from tiny_models import LLAMA, save_tiny_llama
+
+    from alpaca_plw.data.pipeline import DataOptions, make_weights
+
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("varlen-llama"), hidden_size=16,
+                                intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=1)
+    records = json.loads((REPO / "data" / "sample.json").read_text(encoding="utf-8"))[:16]
+    source = tmp_path_factory.mktemp("varlen-src") / "sixteen.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    weights = tmp_path_factory.mktemp("varlen-w") / "weights"
+    make_weights(str(source), 0.1, DataOptions(tokenizer=str(LLAMA)), weights, max_length=48)
+    return weights, model_dir
+
+
+def test_trainer_packed_varlen_reads_nothing_back_and_matches_padded(tiny_run, tmp_path):
+    weights, model_dir = tiny_run
+    syncs, losses, plan = _train_syncs(tmp_path / "varlen", weights, model_dir, attention.NAME)
+    # per optimizer step (2 micro-batches each): the step's own reads after the all-reduce (its
+    # finiteness check, its loss sums, its gradient norm), none per micro-batch, none in transformers
+    step_files = ("finite.py", "trainer.py", "features.py")
+    assert all(len(calls) <= 3 and all(c.split(" at ")[1].startswith(step_files) for c in calls)
+               for calls in syncs), syncs
+    sdpa_syncs, sdpa_losses, _ = _train_syncs(tmp_path / "sdpa", weights, model_dir, "sdpa")
+    assert any(any("masking_utils" in c for c in calls) for calls in sdpa_syncs), \
+        "the counter should see transformers' mask read on the sdpa path"
+    np.testing.assert_allclose(losses, sdpa_losses, rtol=1e-5, atol=1e-6)
+    assert plan.packing and plan.attention == attention.NAME
