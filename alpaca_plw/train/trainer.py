@@ -23,7 +23,7 @@ import torch
 
 from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.train import run_record
+from alpaca_plw.train import attention, run_record
 from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoint import full_state_dicts, load_checkpoint, save_final, unwrap
 from alpaca_plw.train.config import TrainConfig
@@ -122,11 +122,16 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
-    model = _wrap(load_trainable(cfg, plan.resume_from,
-                                 lambda source: _load_model(cfg, source, int(store.ids.max()))), cfg, d)
+    attention.register()  # `torch_varlen` is a valid attn_implementation from here on
+    loaded = load_trainable(cfg, plan.resume_from,
+                            lambda source: _load_model(cfg, source, int(store.ids.max())))
+    chosen = _choose_attention(cfg, loaded, d, plan)
+    model = _wrap(loaded, cfg, d)
     plan.packing = check_speed_paths(  # chunked head and packing verified on this very model
         model, store, d.device, cfg.loss_chunk > 0, plan.packing, cfg.packing is True, d.is_main,
-        torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None)
+        torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None,
+        fallback="sdpa" if chosen else None)
+    plan.attention = attention.current(loaded)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=d.device.type == "cuda")
@@ -141,6 +146,21 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     order = DataOrder(len(store), cfg.seed, cfg.micro_batch_size, plan.grad_accum, d.world)
     return _Run(cfg, d, plan, store, order, denominators, model, optimizer, scheduler, tokenizer,
                 start, log_path)
+
+
+def _choose_attention(cfg: TrainConfig, model, d: Dist, plan: Plan) -> str | None:
+    """Switch a packed CUDA run to `torch_varlen` when no --attn-implementation was given (see
+    train/attention.py); refuse `--attn-implementation torch_varlen` on a model it cannot run.
+    Returns the implementation the trainer chose itself, or None."""
+    if cfg.attn_implementation == attention.NAME:
+        why = attention.supported(model.config)
+        if why:
+            raise ConfigError(f"--attn-implementation {attention.NAME}: {type(model).__name__} "
+                              f"cannot use it ({why}); choose sdpa or flash_attention_2")
+    chosen = attention.default_for(model, d.device, plan.packing, cfg.attn_implementation)
+    if chosen:
+        attention.use(model, chosen)
+    return chosen
 
 
 def _optimizer_step(run: _Run, step: int) -> dict:
