@@ -116,7 +116,8 @@ def sweep(
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (a sweep's OUT/plw-*/ or any train output).")],
     tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval task names.")],
-    include_path: Annotated[Optional[list[Path]], typer.Option("--include-path", help="Folder of lm-eval YAML tasks (repeatable).")] = None,
+    include_path: Annotated[Optional[list[Path]], typer.Option("--include-path", help="Folder of lm-eval YAML tasks (repeatable). A task folder is code: lm-eval imports the Python files its YAML names (!function) and renders its templates unsandboxed; needs --trust-tasks.")] = None,
+    trust_tasks: Annotated[bool, typer.Option("--trust-tasks", help="Run the --include-path task folders, whose code you have read and trust.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N documents of each task.")] = None,
     num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples [default: the task's].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
@@ -124,7 +125,10 @@ def evaluate(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the scores CSV (run, plw, task, metric, value).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o file.")] = False,
 ) -> None:
-    """Score run folders with lm-evaluation-harness; each gets eval.json."""
+    """Score run folders with lm-evaluation-harness; each gets eval.json.
+
+    An --include-path task folder is code (lm-eval imports the Python files its YAML names and
+    renders its templates unsandboxed): it runs only with --trust-tasks."""
     from alpaca_plw.cli.render_study import scores_table
 
     def run() -> None:
@@ -134,7 +138,7 @@ def evaluate(
 
         options = EvalOptions(tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                               include_path=include_path, limit=limit, batch_size=batch_size,
-                              device=device, num_fewshot=num_fewshot)
+                              device=device, num_fewshot=num_fewshot, trust_tasks=trust_tasks)
         inputs = [("run folder", r) for r in runs]
         inputs += [("--include-path folder", p) for p in include_path or []]
         with file_output(output, inputs, force):  # -o never overlaps an input; locked

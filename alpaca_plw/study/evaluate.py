@@ -7,6 +7,10 @@ data, relative to the working directory) or from lm-eval's built-in tasks, which
 from the Hugging Face hub. Offline, a built-in task fails at once with one line naming the local
 alternative.
 
+A task folder is code: lm-eval imports any Python file its YAML names (`!function utils.fn`), with
+this process's rights, and renders its Jinja templates unsandboxed. So `--include-path` folders are
+read only with `trust_tasks=True` (`--trust-tasks`), the user's statement that they trust them.
+
 A task's primary metric is the first of its `metric_list`, under lm-eval's first filter.
 """
 
@@ -37,6 +41,7 @@ class EvalOptions:
     batch_size: int = 8
     device: str | None = None
     num_fewshot: int | None = None
+    trust_tasks: bool = False
 
     def __post_init__(self):
         if not self.tasks:
@@ -46,6 +51,11 @@ class EvalOptions:
         for folder in self.include_path or []:
             if not Path(folder).is_dir():
                 raise ConfigError(f"--include-path {folder}: no such directory")
+        if self.include_path and not self.trust_tasks:
+            raise ConfigError(
+                f"--include-path {self.include_path[0]}: a task folder is code (lm-eval imports "
+                "the Python files its YAML names with !function and renders its templates "
+                "unsandboxed); read it and pass --trust-tasks to run it")
 
 
 def _offline() -> bool:
@@ -71,7 +81,7 @@ def _hub_error(task: str, dataset: str, yaml_file: Path | None) -> InputError:
     return InputError(
         f"task {task} reads {dataset} from the Hugging Face hub, which is unreachable (offline); "
         f"evaluate it locally: {template}set dataset_path: json and data_files to a local copy of "
-        "the data, and pass its folder with --include-path")
+        "the data, and pass its folder with --include-path DIR --trust-tasks")
 
 
 def task_manager(options: EvalOptions):
@@ -91,7 +101,7 @@ def task_manager(options: EvalOptions):
     for task in missing:
         builtin = _builtin_dataset(task)
         if builtin is None:
-            where = f" or in {', '.join(paths)}" if paths else "; pass --include-path DIR for a local YAML task"
+            where = f" or in {', '.join(paths)}" if paths else "; pass --include-path DIR --trust-tasks for a local YAML task"
             raise InputError(f"task {task}: not one of lm-eval's tasks{where}")
         if _offline() and not Path(builtin[1]).exists():
             raise _hub_error(task, builtin[1], builtin[0])

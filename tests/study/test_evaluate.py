@@ -18,7 +18,8 @@ def test_one_loglikelihood_equals_the_model_computed_directly(model_dir, monkeyp
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.chdir(TASKS)  # the task's data_files are relative to the working directory
-    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=2, device="cpu")
+    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=2, device="cpu",
+                          trust_tasks=True)
     raw = evaluate_model(model_dir, options, task_manager(options), log_samples=True)
     sample = raw["samples"]["plw_tiny_mc"][0]
     (context, continuation), = {tuple(a) for a in sample["arguments"][:1]}
@@ -47,7 +48,7 @@ def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
 
 def test_a_hub_task_offline_fails_with_one_line_naming_the_local_way(run_cli, model_dir):
     code, _, stderr = run_cli(["eval", model_dir, "--tasks", "hellaswag",
-                                    "--include-path", TASKS])
+                                    "--include-path", TASKS, "--trust-tasks"])
     assert code == 2 and "Traceback" not in stderr
     assert stderr.count("\n") == 1
     assert "Rowan/hellaswag" in stderr and "--include-path" in stderr and "dataset_path: json" in stderr
@@ -58,13 +59,14 @@ def test_a_hub_task_offline_fails_with_one_line_naming_the_local_way(run_cli, mo
     (["--tasks", "plw_tiny_mc", "--limit", "0"], "--limit must be at least 1"),
 ])
 def test_bad_eval_input_fails_with_one_line(run_cli, model_dir, args, needle):
-    code, _, stderr = run_cli(["eval", model_dir, "--include-path", TASKS, *args])
+    code, _, stderr = run_cli(["eval", model_dir, "--include-path", TASKS, "--trust-tasks", *args])
     assert code == 2 and needle in stderr and "Traceback" not in stderr
 
 
 def test_a_folder_without_a_final_model_is_refused(run_cli, tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
-    code, _, stderr = run_cli(["eval", tmp_path, "--tasks", "plw_tiny_mc", "--include-path", TASKS])
+    code, _, stderr = run_cli(["eval", tmp_path, "--tasks", "plw_tiny_mc", "--include-path", TASKS,
+                               "--trust-tasks"])
     assert code == 2 and "no final model" in stderr and "did not finish" in stderr
 
 
@@ -83,7 +85,8 @@ def test_a_lora_run_is_evaluated_as_its_adapter_merged_into_the_base(model_dir, 
     merged = peft_model.merge_and_unload().eval()
 
     monkeypatch.chdir(TASKS)
-    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=1, device="cpu")
+    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[TASKS], limit=1, device="cpu",
+                          trust_tasks=True)
     raw = evaluate_model(run, options, task_manager(options), log_samples=True)
     sample = raw["samples"]["plw_tiny_mc"][0]
     context, continuation = sample["arguments"][0]
@@ -94,3 +97,37 @@ def test_a_lora_run_is_evaluated_as_its_adapter_merged_into_the_base(model_dir, 
         logprobs = torch.log_softmax(merged(torch.tensor([whole[:-1]])).logits[0].double(), dim=-1)
     expected = sum(float(logprobs[i - 1, whole[i]]) for i in range(n_context, len(whole)))
     assert sample["resps"][0][0][0] == pytest.approx(expected, abs=1e-4)
+
+
+def _code_task(folder, marker):
+    """A task folder whose YAML names a Python function (`!function`): importing it creates `marker`."""
+    folder.mkdir()
+    (folder / "utils.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                     "def process(dataset):\n    return dataset\n")
+    text = (TASKS / "plw_tiny_mc.yaml").read_text().replace("task: plw_tiny_mc", "task: plw_code_task")
+    (folder / "plw_code_task.yaml").write_text(text + "process_docs: !function utils.process\n")
+    (folder / "plw_tiny_mc.jsonl").write_bytes((TASKS / "plw_tiny_mc.jsonl").read_bytes())
+    return folder
+
+
+def test_an_include_path_folder_runs_only_with_trust_tasks(run_cli, model_dir, tmp_path):
+    marker = tmp_path / "RAN"
+    tasks = _code_task(tmp_path / "tasks", marker)
+    code, stdout, stderr = run_cli(["eval", model_dir, "--tasks", "plw_code_task", "--include-path",
+                                    tasks, "--limit", "1", "--device", "cpu"], cwd=tasks)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in stderr and len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: --include-path {tasks}: a task folder is code")
+    assert "--trust-tasks" in lines[0]
+    assert not marker.exists() and not (model_dir / "eval.json").exists()
+    # the acknowledgement runs it: the folder's Python code is imported (what the flag admits)
+    code, _, stderr = run_cli(["eval", model_dir, "--tasks", "plw_code_task", "--include-path",
+                               tasks, "--trust-tasks", "--limit", "1", "--device", "cpu"], cwd=tasks)
+    assert marker.exists(), stderr
+    (model_dir / "eval.json").unlink(missing_ok=True)
+
+
+def test_eval_help_says_a_task_folder_is_code(run_cli):
+    code, stdout, _ = run_cli(["eval", "--help"])
+    text = " ".join(stdout.replace("│", " ").split())
+    assert code == 0 and "A task folder is code" in text and "--trust-tasks" in text

@@ -105,7 +105,7 @@ def test_eval_fit_and_analyze_run_end_to_end_on_the_sweep(study, run_cli):
     runs = [study["out"] / f"plw-{p}" for p in PLWS]
     scores = study["root"] / "scores.csv"
     code, stdout, stderr = run_cli(["eval", *runs, "--tasks", "plw_tiny_mc,plw_tiny_mc2",
-                                    "--include-path", TASKS, "--limit", "2", "--device", "cpu",
+                                    "--include-path", TASKS, "--trust-tasks", "--limit", "2", "--device", "cpu",
                                     "-o", scores], cwd=TASKS)
     assert code == 0, stderr
     rows = list(csv.DictReader(scores.open()))
