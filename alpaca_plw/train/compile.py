@@ -5,6 +5,12 @@ compiling the top-level module would compile nothing that runs. Each decoder lay
 instead (all layers share one graph), with dynamic shapes: a packed micro-batch has a different
 length at almost every step, and a static graph would recompile for each new length. Mask
 construction and the chunked head stay eager; they are cheap next to the layers.
+
+With `--gradient-checkpointing` the Hugging Face checkpointing cannot be used: its checkpoint runs
+inside the compiled frame, where a context-variable write in transformers breaks the graph and
+nothing is compiled at all (transformers 5.25, silently). The layers are then checkpointed from
+outside instead: each layer's forward is `checkpoint(compiled forward)`, non-reentrant, so the
+forward keeps only the layer's inputs and the backward recomputes the layer with the compiled code.
 """
 
 from __future__ import annotations
@@ -25,10 +31,25 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return []
 
 
-def compile_decoder(model, backend: str = "inductor") -> int:
+def compile_decoder(model, backend: str = "inductor", checkpointing: bool = False) -> int:
     """Compile every decoder layer of `model` in place (state-dict keys unchanged) with dynamic
-    shapes; returns how many were compiled."""
+    shapes, each under activation checkpointing when `checkpointing`; returns how many were
+    compiled (0: none found, nothing compiled)."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(backend=backend, dynamic=True)
+        if checkpointing:
+            _checkpoint_compiled(layer, backend)
+        else:
+            layer.compile(backend=backend, dynamic=True)
     return len(layers)
+
+
+def _checkpoint_compiled(layer: torch.nn.Module, backend: str) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    compiled = torch.compile(layer.forward, backend=backend, dynamic=True)
+
+    def forward(*args, **kwargs):
+        return checkpoint(compiled, *args, use_reentrant=False, **kwargs)
+
+    layer.forward = forward  # an instance attribute: parameters and their names are untouched

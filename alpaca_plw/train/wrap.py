@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from alpaca_plw.errors import ConfigError
 from alpaca_plw.train.compile import compile_decoder, decoder_layers
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
@@ -22,7 +23,7 @@ from alpaca_plw.train.model import WeightedCausalLM
 
 def wrap_model(model, cfg: TrainConfig, d: Dist):
     """`model` (a Hugging Face causal LM on the CPU) ready to train on `d`."""
-    if cfg.gradient_checkpointing:
+    if cfg.gradient_checkpointing and not cfg.compile:  # with --compile: compile.py checkpoints
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable({"use_reentrant": False})
         else:
@@ -31,31 +32,43 @@ def wrap_model(model, cfg: TrainConfig, d: Dist):
     sharded = cfg.fsdp or getattr(cfg, "cpu_offload", False)
     if not sharded:
         model.to(d.device)
-    if cfg.compile:
-        compile_decoder(model.model)
+    if cfg.compile and not compile_decoder(model.model, checkpointing=cfg.gradient_checkpointing):
+        raise ConfigError(f"--compile: no decoder layers found in {type(model.model).__name__} "
+                          "(looked for a ModuleList named layers, h or blocks); train without it")
     if sharded:
         return shard(model, d, getattr(cfg, "cpu_offload", False))
     if d.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    # gradients live in DDP's buckets (no second copy); the model has no buffer to keep in step
+    # across ranks that each rank does not compute identically (rotary tables are deterministic)
+    return DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                                   gradient_as_bucket_view=True, broadcast_buffers=False)
 
 
-def fsdp_policies(device: torch.device, cpu_offload: bool) -> dict:
-    """`fully_shard` keyword arguments: bf16 parameters with fp32 reduction on CUDA, fp32 on CPU."""
+def fsdp_policies(device: torch.device, cpu_offload: bool, root: bool = False,
+                  mixed: bool | None = None) -> dict:
+    """`fully_shard` keyword arguments: bf16 parameters with fp32 reduction on CUDA (`mixed`
+    overrides the device's choice), fp32 on CPU.
+
+    The root module's policy never casts its forward inputs (`cast_forward_inputs=False`): they
+    are the token ids and the loss weights, and a weight of 0.1 cast to bf16 is 0.10009765625, so
+    the weight sum would no longer equal the host-side denominator and FSDP would not train like
+    DDP. The decoder layers still cast their hidden-state inputs to bf16."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     kwargs = {}
-    if device.type == "cuda":
+    if device.type == "cuda" if mixed is None else mixed:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
-                                                   reduce_dtype=torch.float32)
+                                                   reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=not root)
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
     return kwargs
 
 
-def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool):
+def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool, mixed: bool | None = None):
     """FSDP2 over all ranks (a one-process group when there is no torchrun)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
@@ -65,7 +78,7 @@ def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool):
         dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo",
                                 store=dist.HashStore(), rank=0, world_size=1)
     mesh = init_device_mesh(d.device.type, (d.world,))
-    kwargs = fsdp_policies(d.device, cpu_offload)
     for layer in decoder_layers(model.model):
-        fully_shard(layer, mesh=mesh, **kwargs)
-    return fully_shard(model, mesh=mesh, **kwargs)
+        fully_shard(layer, mesh=mesh, **fsdp_policies(d.device, cpu_offload, mixed=mixed))
+    return fully_shard(model, mesh=mesh, **fsdp_policies(d.device, cpu_offload, root=True,
+                                                         mixed=mixed))

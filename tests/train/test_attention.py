@@ -256,3 +256,68 @@ def test_trainer_packed_varlen_reads_nothing_back_and_matches_padded(tiny_run, t
         "the counter should see transformers' mask read on the sdpa path"
     np.testing.assert_allclose(losses, sdpa_losses, rtol=1e-5, atol=1e-6)
     assert plan.packing and plan.attention == attention.NAME
+
+
+def test_fsdp_bf16_policy_never_rounds_the_loss_weights():
+    """Under the CUDA mixed-precision policy (run here on CPU/gloo) the weights reach the loss in
+    fp32: the weight sum equals the host denominator. Casting the root's inputs to bf16 (the FSDP
+    default) makes 0.1 into 0.10009765625 and fails this."""
+    import torch.distributed as dist
+
+    from alpaca_plw.train.distributed import Dist
+    from alpaca_plw.train.wrap import shard
+
+    store = _store()
+    store.weights = np.where(store.weights < 1, np.float32(0.1), store.weights).astype(np.float32)
+    batch = collate_packed(store, np.arange(4))
+    sel = batch.selection
+    model = shard(WeightedCausalLM(_model("sdpa"), 4096), Dist(0, 1, 0, torch.device("cpu")),
+                  cpu_offload=False, mixed=True)
+    try:
+        assert model.model.model.embed_tokens.weight.dtype == torch.float32  # sharded fp32 master
+        with torch.no_grad():
+            out = model(batch.input_ids, sel.targets, sel.weights, sel.prompt,
+                        position_ids=batch.position_ids, index=sel.index)
+        assert out[1].dtype == torch.float32
+        assert abs(float(out[1]) - sel.weight_sum) <= 1e-6 * sel.weight_sum
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes autograd keeps for the backward of one forward (distinct storages)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids).logits
+    out.float().pow(2).mean().backward()
+    return sum(seen.values())
+
+
+def test_compile_with_checkpointing_compiles_checkpoints_and_trains_like_eager():
+    """--compile with --gradient-checkpointing: graphs are compiled (transformers' own
+    checkpointing inside a compiled layer compiles nothing), the layers keep only their inputs,
+    and the gradients equal the plain eager model's."""
+    from alpaca_plw.train.compile import compile_decoder
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    store = _store()
+    batch = collate_packed(store, np.arange(4))
+    eager, both, plain = _model("sdpa"), _model("sdpa"), _model("sdpa")
+    assert compile_decoder(both, backend="eager", checkpointing=True) == 2
+    eager.train(), both.train(), plain.train()
+    full, kept = _saved_bytes(plain, batch), _saved_bytes(both, batch)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert kept < 0.6 * full  # checkpointed: a fraction of what the plain forward keeps
+    for m in (eager, both):
+        m.zero_grad()
+        m(input_ids=batch.input_ids, position_ids=batch.position_ids).logits.float().pow(2).mean().backward()
+    for (name, a), b in zip(eager.named_parameters(), both.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
