@@ -63,7 +63,31 @@ def default_for(model, device: torch.device, packing: bool, requested: str | Non
     the kernel. None otherwise (the model keeps what it loaded with)."""
     if requested is not None or not packing or device.type != "cuda" or not kernel_available():
         return None
-    return NAME if supported(model.config) is None else None
+    if supported(model.config) is not None or not kernel_works(device):
+        return None
+    return NAME
+
+
+@lru_cache(maxsize=4)
+def kernel_works(device: torch.device) -> bool:
+    """One tiny forward and backward through the flash varlen kernel on `device` in bf16 (two
+    records, grouped-query heads, head size 64): False when this torch/GPU pair cannot run it
+    (no backward registered, an architecture the kernel was not built for), so the default falls
+    back to the model's own attention instead of failing at the first step."""
+    try:
+        g = torch.Generator(device=device).manual_seed(0)
+        q = torch.randn(12, 4, 64, device=device, dtype=torch.bfloat16, generator=g,
+                        requires_grad=True)
+        kv = torch.randn(12, 2, 64, device=device, dtype=torch.bfloat16, generator=g,
+                         requires_grad=True)
+        cu = torch.tensor([0, 5, 12], device=device, dtype=torch.int32)
+        out = flash_varlen(q, kv, kv, cu, 7, 0.125)
+        out.float().sum().backward()
+        want = reference_varlen(q.detach().float(), kv.detach().float(), kv.detach().float(),
+                                cu, 0.125)
+        return bool(torch.isfinite(q.grad).all()) and float((out.detach().float() - want).abs().max()) < 0.05
+    except (RuntimeError, ValueError, TypeError, NotImplementedError):
+        return False
 
 
 def use(model, name: str) -> None:

@@ -157,6 +157,7 @@ def test_without_the_boundaries_a_packed_row_leaks_and_the_check_sees_it():
 
 def test_the_default_is_varlen_only_for_packed_cuda_runs_of_plain_attention(monkeypatch):
     monkeypatch.setattr(attention, "kernel_available", lambda: True)
+    monkeypatch.setattr(attention, "kernel_works", lambda device: True)
     model, cuda = _model("sdpa"), torch.device("cuda")
     assert attention.default_for(model, cuda, True, None) == attention.NAME
     assert attention.default_for(model, cuda, False, None) is None  # padded: the model's own
@@ -165,8 +166,31 @@ def test_the_default_is_varlen_only_for_packed_cuda_runs_of_plain_attention(monk
     model.config.sliding_window = 16
     assert "sliding" in attention.supported(model.config)
     assert attention.default_for(model, cuda, True, None) is None
+    monkeypatch.setattr(attention, "kernel_works", lambda device: False)  # e.g. no backward
+    assert attention.default_for(_model("sdpa"), cuda, True, None) is None
     monkeypatch.setattr(attention, "kernel_available", lambda: False)
     assert attention.default_for(_model("sdpa"), cuda, True, None) is None
+
+
+def test_the_kernel_self_test_accepts_a_right_kernel_and_rejects_a_wrong_one(monkeypatch):
+    """`kernel_works` on the CPU with stand-ins: a kernel with the contract passes, one that
+    ignores the record boundaries (one causal row) or cannot run backward does not."""
+    seen: dict = {}
+    right = _stand_in("2.11", seen)
+
+    def whole_row(q, k, v, cu_q, cu_k, max_q, max_k, **options):
+        whole = torch.tensor([0, q.shape[0]], dtype=torch.int32)
+        return right(q, k, v, whole, whole, q.shape[0], q.shape[0], **options)
+
+    def no_backward(*args, **options):
+        return right(*args, **options).detach()
+
+    for kernel, expected in ((right, True), (whole_row, False), (no_backward, False)):
+        attention.kernel_works.cache_clear()
+        monkeypatch.setattr(attention, "_kernel", lambda k=kernel: (k, frozenset(
+            ("window_size", "enable_gqa", "scale"))))
+        assert attention.kernel_works(torch.device("cpu")) is expected, kernel.__name__
+    attention.kernel_works.cache_clear()
 
 
 def test_a_leaking_default_falls_back_to_sdpa_and_keeps_packing(monkeypatch):
