@@ -4,7 +4,7 @@ Everything data-dependent is computed on the host by the collator (padding, pack
 positions and their counts, flash varlen boundaries), so the training step never reads a value
 back from the GPU per micro-batch. On CUDA the collator's tensors are page-locked and copied with
 `non_blocking=True`, and the next micro-batch is collated on a background thread while the current
-one runs forward and backward.
+one runs forward and backward (across optimizer steps too: `Feeder`).
 
 The one host-device synchronisation of an optimizer step is the read of its loss sums after the
 all-reduce (`sums.tolist()` in the trainer), once per step, not per micro-batch.
@@ -13,7 +13,7 @@ all-reduce (`sums.tolist()` in the trainer), once per step, not per micro-batch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -30,20 +30,61 @@ def _host_batch(store: SequenceStore, indices: np.ndarray, pad_id: int, packed: 
     return batch.pin_memory() if pin else batch
 
 
-def device_batches(store: SequenceStore, micro: list[np.ndarray], pad_id: int, packed: bool,
-                   device: torch.device) -> Iterator[MicroBatch]:
-    """The micro-batches `micro` (record indices each), collated and on `device`, in order."""
-    if device.type != "cuda":
-        for indices in micro:
-            yield _host_batch(store, indices, pad_id, packed, False).to(device)
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") as pool:
-        pending = pool.submit(_host_batch, store, micro[0], pad_id, packed, True) if micro else None
+class Feeder:
+    """Collates micro-batches one ahead of the device, across optimizer steps too.
+
+    On CUDA (or with `background=True`) a background thread collates and pins the next
+    micro-batch while the current one runs; the last micro-batch of a step hands the thread the
+    first micro-batch of the next step (`batches(micro, then=...)`), so no step starts by waiting
+    for the host. Without a background thread everything is collated in order, on demand."""
+
+    def __init__(self, store: SequenceStore, pad_id: int, packed: bool, device: torch.device,
+                 background: bool | None = None):
+        self.store, self.pad_id, self.packed, self.device = store, pad_id, packed, device
+        use = device.type == "cuda" if background is None else background
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") if use else None
+        self.pin = device.type == "cuda"
+        self.ahead: tuple[np.ndarray, Future] | None = None
+
+    def _submit(self, indices: np.ndarray) -> Future:
+        return self.pool.submit(_host_batch, self.store, indices, self.pad_id, self.packed, self.pin)
+
+    def _first(self, indices: np.ndarray) -> Future:
+        if self.ahead is not None and np.array_equal(self.ahead[0], indices):
+            future, self.ahead = self.ahead[1], None
+            return future
+        self.ahead = None
+        return self._submit(indices)
+
+    def batches(self, micro: list[np.ndarray], then: np.ndarray | None = None) -> Iterator[MicroBatch]:
+        """The micro-batches `micro` (record indices each), collated and on the device, in order;
+        `then`, the first micro-batch of the next step, is collated while this step's last runs."""
+        if self.pool is None:
+            for indices in micro:
+                yield _host_batch(self.store, indices, self.pad_id, self.packed, False).to(self.device)
+            return
+        pending = self._first(micro[0]) if micro else None
         for j in range(len(micro)):
             batch = pending.result()
             if j + 1 < len(micro):
-                pending = pool.submit(_host_batch, store, micro[j + 1], pad_id, packed, True)
-            yield batch.to(device)
+                pending = self._submit(micro[j + 1])
+            elif then is not None:
+                self.ahead = (then, self._submit(then))
+            yield batch.to(self.device)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def device_batches(store: SequenceStore, micro: list[np.ndarray], pad_id: int, packed: bool,
+                   device: torch.device) -> Iterator[MicroBatch]:
+    """The micro-batches `micro` (record indices each), collated and on `device`, in order."""
+    feeder = Feeder(store, pad_id, packed, device)
+    try:
+        yield from feeder.batches(micro)
+    finally:
+        feeder.close()
 
 
 def attention_kwargs(model, batch: MicroBatch) -> dict:

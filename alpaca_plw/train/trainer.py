@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,9 @@ from alpaca_plw.train.checkpoint import full_state_dicts, load_checkpoint, save_
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
-from alpaca_plw.train.feed import attention_kwargs, device_batches
+from alpaca_plw.train.feed import Feeder, attention_kwargs
 from alpaca_plw.train.finite import check_params, check_step
-from alpaca_plw.train.lora import load_trainable
+from alpaca_plw.train.lora import load_dtype, load_trainable
 from alpaca_plw.train.checks import check_speed_paths
 from alpaca_plw.train.memory import plan_memory
 from alpaca_plw.train.model import as_terms
@@ -63,6 +63,8 @@ class _Run:
     tokenizer: object
     start: int
     log_path: Path
+    feeder: Feeder
+    upcoming: dict = field(default_factory=dict)  # the next step's micro-batches, once planned
 
 
 def train(cfg: TrainConfig, on_step: StepCallback | None = None,
@@ -91,6 +93,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         on_plan(plan)
     if cfg.dry_run:
         return plan
+    run_record.check_model(cfg)  # --force: what loading would refuse, before the old run is moved
     with run_record.claimed(cfg, plan, data, d) as run_json:  # locked; run.json before any step
         features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
         run = _set_up(cfg, d, plan, store, tokenizer_dir)
@@ -100,6 +103,8 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
             features.after_step(run, record)
             _log_step(run, record, on_step)
             features.maybe_checkpoint(run, step + 1)  # every --save-steps; rotation
+            run_json.settle()  # --force: the old run goes once this one has a checkpoint
+        run.feeder.close()
         _save_final(run)
         features.finish(run)
         run_json.finish()
@@ -144,8 +149,9 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
         trim_log(log_path, start) if start else log_path.unlink(missing_ok=True)
     order = DataOrder(len(store), cfg.seed, cfg.micro_batch_size, plan.grad_accum, d.world)
+    feeder = Feeder(store, tokenizer.pad_token_id or 0, plan.packing, d.device)
     return _Run(cfg, d, plan, store, order, denominators, model, optimizer, scheduler, tokenizer,
-                start, log_path)
+                start, log_path, feeder)
 
 
 def _choose_attention(cfg: TrainConfig, model, d: Dist, plan: Plan) -> str | None:
@@ -174,10 +180,11 @@ def _optimizer_step(run: _Run, step: int) -> dict:
     roles = RoleTally(run.store.role_names, d.device)  # conversation weights: a loss per role
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda"
                 else nullcontext())
-    pad_id = run.tokenizer.pad_token_id or 0
-    micro = _micro_batches(run.order, step, d, plan, run.store)
+    micro = run.upcoming.pop(step, None) or _micro_batches(run.order, step, d, plan, run.store)
+    upcoming = _micro_batches(run.order, step + 1, d, plan, run.store) if step + 1 < plan.steps else []
+    run.upcoming[step + 1] = upcoming  # packed once; its first micro-batch is collated ahead
     real_tokens = 0
-    for j, batch in enumerate(device_batches(run.store, micro, pad_id, plan.packing, d.device)):
+    for j, batch in enumerate(run.feeder.batches(micro, upcoming[0] if upcoming else None)):
         last = j == len(micro) - 1
         sync = nullcontext()
         if d.world > 1 and not last:
@@ -272,8 +279,8 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ConfigError(f"--model {name}: no such directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_pretrained(  # LoRA: the base in --base-dtype
+            name, dtype=load_dtype(cfg), attn_implementation=cfg.attn_implementation)
     except Exception as exc:  # noqa: BLE001 - corrupt or truncated files raise many types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(
