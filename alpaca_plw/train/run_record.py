@@ -5,8 +5,13 @@ checks that stop a diverging run.
 digest and metadata, the plan and the package versions. `--resume` recomputes the same record and
 refuses any difference that alters the trajectory (data, PLW, batch geometry, learning rate and
 schedule length, seed, precision, packing, ...), naming each option; a finished run says so.
-`--force` replaces only a folder holding alpaca-plw's `.alpaca-plw` marker of a run, and empties
-it before the new run writes anything, so no checkpoint of the previous run can be resumed.
+`--force` replaces only a folder holding alpaca-plw's `.alpaca-plw` marker of a run. What loading
+the model would refuse (its config, its safetensors headers, the attention implementation) is
+checked before the old run is touched; then, under the lock, the old run is renamed aside
+(`.NAME.plw-replaced-*` beside it) and the new run starts in an empty folder, so no checkpoint of
+the previous run can be resumed. The old run is deleted once the new one can stand in its place
+(its first checkpoint, or its final model); a new run that fails before that is removed and the
+old run renamed back, and a killed one is undone the same way by the next run on the folder.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import platform
+import secrets
 import shlex
 import shutil
 import sys
@@ -27,6 +34,8 @@ from alpaca_plw.errors import ConfigError, InputError, OutputError, OutputExists
 
 RUN_FILE = "run.json"
 KIND = "run"
+REPLACED_TAG = ".plw-replaced-"  # `.NAME.plw-replaced-*`: a run --force set aside, beside NAME
+_HF_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
 def inputs(cfg) -> list[tuple[str, object]]:
@@ -43,7 +52,19 @@ def check_paths(cfg) -> None:
         raise ConfigError("--resume and --force contradict each other: --resume continues the run "
                           f"in {out}, --force replaces it")
     check_shape(out, folder=True)
-    if cfg.dry_run or not out.is_dir() or not any(out.iterdir()):
+    if cfg.dry_run:
+        return
+    if _replaced(out):  # a killed --force: put the folder right (locked) before judging it
+        with claim([out], inputs(cfg), True, KIND, exists_ok=True):
+            _recover_replaced(out)
+    _check_existing(cfg, out)
+
+
+def _check_existing(cfg, out: Path) -> None:
+    """The existence rule: a new or empty folder; `--resume` of an alpaca-plw run; `--force`
+    over one. Checked before any work and again under the lock (another run may have written
+    into the folder in between)."""
+    if not out.is_dir() or not any(out.iterdir()):
         return
     ours = marker_kind(out) == KIND
     if cfg.resume:
@@ -59,6 +80,51 @@ def check_paths(cfg) -> None:
         raise OutputError(f"--output-dir {out}: not empty and not a run folder written by "
                           f"alpaca-plw (no {MARKER} marker); --force replaces only alpaca-plw's "
                           "own runs: remove it yourself or choose another --output-dir")
+
+
+def check_model(cfg) -> None:
+    """`--force` over a run: refuse now what loading the model would refuse later, before the old
+    run is touched: an unreadable config, a truncated or corrupt safetensors file (its header and
+    size), and an attention implementation this install or this model cannot use."""
+    if not cfg.force or cfg.dry_run:
+        return
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(cfg.model)
+    except Exception as exc:  # noqa: BLE001 - a missing or corrupt config raises many types
+        raise ConfigError(f"--model {cfg.model}: cannot read its config ({_first_line(exc)}); "
+                          "the run in the output folder was not touched") from None
+    _check_safetensors(Path(str(cfg.model)).expanduser())
+    if cfg.attn_implementation in _HF_ATTENTION:
+        try:
+            with torch.device("meta"):  # no memory: the checks transformers runs when loading
+                AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+        except Exception as exc:  # noqa: BLE001 - ImportError, ValueError from transformers
+            raise ConfigError(f"--attn-implementation {cfg.attn_implementation}: cannot be used "
+                              f"with --model {cfg.model} here ({_first_line(exc)}); the run in "
+                              "the output folder was not touched") from None
+
+
+def _check_safetensors(model: Path) -> None:
+    if not model.is_dir():
+        return
+    from safetensors import safe_open
+
+    for file in sorted(model.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError
+            raise ConfigError(f"--model {model}: {file.name} is not a readable safetensors file "
+                              f"({_first_line(exc)}); the run in the output folder was not "
+                              "touched") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def weights_digest(data) -> str:
@@ -178,19 +244,33 @@ def _write(out: Path, record: dict) -> None:
 
 
 class RunRecord:
-    def __init__(self, out: Path, record: dict | None):
-        self.out, self.record = out, record
+    def __init__(self, out: Path, record: dict | None, aside: Path | None = None):
+        self.out, self.record, self.aside = out, record, aside
+
+    def settle(self) -> None:
+        """`--force`: delete the run set aside once this one can stand in its place."""
+        if self.aside is not None and _can_stand(self.out):
+            _remove_run(self.aside)
+            self.aside = None
 
     def finish(self) -> None:
         """Mark the run finished (rank 0); `--resume` then refuses it."""
         if self.record is not None:
             _write(self.out, {**self.record, "finished": True})
+        self.settle()
+
+    def restore(self) -> None:
+        """`--force` failed before this run could stand in: remove it, put the old run back."""
+        if self.aside is not None:
+            _put_back(self.out, self.aside)
+            self.aside = None
 
 
 @contextmanager
 def claimed(cfg, plan, data, d):
-    """Rank 0 holds the run folder for the whole run: locked, emptied for `--force`, marked, and
-    `run.json` written before any checkpoint; leftovers of a killed run are removed."""
+    """Rank 0 holds the run folder for the whole run: locked, checked again under the lock, the
+    old run set aside for `--force`, marked, and `run.json` written before any checkpoint;
+    leftovers of a killed run are removed."""
     out = Path(cfg.output_dir)
     # Every rank ran check_paths on the folder as it was; none may see rank 0's marker or run.json
     # there (a slow rank would then refuse the folder as "not empty").
@@ -199,25 +279,92 @@ def claimed(cfg, plan, data, d):
         yield RunRecord(out, None)
         return
     with claim([out], inputs(cfg), cfg.force, KIND, exists_ok=True):
+        _recover_replaced(out)
+        _check_existing(cfg, out)  # again: a run may have written here since check_paths
+        aside = _set_aside(out) if cfg.force and out.is_dir() and any(out.iterdir()) else None
         existed = out.exists()
-        fresh = not existed or cfg.force or not any(out.iterdir())
-        if cfg.force and out.is_dir():
-            for item in out.iterdir():  # checked in check_paths: an alpaca-plw run folder
-                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
+        fresh = not existed or not any(out.iterdir())
         _clean_leftovers(out)
-        with writing(out, "create"):
-            out.mkdir(parents=True, exist_ok=True)
-            if marker_kind(out) != KIND:
-                write_marker(out, KIND)
-        record = _read(out) if cfg.resume else _record(cfg, plan, data)
-        if not cfg.resume:
-            _write(out, record)
+        run = RunRecord(out, None, aside)
         try:
-            yield RunRecord(out, record)
+            with writing(out, "create"):
+                out.mkdir(parents=True, exist_ok=True)
+                if marker_kind(out) != KIND:
+                    write_marker(out, KIND)
+            run.record = _read(out) if cfg.resume else _record(cfg, plan, data)
+            if not cfg.resume:
+                _write(out, run.record)
+            yield run
         except BaseException:
-            if fresh:  # failed before its first step was logged: leave nothing behind
+            if run.aside is not None:
+                run.restore()
+            elif fresh:  # failed before its first step was logged: leave nothing behind
                 _undo(out, remove_folder=not existed)
             raise
+
+
+def _can_stand(out: Path) -> bool:
+    """A run that can replace another: it has a complete checkpoint, a complete final model
+    staged (`--resume` places it), or it finished."""
+    from alpaca_plw.train.checkpoint import FINAL_STAGE, latest_checkpoint
+
+    if latest_checkpoint(out) is not None or (out / FINAL_STAGE).is_dir():
+        return True
+    try:
+        return json.loads((out / RUN_FILE).read_text(encoding="utf-8")).get("finished") is True
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _set_aside(out: Path) -> Path:
+    aside = out.parent / f".{out.name}{REPLACED_TAG}{os.getpid()}-{secrets.token_hex(4)}"
+    with writing(out, "move aside (--force keeps the old run until the new one can replace it)"):
+        os.rename(out, aside)
+    return aside
+
+
+def _remove_run(folder: Path) -> None:
+    if marker_kind(folder) == KIND:  # only a run folder alpaca-plw wrote
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _put_back(out: Path, aside: Path) -> None:
+    """Remove the new run in `out` (created in this output's claim) and rename the old one back."""
+    with writing(out, "restore the previous run into"):
+        if out.exists():
+            if marker_kind(out) != KIND:
+                raise OutputError(f"{out}: not an alpaca-plw run folder, so it was not removed; "
+                                  f"the previous run is kept in {aside}")
+            shutil.rmtree(out)
+        os.rename(aside, out)
+
+
+def _replaced(out: Path) -> list[Path]:
+    """The run folders a `--force` on `out` set aside (our name and our marker), oldest first."""
+    try:
+        return sorted((p for p in out.parent.iterdir()
+                       if p.name.startswith(f".{out.name}{REPLACED_TAG}") and p.is_dir()
+                       and not p.is_symlink() and marker_kind(p) == KIND),
+                      key=lambda p: p.stat().st_mtime_ns)
+    except OSError:
+        return []
+
+
+def _recover_replaced(out: Path) -> None:
+    """Under the lock: a `--force` run killed while the old run was set aside. If the new run can
+    stand in its place the old one goes; else the new one goes and the old one comes back."""
+    found = _replaced(out)
+    if not found:  # one at most: every claim recovers before it sets a run aside
+        return
+    aside = found[-1]
+    if out.exists() and _can_stand(out):
+        _remove_run(aside)
+        report(f"note: {out}: removed the run an interrupted --force had set aside "
+               f"({aside.name}); the new run had replaced it")
+    else:
+        _put_back(out, aside)
+        report(f"note: {out}: an interrupted --force had saved no checkpoint; restored the "
+               f"previous run from {aside.name}")
 
 
 def _undo(out: Path, remove_folder: bool) -> None:
