@@ -43,6 +43,7 @@ def train(
     lora_alpha: Annotated[float, typer.Option("--lora-alpha", help="LoRA scaling numerator (scale = alpha / r).", rich_help_panel="LoRA")] = 16.0,
     lora_dropout: Annotated[float, typer.Option("--lora-dropout", help="Dropout on the LoRA input.", rich_help_panel="LoRA")] = 0.05,
     lora_target: Annotated[Optional[str], typer.Option("--lora-target", help="Comma-separated module names to adapt, e.g. q_proj,v_proj [default: every linear layer of the decoder].", show_default=False, rich_help_panel="LoRA")] = None,
+    base_dtype: Annotated[str, typer.Option("--base-dtype", help="dtype of the frozen base model: auto (bfloat16 on CUDA, float32 on CPU), float32 or bfloat16; the adapter stays float32.", rich_help_panel="LoRA")] = "auto",
     merge_lora: Annotated[bool, typer.Option("--merge-lora", help="Also write the base model with the adapter merged in to OUTPUT_DIR/merged/.", rich_help_panel="LoRA")] = False,
     eval_weights: Annotated[Optional[Path], typer.Option("--eval-weights", help="Evaluation set: a weights folder made with the same tokenizer.", rich_help_panel="Evaluation and tracking")] = None,
     eval_fraction: Annotated[Optional[float], typer.Option("--eval-fraction", help="Evaluation set: this share of the training records, drawn from --seed and left out of training.", rich_help_panel="Evaluation and tracking")] = None,
@@ -72,7 +73,7 @@ def train(
                           attn_implementation=attn_implementation, cpu_offload=cpu_offload,
                           device=device, dry_run=dry_run, force=force, lora_r=lora_r,
                           lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
-                          merge_lora=merge_lora, eval_weights=eval_weights,
+                          base_dtype=base_dtype, merge_lora=merge_lora, eval_weights=eval_weights,
                           eval_fraction=eval_fraction, eval_steps=eval_steps, report_to=report_to,
                           save_total_limit=save_total_limit)
         progress = TrainProgress(err)

@@ -8,6 +8,7 @@ from pathlib import Path
 from alpaca_plw.errors import ConfigError
 
 LOSS_NORMS = ("weight", "tokens")
+BASE_DTYPES = ("auto", "float32", "bfloat16")  # --base-dtype, LoRA's frozen base
 ATTN_IMPLEMENTATIONS = ("torch_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2",
                         "flash_attention_3")
 
@@ -49,6 +50,7 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.05
     lora_target: tuple[str, ...] | None = None
+    base_dtype: str = "auto"  # LoRA's frozen base: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16
     merge_lora: bool = False
     # validation, tracking, checkpoint rotation (issue 11)
     eval_weights: Path | None = None
@@ -72,6 +74,10 @@ class TrainConfig:
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
             (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
             (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),
+            (self.base_dtype in BASE_DTYPES,
+             f"--base-dtype must be one of {', '.join(BASE_DTYPES)}, got {self.base_dtype!r}"),
+            (self.base_dtype == "auto" or self.lora_r is not None,
+             "--base-dtype needs --lora-r (a full fine-tune keeps float32 weights)"),
             (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
              f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
         ]

@@ -6,6 +6,10 @@ trainable, checkpoints and the final folder hold the adapter as PEFT saves it
 `PeftModel.from_pretrained(base, DIR)`), and `--resume` loads the base again and the adapter from
 the checkpoint. `--merge-lora` also writes the merged full model to `OUTPUT_DIR/merged/`.
 
+The frozen base is held in `--base-dtype` (TrainConfig.base_dtype): `auto` is bfloat16 on CUDA
+(the common recipe: 2 bytes per base parameter, and no autocast copy of its weights) and float32 on
+the CPU; the adapter's weights, gradients and optimizer state stay float32 either way.
+
 Targets are written to `adapter_config.json` as one regular expression (PEFT stores a list as a
 set, whose order changes between processes), so the same run gives the same files.
 """
@@ -26,6 +30,21 @@ MERGED_DIR = "merged"
 
 def lora_enabled(cfg: TrainConfig) -> bool:
     return cfg.lora_r is not None
+
+
+def base_dtype_name(choice: str, device_type: str) -> str:
+    """`--base-dtype` resolved for a device type: auto is bfloat16 on CUDA, float32 elsewhere."""
+    if choice == "auto":
+        return "bfloat16" if device_type == "cuda" else "float32"
+    return choice
+
+
+def load_dtype(cfg: TrainConfig) -> torch.dtype:
+    """The dtype `--model` is loaded in: float32, or `--base-dtype` for a LoRA base."""
+    if not lora_enabled(cfg):
+        return torch.float32
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return getattr(torch, base_dtype_name(cfg.base_dtype, torch.device(device).type))
 
 
 def target_pattern(model, names: tuple[str, ...] | None) -> str:

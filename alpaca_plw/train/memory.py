@@ -1,68 +1,179 @@
 """A per-GPU memory estimate for `train --dry-run`, from the model's config alone (no weights).
 
-Bytes per parameter: fp32 master weights 4, fp32 gradients 4, AdamW's two fp32 moments 8, so a
-full fine-tune holds 16 bytes per parameter before activations (7B: 112 GB). DDP adds a gradient
-bucket copy (4 bytes per parameter). FSDP divides weights, gradients and optimizer state by the
-number of processes and holds one or two layers' bf16 parameters gathered; `--cpu-offload` moves
-the sharded state to host memory. Activations per token and layer are about 34 x hidden bytes in
-bf16 (attention by a memory-efficient kernel, no T x T scores), or 2 x hidden bytes (the layer
-input) with `--gradient-checkpointing` plus one layer recomputed in full. The loss adds the LM
-head's fp32 logits: one chunk of `--loss-chunk` positions, or every position with full logits.
+It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The terms, in bytes:
 
+- *State.* Full fine-tune: fp32 weights 4 + fp32 gradients 4 + AdamW's two fp32 moments 8 per
+  parameter (7B: 100 GiB). DDP adds a gradient bucket copy (4 per trainable parameter). FSDP
+  divides weights, gradients and optimizer state by the number of processes and holds two layers'
+  bf16 parameters gathered; `--cpu-offload` moves the sharded state to host memory. FSDP with
+  gradient accumulation (more than one micro-batch per step and process, more than one process)
+  turns gradient sync off for all but the last micro-batch, and FSDP then keeps every parameter's
+  unsharded fp32 gradient on every rank until the step's last backward: +4 per parameter.
+  LoRA: the frozen base in `--base-dtype` (2 or 4 per parameter), the adapter's fp32 weights,
+  gradients and moments (16 per adapter parameter).
+- *Autocast copies.* With fp32 weights, autocast casts every linear layer's weight to bf16 once per
+  forward and keeps the copy (cache, then saved for backward) until backward: 2 bytes per linear
+  parameter (LM head included; the input embedding is looked up, not cast). None where the
+  weights are bf16 already (FSDP's bf16 gathered parameters, a bf16 LoRA base).
+- *Activations*, bytes per token and decoder layer, h hidden, i intermediate, kv = kv heads x head
+  dim, a = attention heads, r = LoRA rank. Measured, not derived: the bytes autograd saves in a
+  Llama layer under CPU bf16 autocast (`saved_tensors_hooks`, deduplicated by storage, weights and
+  their bf16 copies left out), fitted exactly (residual 0) over 8 shapes (hidden 64-128, 1-8 kv
+  heads, intermediate 2-4 x hidden) with an attention kernel that keeps q, k, v, the output and a
+  log-sum-exp per head and token (flash / memory-efficient; no T x T scores, which would be
+  kernel-specific and not per token):
+
+      fp32 weights (one GPU, DDP):         30 h + 4 kv + 8 i + 4 a + 8   (Llama-7B: 55.5 x h)
+      bf16 weights (FSDP):                 20 h + 4 kv + 8 i + 4 a + 8   (Llama-7B: 45.5 x h)
+      LoRA on all linear layers, dropout:  48 h + 4 kv + 12 i + 14 r + 4 a + 8  (either base dtype)
+      LoRA, --lora-dropout 0:              24 h + 4 kv + 8 i + 14 r + 4 a + 8
+
+  The fp32-weight case keeps the residual stream in fp32 (RMSNorm's input and normalised output,
+  4 h each, twice) and three bf16 casts of the attention input. Outside the layers, per token:
+  8 h + 8 x head dim + 12 (fp32 weights) or 6 h + 4 x head dim + 12 (bf16): the final norm, the
+  rotary tables, the ids. With `--gradient-checkpointing` each layer keeps only its input
+  (4 h per token in fp32, 2 h in bf16) and one layer is recomputed at a time (its activations
+  above). LoRA on fewer modules (`--lora-target`) saves less: the all-linear figure is an upper
+  bound.
+- *Logits*: the LM head's fp32 logits, one chunk of `--loss-chunk` positions, or every position
+  with full logits.
+
+Each term is tested against a measured CPU run of a small model (tests/train/test_memory_*.py).
 This is an estimate for choosing flags; allocator fragmentation and kernel workspaces come on top.
 """
 
 from __future__ import annotations
 
+import re
+
 GIB = 2**30
+FULL_FP32 = (30, 4, 8)  # activation bytes per token and layer: (x h, x kv, x i), + 4 a + 8
+FULL_BF16 = (20, 4, 8)
+LORA_DROPOUT = (48, 4, 12)  # + 14 r
+LORA_NO_DROPOUT = (24, 4, 8)
 
 
-def model_shape(model: str) -> dict:
-    """Parameter count and the dimensions the estimate needs, from the config (meta device)."""
+def shape_of(model) -> dict:
+    """The dimensions the estimate needs, from a (meta or real) causal LM."""
+    import torch
+
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    hidden, heads = int(text.hidden_size), int(text.num_attention_heads)
+    head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+    linear = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)]
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "layers": int(text.num_hidden_layers), "hidden": hidden, "heads": heads,
+            "kv_heads": int(getattr(text, "num_key_value_heads", None) or heads),
+            "head_dim": head_dim,
+            "intermediate": int(getattr(text, "intermediate_size", None)
+                                or getattr(text, "ffn_dim", None) or 4 * hidden),
+            "vocab": int(text.vocab_size),
+            "linear_params": sum(i * o for _, i, o in linear),
+            "linear": linear}
+
+
+def meta_model(model: str):
+    """The model named by `--model`, built on the meta device from its config (no weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(model)
     with torch.device("meta"):
-        meta = AutoModelForCausalLM.from_config(config)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return {"params": sum(p.numel() for p in meta.parameters()),
-            "layers": int(getattr(text, "num_hidden_layers")),
-            "hidden": int(getattr(text, "hidden_size")),
-            "vocab": int(getattr(text, "vocab_size"))}
+        return AutoModelForCausalLM.from_config(config)
+
+
+def model_shape(model: str) -> dict:
+    """`shape_of` the model named by `--model`."""
+    return shape_of(meta_model(model))
+
+
+def lora_params(shape: dict, r: int, pattern: str) -> int:
+    """Adapter parameters: r x (in + out) for each linear layer whose name `pattern` matches."""
+    return sum(r * (i + o) for name, i, o in shape["linear"] if re.match(pattern, name))
+
+
+def activation_bytes(shape: dict, tokens: int, bf16_weights: bool, checkpointing: bool,
+                     lora_r: int | None = None, lora_dropout: bool = True) -> float:
+    """Bytes autograd keeps for one micro-batch of `tokens` tokens (see the module docstring)."""
+    h, kv = shape["hidden"], shape["kv_heads"] * shape["head_dim"]
+    if lora_r is None:
+        a, b, c = FULL_BF16 if bf16_weights else FULL_FP32
+        extra = 0
+    else:
+        a, b, c = LORA_DROPOUT if lora_dropout else LORA_NO_DROPOUT
+        extra = 14 * lora_r
+    layer = a * h + b * kv + c * shape["intermediate"] + extra + 4 * shape["heads"] + 8
+    outside = (6 * h + 4 * shape["head_dim"] if bf16_weights else 8 * h + 8 * shape["head_dim"]) + 12
+    if checkpointing:
+        kept = (2 if bf16_weights else 4) * h * shape["layers"] + layer
+    else:
+        kept = layer * shape["layers"]
+    return float(tokens * (kept + outside))
+
+
+def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, cpu_offload: bool,
+                   checkpointing: bool, loss_chunk: int, *, grad_accum: int = 1,
+                   lora_r: int | None = None, adapter_params: int = 0, lora_dropout: bool = True,
+                   base_dtype: str = "float32") -> dict:
+    """Bytes per GPU of each term: parameters, gradients, optimizer, autocast_copies, activations,
+    logits (the terms of the module docstring), for a CUDA run with bf16 autocast."""
+    n, layers, vocab = shape["params"], shape["layers"], shape["vocab"]
+    sharded = fsdp or cpu_offload
+    share = 0.0 if cpu_offload else (1.0 / world if sharded else 1.0)
+    lora = lora_r is not None
+    trainable = adapter_params if lora else n
+    base_bytes = (2 if base_dtype == "bfloat16" else 4) if lora else 4
+    bf16_weights = sharded or (lora and base_dtype == "bfloat16")  # FSDP gathers bf16 on CUDA
+    gathered = 2 * 2 * n / max(1, layers) if sharded else 0.0  # two layers' bf16 parameters
+    params = (base_bytes * (n if lora else 0) + 4 * trainable) * share + gathered
+    grads = 4 * trainable * share
+    if not sharded and world > 1:
+        grads += 4 * trainable  # DDP buckets
+    if fsdp and world > 1 and grad_accum > 1:
+        grads += 4 * trainable  # unsharded gradients while sync is off (FSDP accumulation)
+    copies = 2 * adapter_params if lora else 0.0
+    if not bf16_weights:
+        copies += 2 * shape["linear_params"]
+    positions = min(loss_chunk, tokens_per_micro) if loss_chunk else tokens_per_micro
+    return {"parameters": params, "gradients": grads, "optimizer": 8 * trainable * share,
+            "autocast_copies": copies,
+            "activations": activation_bytes(shape, tokens_per_micro, bf16_weights, checkpointing,
+                                            lora_r, lora_dropout),
+            "logits": positions * vocab * (4 + 4 + (0 if loss_chunk else 2)),
+            "host_offload": 16 * trainable + (base_bytes * n if lora else 0) if cpu_offload else 0.0}
 
 
 def estimate(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, cpu_offload: bool,
-             checkpointing: bool, loss_chunk: int) -> dict:
-    """GiB per GPU: parameters, gradients, optimizer state, activations, logits and their total."""
-    n, layers, hidden, vocab = shape["params"], shape["layers"], shape["hidden"], shape["vocab"]
-    sharded = fsdp or cpu_offload
-    share = 0.0 if cpu_offload else (1.0 / world if sharded else 1.0)
-    gathered = 2 * 2 * n / max(1, layers) if sharded else 0.0  # two layers' bf16 parameters
-    params = 4 * n * share + gathered
-    grads = 4 * n * share + (4 * n if (not sharded and world > 1) else 0.0)  # DDP buckets
-    optimizer = 8 * n * share
-    per_layer = 34 * hidden * tokens_per_micro
-    activations = (2 * hidden * tokens_per_micro * layers + per_layer) if checkpointing \
-        else per_layer * layers
-    positions = min(loss_chunk, tokens_per_micro) if loss_chunk else tokens_per_micro
-    logits = positions * vocab * (4 + 4 + (0 if loss_chunk else 2))
-    parts = {"parameters": params, "gradients": grads, "optimizer": optimizer,
-             "activations": activations, "logits": logits}
+             checkpointing: bool, loss_chunk: int, **options) -> dict:
+    """`estimate_bytes` in GiB (2 decimals) with their GPU total, for printing."""
+    parts = estimate_bytes(shape, tokens_per_micro, world, fsdp, cpu_offload, checkpointing,
+                           loss_chunk, **options)
+    host = parts.pop("host_offload")
     out = {k: round(v / GIB, 2) for k, v in parts.items()}
     out["total"] = round(sum(parts.values()) / GIB, 2)
-    out["host_offload"] = round(16 * n / GIB, 2) if cpu_offload else 0.0
-    out["params_billion"] = round(n / 1e9, 3)
+    out["host_offload"] = round(host / GIB, 2)
+    out["params_billion"] = round(shape["params"] / 1e9, 3)
     out["tokens_per_micro_batch"] = tokens_per_micro
     return out
 
 
 def plan_memory(cfg, plan, longest: int) -> dict | None:
     """The estimate for a run's plan, or None when the model's config cannot be read."""
+    from alpaca_plw.train.lora import base_dtype_name, target_pattern
+
     try:
-        shape = model_shape(cfg.model)
+        meta = meta_model(cfg.model)
+        shape = shape_of(meta)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
     tokens = plan.max_tokens if plan.packing else cfg.micro_batch_size * longest
-    return estimate(shape, tokens, plan.world_size, cfg.fsdp, getattr(cfg, "cpu_offload", False),
-                    cfg.gradient_checkpointing, cfg.loss_chunk)
+    options = {"grad_accum": plan.grad_accum}
+    if cfg.lora_r is not None:
+        pattern = target_pattern(meta, cfg.lora_target)
+        options.update(lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout > 0,
+                       adapter_params=lora_params(shape, cfg.lora_r, pattern),
+                       base_dtype=base_dtype_name(cfg.base_dtype, "cuda"))
+    return estimate(shape, tokens, plan.world_size, cfg.fsdp, cfg.cpu_offload,
+                    cfg.gradient_checkpointing, cfg.loss_chunk, **options)
