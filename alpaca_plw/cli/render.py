@@ -175,8 +175,12 @@ def plan_table(plan) -> Table:
     if memory:
         rows.append(("memory per GPU (estimate)",
                      f"{memory['total']:.1f} GiB = weights {memory['parameters']:.1f} + grads "
-                     f"{memory['gradients']:.1f} + AdamW {memory['optimizer']:.1f} + activations "
-                     f"{memory['activations']:.1f} + logits {memory['logits']:.1f}"))
+                     f"{memory['gradients']:.1f} + AdamW {memory['optimizer']:.1f} + bf16 copies "
+                     f"{memory['autocast_copies']:.1f} + activations {memory['activations']:.1f} "
+                     f"+ logits {memory['logits']:.1f}"))
+        gpu = memory.get("gpu_memory")
+        rows.append(("fits the GPU", "unknown: no GPU here; give --gpu-memory GIB" if gpu is None
+                     else f"{'yes' if memory['fits'] else 'no'}: {memory['total']:.1f} of {gpu:g} GiB"))
         if memory["host_offload"]:
             rows.append(("host memory (CPU offload)", f"{memory['host_offload']:.1f} GiB"))
     if getattr(plan, "eval_records", 0):

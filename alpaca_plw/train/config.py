@@ -42,6 +42,7 @@ class TrainConfig:
     compile: bool = False
     device: str | None = None  # None: cuda when available, else cpu
     dry_run: bool = False
+    gpu_memory: float | None = None  # GiB per GPU the --dry-run estimate is checked against
     force: bool = False
     attn_implementation: str | None = None  # None: torch_varlen for packed CUDA runs, else the model's
     cpu_offload: bool = False  # FSDP CPU offload of shards, gradients, optimizer (also 1 process)
@@ -74,6 +75,8 @@ class TrainConfig:
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
             (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
             (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),
+            (self.gpu_memory is None or self.gpu_memory > 0, "--gpu-memory must be positive (GiB)"),
+            (self.gpu_memory is None or self.dry_run, "--gpu-memory needs --dry-run"),
             (self.base_dtype in BASE_DTYPES,
              f"--base-dtype must be one of {', '.join(BASE_DTYPES)}, got {self.base_dtype!r}"),
             (self.base_dtype == "auto" or self.lora_r is not None,

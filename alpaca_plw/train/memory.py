@@ -3,7 +3,7 @@
 It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The terms, in bytes:
 
 - *State.* Full fine-tune: fp32 weights 4 + fp32 gradients 4 + AdamW's two fp32 moments 8 per
-  parameter (7B: 100 GiB). DDP adds a gradient bucket copy (4 per trainable parameter). FSDP
+  parameter (7B: 100 GiB). DDP's gradients are views of its buckets (no second copy). FSDP
   divides weights, gradients and optimizer state by the number of processes and holds two layers'
   bf16 parameters gathered; `--cpu-offload` moves the sharded state to host memory. FSDP with
   gradient accumulation (more than one micro-batch per step and process, more than one process)
@@ -128,9 +128,7 @@ def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, c
     bf16_weights = sharded or (lora and base_dtype == "bfloat16")  # FSDP gathers bf16 on CUDA
     gathered = 2 * 2 * n / max(1, layers) if sharded else 0.0  # two layers' bf16 parameters
     params = (base_bytes * (n if lora else 0) + 4 * trainable) * share + gathered
-    grads = 4 * trainable * share
-    if not sharded and world > 1:
-        grads += 4 * trainable  # DDP buckets
+    grads = 4 * trainable * share  # DDP: the gradients are views of its buckets, no copy
     if fsdp and world > 1 and grad_accum > 1:
         grads += 4 * trainable  # unsharded gradients while sync is off (FSDP accumulation)
     copies = 2 * adapter_params if lora else 0.0
@@ -160,7 +158,9 @@ def estimate(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, cpu_off
 
 
 def plan_memory(cfg, plan, longest: int) -> dict | None:
-    """The estimate for a run's plan, or None when the model's config cannot be read."""
+    """The estimate for a run's plan, or None when the model's config cannot be read; with
+    `gpu_memory` (GiB: `--gpu-memory`, else the planned CUDA device's when this machine has it,
+    else None) and `fits` (total <= gpu_memory, None when unknown)."""
     from alpaca_plw.train.lora import base_dtype_name, target_pattern
 
     try:
@@ -175,5 +175,17 @@ def plan_memory(cfg, plan, longest: int) -> dict | None:
         options.update(lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout > 0,
                        adapter_params=lora_params(shape, cfg.lora_r, pattern),
                        base_dtype=base_dtype_name(cfg.base_dtype, "cuda"))
-    return estimate(shape, tokens, plan.world_size, cfg.fsdp, cfg.cpu_offload,
-                    cfg.gradient_checkpointing, cfg.loss_chunk, **options)
+    out = estimate(shape, tokens, plan.world_size, cfg.fsdp, cfg.cpu_offload,
+                   cfg.gradient_checkpointing, cfg.loss_chunk, **options)
+    out["gpu_memory"] = cfg.gpu_memory or device_memory(plan.device)
+    out["fits"] = None if out["gpu_memory"] is None else out["total"] <= out["gpu_memory"]
+    return out
+
+
+def device_memory(device: str) -> float | None:
+    """GiB of the CUDA device the plan names, when this machine has it; else None (unknown)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.get_device_properties(torch.device(device)).total_memory / GIB, 2)

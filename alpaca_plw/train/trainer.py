@@ -76,7 +76,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     `on_plan(plan)` once, on rank 0, before training starts; `on_event(name, info)`: features.py.
     """
     _quiet_transformers()
-    d = setup(cfg.device)
+    d = setup(cfg.device, plan_only=cfg.dry_run)  # --dry-run plans a GPU run without one
     features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
     run_record.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
     data = read_weights_dir(cfg.weights_dir)

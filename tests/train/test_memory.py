@@ -31,7 +31,9 @@ def test_seven_billion_state_is_16_bytes_per_parameter_split_by_fsdp(tmp_path):
     assert eight["optimizer"] == pytest.approx(8 * n / 8 / GIB, abs=0.01)
     assert eight["parameters"] == pytest.approx(4 * n / 8 / GIB + gathered, abs=0.01)
     ddp = estimate(shape, 4096, 8, False, False, True, 4096)
-    assert ddp["gradients"] == pytest.approx(8 * n / GIB, abs=0.01)  # grads + DDP buckets
+    assert ddp["gradients"] == pytest.approx(4 * n / GIB, abs=0.01)  # views of DDP's buckets
+    accumulating = estimate(shape, 4096, 8, True, False, True, 4096, grad_accum=4)
+    assert accumulating["gradients"] - eight["gradients"] == pytest.approx(4 * n / GIB, abs=0.01)
     offload = estimate(shape, 4096, 1, False, True, True, 4096)
     assert offload["optimizer"] == 0 and offload["host_offload"] == pytest.approx(16 * n / GIB, abs=0.01)
     assert offload["total"] < 141e9 / GIB < one["total"] + 30  # fits one H200 with offload
@@ -63,6 +65,52 @@ def test_dry_run_prints_a_memory_estimate(run_inputs, run_cli, tmp_path):
     assert code == 0, err
     assert "memory per GPU" in stdout and "AdamW" in stdout
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This machine as one without a GPU, whatever it has (set_device would fail the test)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("CUDA touched")
+
+    monkeypatch.setattr(torch.cuda, "set_device", refuse)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", refuse)
+
+
+@pytest.mark.parametrize("gpu_memory, verdict", [(None, "unknown: no GPU here; give --gpu-memory"),
+                                                 (80, "yes: "), (1e-4, "no: ")])
+def test_dry_run_plans_a_cuda_run_on_a_machine_without_a_gpu(run_inputs, run_cli, tmp_path, no_cuda,
+                                                             gpu_memory, verdict):
+    model_dir, weights = run_inputs
+    extra = [] if gpu_memory is None else ["--gpu-memory", gpu_memory]
+    code, stdout, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
+                                 tmp_path / "run", "--dry-run", "--device", "cuda", *extra])
+    assert code == 0 and "Traceback" not in err, err
+    assert "cuda:0 (bf16 autocast)" in stdout and "packed" in stdout  # the GPU recipe's plan
+    assert "memory per GPU" in stdout and "bf16 copies" in stdout and verdict in stdout
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_training_on_a_device_torch_cannot_use_is_one_error_line(run_inputs, run_cli, tmp_path,
+                                                                 no_cuda, monkeypatch, device):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    model_dir, weights = run_inputs
+    code, _, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
+                            tmp_path / "run", "--device", device, "--max-steps", "1"])
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert f"--device {device}" in err and "--dry-run" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_gpu_memory_without_dry_run_is_one_error_line(run_inputs, run_cli, tmp_path):
+    model_dir, weights = run_inputs
+    code, _, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
+                            tmp_path / "run", "--device", "cpu", "--gpu-memory", "80"])
+    assert code == 2 and "--gpu-memory needs --dry-run" in err and "Traceback" not in err, err
 
 
 
