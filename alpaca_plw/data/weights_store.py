@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.errors import InputError
+from alpaca_plw.errors import InputError, abbreviate
 from alpaca_plw.data.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
@@ -134,7 +134,9 @@ def read_weights_dir(directory: Path) -> WeightsData:
         raise InputError(f"{directory}: no alpaca_plw metadata; was it written by `alpaca-plw weights`?")
     if table.num_rows == 0:
         raise InputError(f"{directory}: the weights dataset has no records")
-    return WeightsData(Path(directory), table, _check_values(directory, table, _meta(directory, raw)))
+    meta = _check_values(directory, table, _meta(directory, raw))
+    _check_rows(directory, table, meta)
+    return WeightsData(Path(directory), table, meta)
 
 
 def _meta(directory: Path, raw: bytes) -> dict:
@@ -147,8 +149,13 @@ def _meta(directory: Path, raw: bytes) -> dict:
         raise InputError(f"{directory}: its alpaca_plw metadata is a JSON {type(meta).__name__}, "
                          "expected an object; rebuild it with `alpaca-plw weights`")
     plw = meta.get("plw")
-    if plw is not None and (isinstance(plw, bool) or not isinstance(plw, (int, float))):
-        raise InputError(f"{directory}: PLW {plw!r} in its metadata is not a number")
+    if plw is None:
+        raise InputError(f"{directory}: its alpaca_plw metadata has no PLW (key 'plw'); rebuild "
+                         "it with `alpaca-plw weights`")
+    if isinstance(plw, bool) or not isinstance(plw, (int, float)):
+        raise InputError(f"{directory}: PLW {abbreviate(plw)} in its metadata is not a number")
+    if not 0.0 <= plw <= 1.0:  # also NaN
+        raise InputError(f"{directory}: PLW {plw!r} in its metadata lies outside [0, 1]")
     if not isinstance(meta.get("tokenizer", {}), dict):
         raise InputError(f"{directory}: tokenizer {meta['tokenizer']!r} in its metadata is not an object")
     return meta
@@ -169,3 +176,96 @@ def _check_values(directory: Path, table: pa.Table, meta: dict) -> dict:
                              f"{values[bad[0]]} at position {int(bad[0] - offsets[row])}; loss "
                              "weights must be finite and >= 0; rebuild it with `alpaca-plw weights`")
     return meta
+
+
+def _expected_weights(meta: dict, roles: np.ndarray | None, prompt: np.ndarray):
+    """The weight each token should carry by the metadata, and what it is, for the message:
+    Alpaca: PLW before `prompt_length`, 1.0 after; conversations: the role's weight. None when
+    the metadata does not say (conversation weights without `role_weights`)."""
+    plw = np.float32(meta["plw"])
+    if roles is None:
+        return (np.where(prompt, plw, np.float32(1.0)),
+                lambda i: "a prompt token" if prompt[i] else "a completion token")
+    from alpaca_plw.data.chat_weights import ROLE_CODES
+
+    role_weights = meta.get("role_weights")
+    if not isinstance(role_weights, dict) or list(meta.get("role_codes", ROLE_CODES)) != list(ROLE_CODES):
+        return None
+    by_role = {**role_weights, "assistant": 1.0, "assistant_end": 1.0, "assistant_prompt": meta["plw"]}
+    try:
+        table = np.array([by_role[name] for name in ROLE_CODES], dtype=np.float32)
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"role_weights {abbreviate(role_weights)} in its metadata are not a "
+                         f"number per role ({', '.join(ROLE_CODES[:4])})") from None
+    codes = np.clip(roles, 0, len(ROLE_CODES) - 1)
+    return table[codes], lambda i: f"a token of role {ROLE_CODES[codes[i]]!r}"
+
+
+def _check_rows(directory: Path, table: pa.Table, meta: dict) -> None:
+    """Each record's rows agree: no nulls, as many loss weights (and roles) as token ids,
+    `prompt_length` within [0, length], and every weight the one its metadata (PLW, role weights)
+    gives that token; the first disagreement is named. One Arrow batch at a time (bounded memory)."""
+    names = ["input_ids", "loss_weight", "prompt_length", "source_index"] + \
+        ([ROLE_COLUMN] if ROLE_COLUMN in table.column_names else [])
+    first = 0
+    for batch in table.select(names).to_batches():
+        cols = dict(zip(names, batch.columns))
+
+        def where(row: int | None, start: int = first) -> str:
+            if row is None:
+                return str(directory)
+            return f"{directory}: record {start + row} (source record {cols['source_index'][row].as_py()})"
+
+        try:
+            _check_batch(cols, meta)
+        except _RowError as exc:
+            raise InputError(f"{where(exc.row)}: {exc.message}; rebuild it with "
+                             "`alpaca-plw weights`") from None
+        first += batch.num_rows
+
+
+class _RowError(Exception):
+    def __init__(self, row: int | None, message: str):
+        super().__init__(message)
+        self.row, self.message = row, message
+
+
+def _check_batch(cols: dict[str, pa.Array], meta: dict) -> None:
+    for name, column in cols.items():
+        is_list = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+        if column.null_count or (is_list and column.flatten().null_count):
+            rows = np.flatnonzero(np.asarray(column.is_null(), dtype=bool))
+            raise _RowError(int(rows[0]) if rows.size else None,
+                            f"column {name!r} holds a null value")
+    lengths = np.diff(cols["input_ids"].offsets.to_numpy())
+    for name in ("loss_weight", ROLE_COLUMN):
+        if name in cols:
+            other = np.diff(cols[name].offsets.to_numpy())
+            bad = np.flatnonzero(other != lengths)
+            if bad.size:
+                row = int(bad[0])
+                raise _RowError(row, f"{int(other[row])} values in {name!r} for {int(lengths[row])} "
+                                     "token ids; each token needs one")
+    prompt = cols["prompt_length"].to_numpy().astype(np.int64)
+    bad = np.flatnonzero((prompt < 0) | (prompt > lengths))
+    if bad.size:
+        row = int(bad[0])
+        raise _RowError(row, f"prompt_length {int(prompt[row])} lies outside [0, "
+                             f"{int(lengths[row])}] (its token count)")
+    rows = np.repeat(np.arange(lengths.size), lengths)
+    within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    roles = cols[ROLE_COLUMN].flatten().to_numpy() if ROLE_COLUMN in cols else None
+    try:
+        expected = _expected_weights(meta, roles, within < prompt[rows])
+    except InputError as exc:
+        raise _RowError(None, str(exc)) from None
+    if expected is None:
+        return
+    weights = cols["loss_weight"].flatten().to_numpy()
+    bad = np.flatnonzero(~np.isclose(weights, expected[0], rtol=1e-6, atol=0.0))
+    if bad.size:
+        i = int(bad[0])
+        raise _RowError(int(rows[i]), f"loss weight {float(weights[i]):g} at position "
+                        f"{int(within[i])} ({expected[1](i)}) but its metadata says "
+                        f"{float(expected[0][i]):g} (PLW {meta['plw']!r}): the weights and the "
+                        "metadata disagree")

@@ -67,10 +67,16 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return found
 
 
-def _weights_copy(ws: Path, dst: Path, weights=None, meta: bytes | None = None) -> Path:
-    """A copy of ws/weights with its loss weights or raw metadata replaced."""
+def _weights_copy(ws: Path, dst: Path, weights=None, meta: bytes | None = None, edit=None,
+                  meta_update: dict | None = None) -> Path:
+    """A copy of ws/weights with its loss weights or raw metadata replaced, `meta_update` merged
+    into its metadata, or its table passed through `edit(table) -> table`."""
     with pa.memory_map(str(ws / "weights" / ARROW)) as src:
         table = pa.ipc.open_stream(src).read_all()
+    if meta_update is not None:
+        meta = json.dumps({**json.loads(table.schema.metadata[b"alpaca_plw"]), **meta_update}).encode()
+    if edit is not None:
+        table = edit(table.combine_chunks())
     if weights is not None:
         column = table.column("loss_weight").combine_chunks()
         values = column.values.to_numpy().copy()
@@ -85,6 +91,26 @@ def _weights_copy(ws: Path, dst: Path, weights=None, meta: bytes | None = None) 
     with pa.OSFile(str(dst / ARROW), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         writer.write_table(table)
     return dst
+
+
+def _shift_weights(table: pa.Table) -> pa.Table:
+    """Record 0 loses its last loss weight to record 1: both rows' lengths disagree with input_ids."""
+    column = table.column("loss_weight").chunk(0)
+    offsets = column.offsets.to_numpy().copy()
+    offsets[1] -= 1
+    new = pa.ListArray.from_arrays(pa.array(offsets), column.values)
+    return table.set_column(table.column_names.index("loss_weight"), "loss_weight", new)
+
+
+def _prompt_length(value) -> object:
+    """An edit setting record 0's prompt_length to `value(length of record 0)`."""
+    def edit(table: pa.Table) -> pa.Table:
+        lengths = np.diff(table.column("input_ids").chunk(0).offsets.to_numpy())
+        prompt = table.column("prompt_length").to_numpy().copy()
+        prompt[0] = value(int(lengths[0]), int(prompt[0]))
+        return table.set_column(table.column_names.index("prompt_length"), "prompt_length",
+                                pa.array(prompt, pa.int32()))
+    return edit
 
 
 # --- the corpus: (id, make(ws, tmp) -> args, exit code, text in the error, new files allowed) ----
@@ -273,6 +299,20 @@ CASES = [
      2, "not valid JSON", ()),
     ("train-metadata-not-object", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta=b"[1]")),
      2, "expected an object", ()),
+    ("train-weights-row-lengths-disagree", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", edit=_shift_weights)),
+     2, "record 0 (source record 0): ", ()),
+    ("train-prompt-length-negative", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", edit=_prompt_length(lambda n, p: -1))),
+     2, "prompt_length -1 lies outside [0, ", ()),
+    ("train-prompt-length-beyond-record", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", edit=_prompt_length(lambda n, p: n + 1))),
+     2, "lies outside [0, ", ()),
+    ("train-prompt-length-moved", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", edit=_prompt_length(lambda n, p: p - 2))),
+     2, "(a completion token) but its metadata says 1 (PLW 0.1)", ()),
+    ("train-metadata-plw-null", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta_update={"plw": None})),
+     2, "has no PLW", ()),
+    ("train-metadata-plw-text", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta_update={"plw": "0.1"})),
+     2, "PLW '0.1' in its metadata is not a number", ()),
+    ("train-metadata-plw-contradicts-weights", lambda ws, t: _train(ws, t / "run", weights=_weights_copy(ws, t / "w", meta_update={"plw": 0.5})),
+     2, "but its metadata says 0.5 (PLW 0.5): the weights and the metadata disagree", ()),
     ("train-lr-inf", lambda ws, t: _train(ws, t / "run", "--lr", "inf"), 2, "--lr", ()),
     ("train-lr-nan", lambda ws, t: _train(ws, t / "run", "--lr", "nan"), 2, "--lr", ()),
     ("train-epochs-huge", lambda ws, t: _train(ws, t / "run", "--epochs", "1e300"), 2, "--epochs", ()),
@@ -295,7 +335,8 @@ CASES = [
     ("train-resume-other-steps", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--max-steps", "3"),
      2, "steps", ()),
     ("train-resume-other-weights", lambda ws, t: _train(ws, ws / "unfinished", "--resume",
-                                                        weights=_weights_copy(ws, t / "w", 0.5)), 2, "weights data", ()),
+                                                        weights=_weights_copy(ws, t / "w", meta_update={"note": "x"})),
+     2, "weights data", ()),
     ("train-resume-and-force", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--force"), 2, "contradict", ()),
     ("train-resume-unmarked", lambda ws, t: _train(ws, _user_folder(t), "--resume"), 2, "run.json", ()),
     ("train-corrupt-model", lambda ws, t: _train(ws, t / "run", model=_corrupt_model(ws, t)), 2, "--model", ()),

@@ -203,6 +203,29 @@ def test_role_weights_override_plw_per_role(tmp_path):
         assert (roles == code).any() and np.allclose(weights[roles == code], expected), code
 
 
+def test_chat_weights_read_back_checked_and_a_role_weight_the_data_contradicts_is_named(tmp_path):
+    import json
+
+    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.errors import InputError
+
+    table = run_weights(tmp_path / "w", "chatml", 512, "--role-weights", "system=0,user=0.5",
+                        "--assistant-turns", "last")
+    assert read_weights_dir(tmp_path / "w").meta["role_weights"]["user"] == 0.5  # consistent
+    meta = json.loads(table.schema.metadata[b"alpaca_plw"])
+    meta["role_weights"]["user"] = 0.3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    table = table.replace_schema_metadata({**table.schema.metadata,
+                                           b"alpaca_plw": json.dumps(meta).encode()})
+    with pa.OSFile(str(bad / "data-00000-of-00001.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(InputError, match=r"loss weight 0.5 at position \d+ \(a token of role 'user'\) "
+                                         r"but its metadata says 0.3"):
+        read_weights_dir(bad)
+
+
 def regenerate_golden() -> None:
     """Rewrite the golden file from the current code (explain every change in CHANGELOG.md)."""
     with tempfile.TemporaryDirectory() as tmp:
