@@ -3,18 +3,33 @@
 For each model shape (LLaMA architecture, random init, the same saved model for both sides) and the
 same loss-weights data, both sides run the same optimizer steps on the same records:
 
-  (a) baseline: right-padded micro-batches of --micro sequences, full-vocabulary logits upcast to
-      fp32, CrossEntropyLoss(reduction="none"), weighted mean per micro-batch, AdamW, the Hugging
-      Face cosine schedule, gradient clipping at 1.0;
+  (a) baseline (`baseline_recipe` in the JSON): a hand loop written to what the Hugging Face
+      `Trainer` does by default with a model that computes its own loss: right-padded
+      micro-batches of --micro sequences (the collator pads to the longest row), bf16 autocast on
+      CUDA, the full-vocabulary logits upcast to fp32 (as `ForCausalLMLoss` does), per-token
+      cross-entropy, AdamW (fused on CUDA), a cosine schedule without warm-up, gradient clipping
+      at 1.0, no gradient checkpointing unless --gradient-checkpointing (then on both sides).
+      The prompt loss weights make it the common PLW recipe: a weighted mean per micro-batch,
+      divided by the accumulation steps. It is NOT TRL's `SFTTrainer`: TRL is not on the GPU image,
+      it cannot be made to take the same records per step without its own sampler, and its
+      defaults differ (gradient checkpointing on, a fused chunked LM head instead of full logits,
+      a step-level token mean, two `.item()` metric reads per micro-batch). The loss normalisation
+      does not change the work done, so the timing compares the same computation either way.
   (b) alpaca-plw: `alpaca_plw.train.trainer.train` (packing by --max-tokens, chunked weighted CE,
-      exact step mean; the same optimizer, schedule and clipping).
+      exact step mean; the same optimizer, schedule and clipping; the attention the trainer
+      chooses, recorded as `plw_attention`).
 
 Same on both sides, by construction and checked at run time:
   - records per optimizer step: one `DataOrder` (seed 42, --micro x --batch/--micro), so both sides
     see equal real tokens per optimizer step (`tokens_per_step`);
+  - order: the sides alternate (baseline, plw, plw, baseline, ... over --rounds; the first side
+    alternates per shape), so warm caches or clock boosts favour neither; `run_order` records it
+    and `*_tok_s_rounds` each run, the headline figures being the median per side;
   - throughput: real tokens (padding excluded) of the timed steps / wall time of the timed steps,
     timed from the end of the last warm-up step to the end of the last step (`torch.cuda.synchronize`
     at every step end); the first --warmup steps are excluded on both sides;
+  - host reads: one per optimizer step on both sides (the baseline accumulates its loss sums on
+    the device and reads them once, after the step);
   - FLOPs: per token 6 N + 12 x layers x hidden x l, where l is the REAL length of the token's own
     record on both sides (the baseline's padding and any cross-record attention are not credited;
     not halved for causality). N = all parameters except the input embedding matrix; the LM head
@@ -23,39 +38,67 @@ Same on both sides, by construction and checked at run time:
   - MFU against 989 TFLOP/s (H200 dense bf16 spec: `mfu`, `baseline_mfu`) and 790 TFLOP/s (the
     matmul peak measured on this H200: `mfu_measured_peak`, `baseline_mfu_measured_peak`); only on
     CUDA (on CPU the achieved TFLOP/s are reported and the MFU fields are null);
-  - peak memory per side (`torch.cuda.max_memory_allocated`, reset between sides; null on CPU);
+  - peak memory per side (`torch.cuda.max_memory_allocated`, reset before each run; null on CPU);
   - losses per side after the same steps (exact weighted step mean; step 1 runs before any update,
     so its two losses agree up to kernels and chunking: `loss_step1_*`).
+
+Shapes (LLaMA, vocabulary 32,000, untied head; sizes for one H200, 141 GB):
+  tiny  hidden 64, 2 layers, 4 heads (head_dim 16): the CPU smoke shape;
+  1.1b  TinyLlama-1.1B: hidden 2048, 22 layers, 32 heads, 4 kv heads, MLP 5632 (head_dim 64);
+  3b    a 3B shape with head_dim 128 (Llama-3.2-3B's geometry): hidden 3072, 28 layers, 24 heads,
+        8 kv heads, MLP 8192;
+  7b    Llama-2-7B: hidden 4096, 32 layers, 32 heads, 32 kv heads, MLP 11008 (head_dim 128); fp32
+        weights + gradients + AdamW take ~108 GB, so on one H200 run it with
+        --gradient-checkpointing (and --micro 4 or less).
+Every head_dim is a multiple of 8, so sdpa keeps its flash / memory-efficient kernels in bf16.
+
+Device check (`--device-check`, CPU only, for CI): the run executes on the CPU under
+`HostTensorCheck`, which treats the CPU as two devices: tensors made on the host (from numpy,
+factories without `device=`, `.cpu()`) stay "host" until `.to(device)` moves them, and an operation
+mixing a host tensor (more than 0-dim) with a device tensor raises `DeviceMismatch`, as CUDA would.
+Both sides run end to end under it (loading, start-up checks, every micro-batch, the optimizer),
+so a tensor left on the host while the model is on the GPU fails on a machine without one.
+Not covered: the CUDA-only branches (pinned memory, the trainer's background collation, autocast).
 
 Paths are flags (the GPU machine has no ../shared): --data (an Alpaca JSON, made into weights here
 with PLW --plw, cut at --max-length) or --weights (a folder written by `alpaca-plw weights`), and
 --tokenizer (a LLaMA tokenizer folder, copied into each model folder). Defaults: ../shared beside the
-checkout when it exists. Nothing here imports `datasets`.
+checkout when it exists. Nothing here imports `datasets` or `trl`.
 
 GPU:        python benchmarks/bench_train.py --shapes 1.1b,3b --data D/alpaca_data.json --tokenizer D/llama
-CPU smoke:  python benchmarks/bench_train.py --shapes tiny --records 256 --steps 4 --warmup 1 --batch 16 --micro 4
-Writes JSON (a list, one object per shape) to --out, default benchmarks/results/train_<cuda|cpu>.json.
+CPU smoke:  python benchmarks/bench_train.py --shapes tiny --records 256 --steps 4 --warmup 1 --batch 16 --micro 4 --device-check
+Writes JSON (a list, one object per shape, rewritten after every shape) to --out, default
+benchmarks/results/train_<cuda|cpu>.json. A shape that fails (out of memory, say) is written as
+{"shape", "error"} and the next shape still runs; the exit status is then 1.
+
+From another script (one shape, returns the JSON object; see `run_shape`):
+    weights = prepare_weights(data_json, tokenizer_dir, work_dir / "weights", records=2000)
+    result = run_shape("1.1b", weights, tokenizer_dir, BenchOptions(steps=6, warmup=2))
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from alpaca_plw.data.weights_store import read_weights_dir  # noqa: E402
-from alpaca_plw.train.batches import DataOrder, SequenceStore, collate  # noqa: E402
+from alpaca_plw.train.batches import DataOrder, MicroBatch, SequenceStore, collate  # noqa: E402
 from alpaca_plw.train.config import ATTN_IMPLEMENTATIONS, TrainConfig  # noqa: E402
 from alpaca_plw.train.packing import pack_records  # noqa: E402
 from alpaca_plw.train.trainer import train  # noqa: E402
@@ -63,17 +106,174 @@ from alpaca_plw.train.trainer import train  # noqa: E402
 SHARED = REPO.parent / "shared"
 PEAK_SPEC, PEAK_MEASURED = 989.0, 790.0  # TFLOP/s: H200 dense bf16 spec; measured bf16 matmul
 SEED = 42
-SHAPES = {
+SIDES = ("baseline", "plw")
+BASELINE_RECIPE = ("hand loop, Hugging Face Trainer defaults (right padding, fp32 logits, bf16 "
+                   "autocast on CUDA, AdamW, cosine, clip 1.0), PLW-weighted mean per micro-batch")
+PACKED_ONLY = ("torch_varlen",)  # the baseline pads; it keeps the model's default for these
+SHAPES = {  # see the module docstring for what each one stands for
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
                  intermediate_size=128),
     "1.1b": dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
                  num_key_value_heads=4, intermediate_size=5632),
-    "3b": dict(hidden_size=3200, num_hidden_layers=26, num_attention_heads=32,
-               num_key_value_heads=32, intermediate_size=8640),
+    "3b": dict(hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
+               num_key_value_heads=8, intermediate_size=8192),
     "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, intermediate_size=11008),
 }
 
+
+class BenchError(Exception):
+    """Bad input or a broken comparison; main prints it as one line."""
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """How each shape is measured; the CLI flag of each field is named in its error."""
+
+    steps: int = 12
+    warmup: int = 2
+    batch: int = 128  # sequences per optimizer step
+    micro: int = 8  # sequences per micro-batch
+    max_length: int = 512  # the packed budget's default is micro x max_length
+    max_tokens: int = 0  # alpaca-plw packed budget (0: micro x max_length)
+    attn_implementation: str | None = None  # None: each side's default (the trainer picks its own)
+    compile: bool = False  # alpaca-plw side only
+    gradient_checkpointing: bool = False  # both sides
+    rounds: int = 1  # runs per side, alternating
+    device_check: bool = False  # CPU run under HostTensorCheck
+
+    def __post_init__(self):
+        checks = [
+            (1 <= self.warmup < self.steps,
+             "need 1 <= --warmup < --steps (timing starts at the end of the last warm-up step)"),
+            (self.micro >= 1 and self.batch >= 1 and self.batch % self.micro == 0,
+             "--batch must be a positive multiple of --micro"),
+            (self.max_tokens == 0 or self.max_tokens >= 2, "--max-tokens must be 0 or at least 2"),
+            (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
+             f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
+            (not (self.device_check and self.compile), "--device-check cannot run with --compile"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(message)
+
+    @property
+    def accum(self) -> int:
+        return self.batch // self.micro
+
+    @property
+    def budget(self) -> int:
+        return self.max_tokens or self.micro * self.max_length
+
+
+# --- the device check -----------------------------------------------------------------------------
+
+class DeviceMismatch(RuntimeError):
+    """A host tensor met a device tensor in one operation (CUDA refuses that)."""
+
+
+_HOST = "_bench_on_host"
+_CROSS = {torch.Tensor.copy_, torch.Tensor.__getitem__, torch.Tensor.__setitem__,
+          torch.Tensor.index_put_}  # device self with host indices/values: allowed on CUDA too
+
+
+def _on_host(t) -> bool:
+    return (isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter)
+            and t.__dict__.get(_HOST, False))
+
+
+def _place(out, host: bool) -> None:
+    for t in tree_leaves(out):
+        if isinstance(t, torch.Tensor) and not isinstance(t, torch.nn.Parameter):
+            t.__dict__[_HOST] = host
+
+
+def _describe(tensors) -> str:
+    return ", ".join(f"{tuple(t.shape)} {t.dtype}" for t in tensors)
+
+
+class HostTensorCheck(TorchFunctionMode):
+    """A second device on a CPU-only machine, for `--device-check`.
+
+    Host tensors: made from numpy (`torch.from_numpy`, patched while the check is on, as torch
+    does not route it through modes) or Python data, by a factory without `device=`, or read back
+    with `.cpu()`. `.to(...)`/`.cuda()` with a device puts a copy on the device (a fresh object
+    when the CPU would return the same one, so the host original stays host); outputs of an
+    operation are host when all its tensor inputs are. Parameters are device tensors (a model is
+    moved as a whole). An operation with a device tensor and a host tensor of more than 0
+    dimensions raises `DeviceMismatch`, except copies and indexing a device tensor with host
+    indices, which CUDA accepts too.
+
+        with HostTensorCheck():
+            logits = model(input_ids.to(device)).logits
+            F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # targets never moved: raises
+    """
+
+    def __enter__(self):
+        self._from_numpy = torch.from_numpy  # torch does not route it through modes
+
+        def from_numpy(array):
+            out = self._from_numpy(array)
+            _place(out, host=True)
+            return out
+
+        torch.from_numpy = from_numpy
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.from_numpy = self._from_numpy
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in (torch.Tensor.to, torch.Tensor.cuda) and _names_device(func, args, kwargs):
+            return _fresh(out, args[0], host=False)
+        if func is torch.Tensor.cpu:
+            return _fresh(out, args[0], host=True)
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if not tensors:  # a factory: on the host unless told otherwise
+            _place(out, host=kwargs.get("device") is None)
+            return out
+        if func in _CROSS:
+            host = _on_host(args[0])
+            moved = [t for t in tensors[1:] if not _on_host(t) and t.dim()]
+            if host and moved and func is not torch.Tensor.copy_:
+                raise DeviceMismatch(f"{_name(func)}: a host tensor indexed by device tensors "
+                                     f"({_describe(moved)})")
+            _place(out, host)
+            return out
+        host = [t for t in tensors if _on_host(t)]
+        device = [t for t in tensors if not _on_host(t)]
+        stray = [t for t in host if t.dim()]
+        if device and stray:
+            raise DeviceMismatch(f"{_name(func)}: host tensor(s) {_describe(stray)} used with "
+                                 f"device tensor(s) {_describe(device[:2])}; move them with "
+                                 ".to(device)")
+        _place(out, host=not device and kwargs.get("device") is None)
+        return out
+
+
+def _names_device(func, args, kwargs) -> bool:
+    if func is torch.Tensor.cuda:
+        return True
+    return kwargs.get("device") is not None or any(
+        isinstance(a, (str, torch.device, torch.Tensor)) for a in args[1:])
+
+
+def _fresh(out, source, host: bool):
+    if out is source:
+        out = out.clone()
+    _place(out, host)
+    return out
+
+
+def _name(func) -> str:
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+
+
+# --- models ---------------------------------------------------------------------------------------
 
 def llama_config(shape: str):
     from transformers import LlamaConfig
@@ -92,12 +292,14 @@ def non_embedding_params(shape: str) -> int:
 
 
 def build_model_dir(shape: str, directory: Path, tokenizer: Path, device: str) -> None:
+    """A random-init model saved in bf16 (half the disk and load time); both sides load it
+    as fp32."""
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    with torch.device(device):  # random init on the GPU when there is one (fast for 3B)
+    with torch.device(device):  # random init on the GPU when there is one (fast for 3B and 7B)
         model = LlamaForCausalLM(llama_config(shape))
-    model.save_pretrained(directory)
+    model.to(torch.bfloat16).save_pretrained(directory)
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json"):
         if (tokenizer / name).exists():
             shutil.copy(tokenizer / name, directory / name)
@@ -110,48 +312,70 @@ def step_end(device: str) -> float:
     return time.perf_counter()
 
 
-def baseline(model_dir: Path, store: SequenceStore, order: DataOrder, args, device: str):
-    """The common recipe. Returns step-end times, exact step-mean losses, real tokens per step."""
+# --- the two sides --------------------------------------------------------------------------------
+
+def device_tensors(batch: MicroBatch, device: str) -> tuple[torch.Tensor, ...]:
+    """What the baseline reads, on `device`: input ids, attention mask, targets, weights [B, T].
+
+    `MicroBatch.to` moves only what the trainer reads (its targets arrive as a host-chosen
+    selection), so the dense targets and weights are moved here, explicitly."""
+    tensors = (batch.input_ids, batch.attention_mask, batch.targets, batch.weights)
+    if device == "cuda":
+        tensors = tuple(t.pin_memory() for t in tensors)  # the Trainer's dataloader pins too
+    return tuple(t.to(device, non_blocking=True) for t in tensors)
+
+
+def baseline(model_dir: Path, store: SequenceStore, order: DataOrder, opts: BenchOptions,
+             device: str) -> dict:
+    """The common recipe. Returns step-end times, exact step-mean losses, real tokens per step and
+    the attention implementation it ran."""
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
     torch.manual_seed(SEED)
+    attn = None if opts.attn_implementation in PACKED_ONLY else opts.attn_implementation
     model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation=args.attn_implementation).to(device)
+        model_dir, dtype=torch.float32, attn_implementation=attn).to(device)
+    if opts.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0,
                                   fused=device == "cuda")
-    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, args.steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 0, opts.steps)
     criterion = torch.nn.CrossEntropyLoss(reduction="none")
     autocast = torch.autocast(device, dtype=torch.bfloat16) if device == "cuda" else None
-    ends, losses, tokens = [], [], []
-    for step in range(args.steps):
-        real, loss_sum, weight_sum = 0, 0.0, 0.0
+    ends, sums, tokens = [], [], []
+    for step in range(opts.steps):
+        real = 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        weight_sum = torch.zeros((), dtype=torch.float64, device=device)
         micro = order.micro_batches(step, 0)
         for indices in micro:
-            batch = collate(store, indices).to(device)
+            batch = collate(store, indices)
+            input_ids, attention_mask, targets, weights = device_tensors(batch, device)
             with autocast or torch.enable_grad():
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            per_token = criterion(logits.float().view(-1, logits.size(-1)), batch.targets.view(-1))
-            weights = batch.weights.view(-1)
-            loss = (per_token * weights).sum() / weights.sum() / len(micro)
-            loss.backward()
-            # The recipe optimises the per-micro-batch mean above; report the exact step mean.
-            loss_sum += (per_token * weights).sum().item()
-            weight_sum += weights.sum().item()
+                logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                               use_cache=False).logits
+            per_token = criterion(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+            weights = weights.view(-1)
+            weighted, total = (per_token * weights).sum(), weights.sum()
+            (weighted / total / len(micro)).backward()  # the recipe: mean per micro-batch
+            loss_sum += weighted.detach()  # the exact step mean is reported (read once per step)
+            weight_sum += total
             real += batch.real_tokens
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         ends.append(step_end(device))
-        losses.append(loss_sum / weight_sum)
+        sums.append(loss_sum / weight_sum)
         tokens.append(real)
+    used = getattr(model.config, "_attn_implementation", attn)
     del model, optimizer
-    return ends, losses, tokens
+    return {"ends": ends, "losses": [float(s) for s in sums], "tokens": tokens, "attention": used}
 
 
-def alpaca_plw(model_dir: Path, weights: Path, work: Path, args, device: str):
-    """The trainer on the same data and steps. Returns step-end times, losses, its grad_accum."""
+def alpaca_plw(model_dir: Path, weights: Path, work: Path, opts: BenchOptions, device: str) -> dict:
+    """The trainer on the same data and steps. Returns step-end times, losses, its plan."""
     ends, losses = [], []
 
     def on_step(record: dict) -> None:
@@ -159,84 +383,166 @@ def alpaca_plw(model_dir: Path, weights: Path, work: Path, args, device: str):
         losses.append(record["loss"])
 
     cfg = TrainConfig(weights_dir=weights, model=str(model_dir), output_dir=work / "run",
-                      micro_batch_size=args.micro, grad_accum=args.batch // args.micro,
-                      max_steps=args.steps, lr=2e-5, warmup_ratio=0.0, seed=SEED, packing=True,
-                      max_tokens=args.max_tokens or args.micro * args.max_length, device=device,
-                      attn_implementation=args.attn_implementation, compile=args.compile)
-    plan = train(cfg, on_step=on_step)
-    shutil.rmtree(work / "run", ignore_errors=True)
-    return ends, losses, plan
+                      micro_batch_size=opts.micro, grad_accum=opts.accum, max_steps=opts.steps,
+                      lr=2e-5, warmup_ratio=0.0, seed=SEED, packing=True, max_tokens=opts.budget,
+                      device=device, attn_implementation=opts.attn_implementation,
+                      compile=opts.compile, gradient_checkpointing=opts.gradient_checkpointing)
+    try:
+        plan = train(cfg, on_step=on_step)
+    finally:
+        shutil.rmtree(work / "run", ignore_errors=True)
+    return {"ends": ends, "losses": losses, "plan": plan,
+            "attention": getattr(plan, "attention", None)}
 
 
-def measure(shape: str, store: SequenceStore, weights: Path, tokenizer: Path, work: Path, args,
-            device: str) -> dict:
-    accum = args.batch // args.micro
-    order = DataOrder(len(store), SEED, args.micro, accum, 1)
-    records = [order.step_records(s) for s in range(args.steps)]
+# --- one shape ------------------------------------------------------------------------------------
+
+def run_order(first: str, rounds: int) -> list[str]:
+    """The sides in run order: `first`, the other, then reversed each round (ABBA...)."""
+    if first not in SIDES:
+        raise BenchError(f"first side must be one of {', '.join(SIDES)}, not {first!r}")
+    pair = [first, SIDES[1 - SIDES.index(first)]]
+    return [side for r in range(rounds) for side in (pair if r % 2 == 0 else pair[::-1])]
+
+
+def run_shape(shape: str, weights: Path, tokenizer: Path, options: BenchOptions | None = None, *,
+              device: str | None = None, first: str = "baseline", work: Path | None = None) -> dict:
+    """Measure both sides on one model shape; returns the shape's JSON object (see the docstring).
+
+    `shape`: a key of SHAPES; `weights`: an `alpaca-plw weights` folder (`prepare_weights` makes
+    one); `tokenizer`: the LLaMA tokenizer folder the weights were made with; `device`: "cuda" or
+    "cpu" (default: cuda when available, cpu for `options.device_check`); `first`: the side that
+    runs first ("baseline" or "plw"); `work`: a scratch folder for the saved model (default: a
+    temporary one, removed after). Raises BenchError on a broken comparison; errors of the run
+    itself (out of memory, say) propagate.
+    """
+    opts = options or BenchOptions()
+    device = device or ("cpu" if opts.device_check or not torch.cuda.is_available() else "cuda")
+    if shape not in SHAPES:
+        raise BenchError(f"unknown shape {shape!r}; choose from {', '.join(SHAPES)}")
+    if opts.device_check and device != "cpu":
+        raise BenchError("--device-check runs on the CPU (it stands in for a GPU)")
+    sequence = run_order(first, opts.rounds)
+    store = SequenceStore.from_weights(read_weights_dir(weights))
+    order = DataOrder(len(store), SEED, opts.micro, opts.accum, 1)
+    owned = work is None
+    work = Path(tempfile.mkdtemp(prefix="bench-train-")) if owned else Path(work)
+    model_dir = work / f"model-{shape}"
+    runs = {side: [] for side in SIDES}
+    try:
+        build_model_dir(shape, model_dir, Path(tokenizer), device)
+        for side in sequence:
+            runs[side].append(_run_side(side, model_dir, store, order, Path(weights), work, opts,
+                                        device))
+    finally:  # a 7B model folder is 13 GB: never left behind
+        shutil.rmtree(work if owned else model_dir, ignore_errors=True)
+    return _summarise(shape, store, order, opts, device, runs, sequence)
+
+
+def _run_side(side: str, model_dir, store, order, weights, work, opts, device) -> dict:
+    if device == "cuda":  # the previous side's memory back, and a fresh peak
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    check = HostTensorCheck() if opts.device_check else None
+    if check:
+        check.__enter__()
+    try:
+        result = (baseline(model_dir, store, order, opts, device) if side == "baseline"
+                  else alpaca_plw(model_dir, weights, work, opts, device))
+    finally:
+        if check:
+            check.__exit__(None, None, None)
+    result["peak"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return result
+
+
+def _summarise(shape, store, order, opts, device, runs, sequence) -> dict:
+    steps, w = opts.steps, opts.warmup
+    records = [order.step_records(s) for s in range(steps)]
     lengths = store.lengths.astype(np.int64)
     step_tokens = [int(lengths[r].sum()) for r in records]
-    budget = args.max_tokens or args.micro * args.max_length
-    packed = [len(pack_records(r, lengths, budget)) for r in records]
+    packed = [len(pack_records(r, lengths, opts.budget)) for r in records]
     padded = [sum(len(m) * int(lengths[m].max()) for m in order.micro_batches(s, 0) if len(m))
-              for s in range(args.steps)]
-    model_dir = work / f"model-{shape}"
-    build_model_dir(shape, model_dir, tokenizer, device)
+              for s in range(steps)]
+    for b in runs["baseline"]:
+        if b["tokens"] != step_tokens:
+            raise BenchError("the baseline saw other records than the common order")
+    for p in runs["plw"]:
+        plan = p["plan"]
+        if not (plan.grad_accum == opts.accum and plan.micro_batch_size == opts.micro
+                and plan.packing and len(p["ends"]) == steps):
+            raise BenchError(f"the trainer ran another geometry than the baseline: {plan}")
 
-    peaks = []
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    b_ends, b_losses, b_tokens = baseline(model_dir, store, order, args, device)
-    peaks.append(torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None)
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-    p_ends, p_losses, plan = alpaca_plw(model_dir, weights, work, args, device)
-    peaks.append(torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None)
-    shutil.rmtree(model_dir, ignore_errors=True)
-    assert b_tokens == step_tokens, "baseline saw other records than the common order"
-    assert plan.grad_accum == accum and plan.micro_batch_size == args.micro and plan.packing, plan
-    assert len(p_ends) == len(b_ends) == args.steps
-
-    w = args.warmup
     timed_tokens = sum(step_tokens[w:])
-    b_wall, p_wall = b_ends[-1] - b_ends[w - 1], p_ends[-1] - p_ends[w - 1]
-    b_tok_s, p_tok_s = timed_tokens / b_wall, timed_tokens / p_wall
+    tok_s = {side: [timed_tokens / (r["ends"][-1] - r["ends"][w - 1]) for r in runs[side]]
+             for side in SIDES}
+    median = {side: float(np.median(tok_s[side])) for side in SIDES}
     n = non_embedding_params(shape)
     layers, hidden = SHAPES[shape]["num_hidden_layers"], SHAPES[shape]["hidden_size"]
     attention = sum(float((lengths[r] ** 2).sum()) for r in records[w:])  # sum over tokens of l
-    flops = 6 * n * timed_tokens + 12 * layers * hidden * attention
-    b_tflops, p_tflops = flops / b_wall / 1e12, flops / p_wall / 1e12
-    mfu = lambda tflops, peak: round(tflops / peak, 4) if device == "cuda" else None  # noqa: E731
-    gib = lambda v: None if v is None else round(v, 2)  # noqa: E731
+    flops_per_token = (6 * n * timed_tokens + 12 * layers * hidden * attention) / timed_tokens
+    tflops = {side: median[side] * flops_per_token / 1e12 for side in SIDES}
+    cuda = device == "cuda"
+    mfu = lambda side, peak: round(tflops[side] / peak, 4) if cuda else None  # noqa: E731
+    peak = lambda side: round(max(r["peak"] for r in runs[side]), 2) if cuda else None  # noqa: E731
+    b, p = runs["baseline"][0], runs["plw"][0]
     return {
-        "shape": shape, "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "baseline_tok_s": round(b_tok_s, 1), "plw_tok_s": round(p_tok_s, 1),
-        "speedup": round(p_tok_s / b_tok_s, 3),
-        "mfu": mfu(p_tflops, PEAK_SPEC), "mfu_measured_peak": mfu(p_tflops, PEAK_MEASURED),
-        "baseline_mfu": mfu(b_tflops, PEAK_SPEC),
-        "baseline_mfu_measured_peak": mfu(b_tflops, PEAK_MEASURED),
-        "plw_tflops": round(p_tflops, 4), "baseline_tflops": round(b_tflops, 4),
-        "baseline_peak_gib": gib(peaks[0]), "plw_peak_gib": gib(peaks[1]),
-        "loss_baseline": round(b_losses[-1], 5), "loss_plw": round(p_losses[-1], 5),
-        "loss_step1_baseline": round(b_losses[0], 5), "loss_step1_plw": round(p_losses[0], 5),
-        "steps": args.steps, "warmup_steps": w, "timed_steps": args.steps - w,
+        "shape": shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "baseline_recipe": BASELINE_RECIPE,
+        "baseline_tok_s": round(median["baseline"], 1), "plw_tok_s": round(median["plw"], 1),
+        "speedup": round(median["plw"] / median["baseline"], 3),
+        "mfu": mfu("plw", PEAK_SPEC), "mfu_measured_peak": mfu("plw", PEAK_MEASURED),
+        "baseline_mfu": mfu("baseline", PEAK_SPEC),
+        "baseline_mfu_measured_peak": mfu("baseline", PEAK_MEASURED),
+        "plw_tflops": round(tflops["plw"], 4), "baseline_tflops": round(tflops["baseline"], 4),
+        "baseline_peak_gib": peak("baseline"), "plw_peak_gib": peak("plw"),
+        "loss_baseline": round(b["losses"][-1], 5), "loss_plw": round(p["losses"][-1], 5),
+        "loss_step1_baseline": round(b["losses"][0], 5), "loss_step1_plw": round(p["losses"][0], 5),
+        "run_order": sequence,
+        "baseline_tok_s_rounds": [round(v, 1) for v in tok_s["baseline"]],
+        "plw_tok_s_rounds": [round(v, 1) for v in tok_s["plw"]],
+        "steps": steps, "warmup_steps": w, "timed_steps": steps - w,
         "tokens_per_step": round(float(np.mean(step_tokens)), 1),
-        "sequences_per_step": args.batch,
-        "forwards_per_step": {"baseline": accum, "plw": round(float(np.mean(packed)), 2)},
+        "sequences_per_step": opts.batch,
+        "forwards_per_step": {"baseline": opts.accum, "plw": round(float(np.mean(packed)), 2)},
         "baseline_padded_tokens_per_step": round(float(np.mean(padded)), 1),
-        "plw_max_tokens": budget,
+        "plw_max_tokens": opts.budget,
         "n_params": n, "n_convention": "non-embedding parameters, LM head included (untied)",
         "attention_term": "12 x layers x hidden x real record length, per token, both sides",
-        "flops_per_token": round(flops / timed_tokens),
-        "attn_implementation": args.attn_implementation or "model default (sdpa)",
-        "plw_compile": args.compile,
+        "flops_per_token": round(flops_per_token),
+        "attn_implementation": opts.attn_implementation,
+        "baseline_attention": b["attention"], "plw_attention": p["attention"],
+        "plw_compile": opts.compile, "gradient_checkpointing": opts.gradient_checkpointing,
+        "device_check": opts.device_check,
     }
+
+
+def prepare_weights(data: Path, tokenizer: Path, out_dir: Path, records: int = 0,
+                    plw: float = 0.1, max_length: int = 512) -> Path:
+    """An `alpaca-plw weights` folder at `out_dir` from the Alpaca JSON `data` (its first `records`
+    records; 0: all), PLW `plw`, records cut at `max_length` tokens. Returns `out_dir`."""
+    from alpaca_plw.data.pipeline import DataOptions, make_weights
+
+    source = Path(data)
+    if records:
+        source = Path(out_dir).parent / f"{Path(out_dir).name}-subset.json"
+        source.write_text(json.dumps(json.loads(Path(data).read_text())[:records]))
+    make_weights(str(source), plw, DataOptions(tokenizer=str(tokenizer)), Path(out_dir),
+                 max_length=max_length)
+    return Path(out_dir)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not usage + message
+        raise BenchError(message)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     shared_data, shared_tok = SHARED / "data" / "alpaca_data.json", SHARED / "tokenizers" / "llama"
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _Parser(description=__doc__.splitlines()[0])
     p.add_argument("--shapes", default="1.1b,3b", help=f"comma list of {', '.join(SHAPES)}")
     p.add_argument("--data", type=Path, default=shared_data if shared_data.exists() else None,
                    help="Alpaca JSON to make weights from [default: ../shared/data/alpaca_data.json]")
@@ -254,8 +560,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=0,
                    help="alpaca-plw packed budget (0: micro x max-length)")
     p.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATIONS, default=None,
-                   help="both sides [default: the model's, sdpa]")
+                   help="both sides (the padded baseline keeps sdpa for packed-only ones) "
+                        "[default: each side's own; the trainer picks]")
     p.add_argument("--compile", action="store_true", help="alpaca-plw side: --compile")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="both sides (7b needs it)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs per side, alternating baseline/plw (the medians are reported)")
+    p.add_argument("--device-check", action="store_true",
+                   help="CPU run with the model on a stand-in device: a host tensor reaching "
+                        "it fails")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     args = p.parse_args(argv)
@@ -272,56 +585,89 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--data {args.data}: no such file; pass --data FILE or --weights DIR")
     if args.weights is not None and not args.weights.is_dir():
         p.error(f"--weights {args.weights}: no such folder")
-    if not 1 <= args.warmup < args.steps:
-        p.error("need 1 <= --warmup < --steps (the timing starts at the end of the last warm-up step)")
-    if args.micro < 1 or args.batch % args.micro:
-        p.error("--batch must be a multiple of --micro")
+    if args.records < 0 or args.max_length < 2:
+        p.error("--records must be >= 0 and --max-length >= 2")
+    args.options = BenchOptions(
+        steps=args.steps, warmup=args.warmup, batch=args.batch, micro=args.micro,
+        max_length=args.max_length, max_tokens=args.max_tokens,
+        attn_implementation=args.attn_implementation, compile=args.compile,
+        gradient_checkpointing=args.gradient_checkpointing, rounds=args.rounds,
+        device_check=args.device_check)
     return args
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    out_path = args.out or REPO / "benchmarks" / "results" / f"train_{device}.json"
-    if out_path.exists() and not args.force:
-        sys.exit(f"error: {out_path} exists; pass --force to replace it or --out elsewhere")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    try:
-        weights = args.weights
-        if weights is None:
-            from alpaca_plw.data.pipeline import DataOptions, make_weights
-
-            source = args.data
-            if args.records:
-                source = work / "subset.json"
-                source.write_text(json.dumps(json.loads(args.data.read_text())[: args.records]))
-            weights = work / "weights"
-            make_weights(str(source), args.plw, DataOptions(tokenizer=str(args.tokenizer)), weights,
-                         max_length=args.max_length)
-        store = SequenceStore.from_weights(read_weights_dir(weights))
-        results = [measure(shape, store, weights, args.tokenizer, work, args, device)
-                   for shape in args.shape_list]
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+def _write(results: list[dict], out_path: Path) -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(out_path.name + ".partial")
     partial.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(partial, out_path)
+
+
+def _table(results: list[dict]) -> None:
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     print(f"{'shape':>6} {'base tok/s':>11} {'plw tok/s':>10} {'speedup':>8} {'MFU':>6} "
           f"{'MFU@790':>8} {'base MFU':>9} {'base GiB':>9} {'plw GiB':>8} {'loss base':>10} "
           f"{'loss plw':>9}")
     for r in results:
+        if "error" in r:
+            print(f"{r['shape']:>6} failed: {r['error']}")
+            continue
         print(f"{r['shape']:>6} {r['baseline_tok_s']:>11,.0f} {r['plw_tok_s']:>10,.0f} "
               f"{r['speedup']:>8.2f} {fmt(r['mfu'], '.1%'):>6} "
               f"{fmt(r['mfu_measured_peak'], '.1%'):>8} {fmt(r['baseline_mfu'], '.1%'):>9} "
               f"{fmt(r['baseline_peak_gib'], '.1f'):>9} {fmt(r['plw_peak_gib'], '.1f'):>8} "
               f"{r['loss_baseline']:>10.4f} {r['loss_plw']:>9.4f}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def main(argv=None) -> int:
+    """The command: 0 when every shape ran, 1 when one failed, 2 on bad input (one line each)."""
+    try:
+        args = parse_args(argv)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = "cpu" if args.device_check or not torch.cuda.is_available() else "cuda"
+    out_path = args.out or REPO / "benchmarks" / "results" / f"train_{device}.json"
+    if out_path.exists() and not args.force:
+        print(f"error: {out_path} exists; pass --force to replace it or --out elsewhere",
+              file=sys.stderr)
+        return 2
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    results, failed = [], False
+    try:
+        try:
+            weights = args.weights or prepare_weights(args.data, args.tokenizer, work / "weights",
+                                                      args.records, args.plw, args.max_length)
+            SequenceStore.from_weights(read_weights_dir(weights))  # readable before any shape
+        except Exception as exc:  # noqa: BLE001 - any unreadable input ends in one line
+            print(f"error: reading the weights: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        for i, shape in enumerate(args.shape_list):
+            try:
+                results.append(run_shape(shape, weights, args.tokenizer, args.options,
+                                         device=device, first=SIDES[i % 2], work=work))
+            except Exception as exc:  # noqa: BLE001 - one shape's OOM must not lose the rest
+                failed = True
+                print(f"error: shape {shape}: {_one_line(exc)}", file=sys.stderr)
+                results.append({"shape": shape, "error": _one_line(exc)})
+            if failed and device == "cuda":  # outside `except`: its traceback held the model
+                gc.collect()
+                torch.cuda.empty_cache()
+            _write(results, out_path)  # after every shape: a timeout keeps what finished
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _table(results)
     print(f"wrote {out_path}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
