@@ -35,14 +35,20 @@ NAME = "torch_varlen"
 UNSUPPORTED = ("sliding_window", "softcap")  # attention kwargs this path cannot honour
 
 
-@lru_cache(maxsize=1)
+_RESOLVED: dict = {}  # "kernel": (varlen_attn, its parameter names) or None, looked up once
+
+
 def _kernel():
-    """(varlen_attn, its keyword parameter names) from torch, or None when torch lacks it."""
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+    """(varlen_attn, its keyword parameter names) from torch, or None when torch lacks it. Looked
+    up once and kept in a plain dict, so a compiled layer reads it without tracing `inspect`."""
+    if "kernel" not in _RESOLVED:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            _RESOLVED["kernel"] = None
+        else:
+            _RESOLVED["kernel"] = (varlen_attn, frozenset(inspect.signature(varlen_attn).parameters))
+    return _RESOLVED["kernel"]
 
 
 def kernel_available() -> bool:
@@ -54,6 +60,7 @@ def register() -> None:
     """Make `torch_varlen` a valid `attn_implementation` (idempotent)."""
     from transformers import AttentionInterface
 
+    _kernel()  # resolved before any layer is compiled
     AttentionInterface.register(NAME, varlen_attention)
 
 
