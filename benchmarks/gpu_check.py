@@ -14,8 +14,8 @@ that would start with less than its expected time left in --budget-s is skipped 
   bench           benchmarks/bench_train.py on the 1.1B shape, the common recipe side by side
   memory          the trainer's --dry-run estimate against torch.cuda.max_memory_allocated, 1.1B,
                   with and without gradient checkpointing
-  smoke           3-step trainer runs: one-process FSDP (NCCL), LoRA, compile + checkpointing,
-                  CPU offload
+  smoke           3-step trainer runs: one-process FSDP (NCCL), LoRA, CPU offload
+  compile         the same with --compile --gradient-checkpointing (inductor)
   seven_b         a 7B (Llama-2 shape) full fine-tune with PLW on the one GPU: fits or not, peak
   tests           the GPU-relevant CPU tests under the image's transformers (pytest subset)
 
@@ -59,8 +59,9 @@ SHAPE_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=128)
 # expected seconds of each stage on the H200 (the budget check), and whether it needs CUDA
 STAGES = {"env": (10, False), "attention_work": (10, False), "kernels": (20, False),
-          "equivalence": (40, False), "bench": (150, False), "memory": (70, False),
-          "smoke": (120, False), "seven_b": (150, True), "tests": (60, False)}
+          "equivalence": (40, False), "bench": (120, False), "memory": (50, False),
+          "smoke": (70, False), "compile": (90, False), "seven_b": (150, True),
+          "tests": (60, False)}
 
 
 class Context:
@@ -436,12 +437,19 @@ def stage_smoke(ctx: Context) -> dict:
     model_dir = ctx.model_dir("small" if ctx.args.reduced else "1.1b",
                               SHAPE_TINY if ctx.args.reduced else SHAPE_1B)
     runs = {"fsdp_one_process": dict(fsdp=True), "lora": dict(lora_r=8, lora_alpha=16.0),
-            "cpu_offload": dict(cpu_offload=True),
-            "compile_checkpointing": dict(compile=True, gradient_checkpointing=True)}
-    if ctx.args.reduced:
-        runs.pop("compile_checkpointing")  # inductor on the CPU: minutes; tested with eager
+            "cpu_offload": dict(cpu_offload=True)}
     return {name: _guarded(lambda o=options, n=name: _trainer_run(ctx, model_dir, n, **o))
             for name, options in runs.items()}
+
+
+def stage_compile(ctx: Context) -> dict:
+    """--compile --gradient-checkpointing against the same run uncompiled (memory stage)."""
+    if ctx.args.reduced:
+        return {"skipped": "inductor on the CPU takes minutes; tests/train/test_attention.py "
+                           "checks compile + checkpointing with the eager backend"}
+    model_dir = ctx.model_dir("1.1b", SHAPE_1B)
+    return {"compile_checkpointing": _guarded(lambda: _trainer_run(
+        ctx, model_dir, "compile", steps=4, compile=True, gradient_checkpointing=True))}
 
 
 def stage_seven_b(ctx: Context) -> dict:
