@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,33 @@ def test_device_check_catches_a_trainer_selection_left_on_host(weights, monkeypa
     with pytest.raises(bench.DeviceMismatch):
         bench.run_shape("tiny", weights, LLAMA, bench.BenchOptions(**SMALL), device="cpu",
                         first="plw")
+
+
+class _ReadCounter(bench.TorchFunctionMode):
+    """Counts device values that bench_train's own code reads back (`.item()`, `float()`, ...)."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__bool__}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:  # read by bench_train itself (transformers' mask code reads too)
+            self.reads += traceback.extract_stack()[-2].filename.endswith("bench_train.py")
+        return func(*args, **(kwargs or {}))
+
+
+def test_baseline_reads_its_losses_once_per_step_not_per_micro_batch(weights, tmp_path):
+    bench.build_model_dir("tiny", tmp_path / "model", LLAMA, "cpu")
+    store = bench.SequenceStore.from_weights(bench.read_weights_dir(weights))
+    opts = bench.BenchOptions(steps=2, warmup=1, batch=6, micro=2, max_length=128)
+    order = bench.DataOrder(len(store), bench.SEED, opts.micro, opts.accum, 1)
+    with _ReadCounter() as counter:
+        result = bench.baseline(tmp_path / "model", store, order, opts, "cpu")
+    assert opts.accum == 3 and len(result["losses"]) == 2
+    assert counter.reads == 2  # one per step (after the run), none per micro-batch
 
 
 def test_host_tensor_check_follows_cuda_device_rules():
