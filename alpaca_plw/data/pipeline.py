@@ -75,7 +75,13 @@ def dataset_stats(sources: list, options: DataOptions, progress: Progress | None
 
 
 def manifest_path(out: Path) -> Path:
-    """`short.json` -> `short.manifest.json` (the suffix replaced)."""
+    """`short.json` -> `short.manifest.json` (the suffix replaced). An output without a file name
+    (`-o .`, `-o ..`, `-o /`, or `-o ""`, which reads as `.`) is refused (exit 3)."""
+    if not Path(out).name or Path(out).name == "..":
+        from alpaca_plw.errors import OutputError
+
+        raise OutputError(f"-o {str(out) or repr('')}: names a folder, not a file; give a file "
+                          "name such as out.json")
     return out.with_suffix(".manifest.json")
 
 

@@ -133,7 +133,7 @@ def marker_kind(folder: Path) -> str | None:
     """The kind recorded in `folder/.alpaca-plw` ("weights", "run"), or None."""
     try:
         data = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data.get("kind") if isinstance(data, dict) else None
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from alpaca_plw.data.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
@@ -78,6 +79,8 @@ def _load_json(text: str, source: Source, columns: ColumnMap) -> Records:
         raise InputError(
             f"{source.path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(f"{source.path}: {unparsable(exc)}") from None
     if not isinstance(rows, list):
         raise InputError(
             f"{source.path}: expected a JSON array of records (Alpaca format), "
@@ -102,7 +105,20 @@ def _load_jsonl(text: str, source: Source, columns: ColumnMap) -> Records:
             raise InputError(
                 f"{source.path}: malformed JSON at line {line_number}, column {exc.colno}: {exc.msg}"
             ) from None
+        except (RecursionError, ValueError) as exc:
+            raise InputError(f"{source.path}, line {line_number}: {unparsable(exc)}") from None
     return from_rows(rows, source, columns)
+
+
+def unparsable(exc: BaseException) -> str:
+    """What Python's JSON parser refused beyond malformed syntax: too deep, or too long a number."""
+    if isinstance(exc, RecursionError):
+        return ("JSON nested too deeply for Python's parser (about 1,000 levels); a record is an "
+                "object of strings")
+    found = re.search(r"value has (\d+) digits", str(exc))
+    digits = f" ({found.group(1)} digits)" if found else ""
+    return (f"a JSON integer longer than Python's limit of {sys.get_int_max_str_digits()} "
+            f"digits{digits}; records hold text")
 
 
 def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:

@@ -142,7 +142,7 @@ def read_weights_dir(directory: Path) -> WeightsData:
 def _meta(directory: Path, raw: bytes) -> dict:
     try:
         meta = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(f"{directory}: its alpaca_plw metadata is not valid JSON ({exc}); "
                          "rebuild it with `alpaca-plw weights`") from None
     if not isinstance(meta, dict):

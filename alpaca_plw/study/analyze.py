@@ -144,6 +144,10 @@ def analyze_runs(run_dirs: list[Path], base: str | None = None) -> list[RunAnaly
     """`analyze_run` for each folder, sorted by PLW (unknown PLW last, then by name)."""
     if base is not None and not Path(base).is_dir():
         raise ConfigError(f"--base {base}: no such directory (a save_pretrained folder)")
+    if base is not None:  # safetensors reads bf16/fp16 tensors through torch
+        from alpaca_plw.extras import require
+
+        require("torch", "alpaca-plw analyze --base")
     results = [analyze_run(Path(r), base) for r in run_dirs]
     return sorted(results, key=lambda a: (a.plw is None, a.plw or 0.0, a.run))
 

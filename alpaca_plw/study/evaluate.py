@@ -154,9 +154,13 @@ def evaluate_model(run_dir: Path, options: EvalOptions, manager, log_samples: bo
 
 
 def evaluate_runs(run_dirs: list[Path], options: EvalOptions, on_run=None) -> list[dict]:
-    """Evaluate every run; write `eval.json` into each (merged with the tasks it already held);
-    return the CSV rows (run, plw, task, metric, value)."""
+    """Evaluate every run; write `eval.json` into each run folder (one `train` wrote: its marker),
+    merged with what it already held; return the CSV rows (run, plw, task, metric, value). An
+    existing `eval.json` that is not ours is refused before anything is evaluated; a folder that is
+    not a run folder gets no `eval.json` (a note says so; `-o` has its scores)."""
     runs = [check_run(Path(r)) for r in run_dirs]
+    for run_dir in runs:
+        _read_eval_json(run_dir)
     manager = task_manager(options)
     rows = []
     for run_dir in runs:
@@ -180,17 +184,44 @@ def evaluate_runs(run_dirs: list[Path], options: EvalOptions, on_run=None) -> li
     return rows
 
 
-def _write_eval_json(run_dir: Path, plw, tasks: dict, version) -> None:
+def _is_run_folder(run_dir: Path) -> bool:
+    from alpaca_plw.data.safety import marker_kind
+
+    return marker_kind(run_dir) == "run"
+
+
+def _read_eval_json(run_dir: Path) -> dict:
+    """The run's `eval.json` (empty when absent or not a run folder); InputError when it is not
+    an object with a `tasks` object, as `eval` writes it."""
     path = run_dir / EVAL_FILE
-    previous = {}
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8")).get("tasks", {})
-        except ValueError:
-            raise InputError(f"{path}: exists but is not JSON; move it away") from None
-    body = {"run": run_dir.name, "plw": plw, "lm_eval_version": version,
-            "tasks": {**previous, **tasks}}
-    atomic_write(path, text_writer(json.dumps(body, indent=2, sort_keys=True) + "\n"))
+    if not _is_run_folder(run_dir) or not path.is_file():
+        return {}
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: exists but cannot be read as JSON ({type(exc).__name__}); "
+                         "move it away") from None
+    if not isinstance(body, dict) or not isinstance(body.get("tasks", {}), dict):
+        kind = type(body).__name__ if not isinstance(body, dict) else "object whose 'tasks' is not an object"
+        raise InputError(f"{path}: a JSON {kind}, not the eval record `eval` writes (an object "
+                         "with a 'tasks' object); move it away")
+    return body
+
+
+def _write_eval_json(run_dir: Path, plw, tasks: dict, version) -> None:
+    """Merge `tasks` into the run's `eval.json` (locked; every other key and task kept)."""
+    from alpaca_plw.data.safety import claim, report
+
+    path = run_dir / EVAL_FILE
+    if not _is_run_folder(run_dir):
+        report(f"note: {run_dir} is not a run folder written by `alpaca-plw train` (no .alpaca-plw "
+               f"marker), so no {EVAL_FILE} was written there; -o FILE keeps the scores")
+        return
+    with claim([path], [], force=True, exists_ok=True):
+        previous = _read_eval_json(run_dir)
+        body = {**previous, "run": run_dir.name, "plw": plw, "lm_eval_version": version,
+                "tasks": {**previous.get("tasks", {}), **tasks}}
+        atomic_write(path, text_writer(json.dumps(body, indent=2, sort_keys=True) + "\n"))
 
 
 def scores_csv(rows: list[dict]) -> str:

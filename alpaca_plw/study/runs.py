@@ -27,7 +27,7 @@ def run_plw(run_dir: Path) -> float | None:
             for entry in json.loads(sweep.read_text(encoding="utf-8")).get("runs", []):
                 if entry.get("folder") == run_dir.name:
                     return float(entry["plw"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             pass
     match = _PLW_NAME.match(run_dir.name)
     if match:
@@ -73,7 +73,7 @@ def read_log(run_dir: Path) -> list[dict]:
             continue
         try:
             records.append(json.loads(line))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InputError(f"{path}, line {number}: not JSON ({line[:60]!r})") from None
     return records
 

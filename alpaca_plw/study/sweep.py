@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alpaca_plw.data.output import atomic_write, text_writer
-from alpaca_plw.errors import ConfigError, PLWError
+from alpaca_plw.errors import ConfigError, InputError, PLWError
 from alpaca_plw.study.grid import prepare_weights, run_name
 from alpaca_plw.study.runs import LOG_FILE, final_losses, has_final_model, read_log
 
@@ -110,7 +110,17 @@ def _check_folder(cfg: SweepConfig) -> dict | None:
             raise ConfigError(f"--output-dir {cfg.output_dir}: not empty and holds no {SWEEP_FILE}; "
                               "a sweep writes only into an empty folder or its own")
         return None
-    previous = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{path}: cannot read it ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); it is not a "
+                         "sweep record this sweep can continue: move it away or use another "
+                         "--output-dir") from None
+    if not isinstance(previous, dict) or not isinstance(previous.get("config", {}), dict) \
+            or not isinstance(previous.get("runs", []), list):
+        raise InputError(f"{path}: not a sweep record written by alpaca-plw (expected an object "
+                         "with 'config' and 'runs'); move it away or use another --output-dir")
     old, new = previous.get("config", {}), cfg.record()
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if differ:

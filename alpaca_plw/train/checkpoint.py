@@ -23,6 +23,28 @@ FINAL_STAGE = ".final"  # the complete final model, before its files move into O
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
+_REMOVING = re.compile(r"^\.checkpoint-\d+\.removing\.[A-Za-z0-9_]+$")
+
+
+def finish_removals(output_dir: Path) -> list[str]:
+    """Delete what a killed checkpoint rotation left: `.checkpoint-N.removing.*` folders (the name
+    rotation generates) holding nothing but `checkpoint-*` folders. Returns the names removed."""
+    import shutil
+
+    removed = []
+    try:
+        found = sorted(p for p in Path(output_dir).iterdir() if _REMOVING.match(p.name))
+    except OSError:
+        return removed
+    for doomed in found:
+        if doomed.is_symlink() or not doomed.is_dir():
+            continue
+        if all(_NAME.match(p.name) and p.is_dir() and not p.is_symlink() for p in doomed.iterdir()):
+            shutil.rmtree(doomed)
+            removed.append(doomed.name)
+    return removed
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The complete checkpoint with the highest step, or None."""
     if not output_dir.is_dir():

@@ -63,9 +63,11 @@ def feature_checks(cfg) -> list[tuple[bool, str]]:
 
 def rotate_checkpoints(output_dir: Path, keep: int) -> list[Path]:
     """Remove all but the newest `keep` complete `checkpoint-<step>` folders; returns the removed.
-    Each is renamed to a hidden name first, so no half-deleted checkpoint is ever visible."""
-    from alpaca_plw.train.checkpoint import STATE_FILE
+    Each is renamed to a hidden name first, so no half-deleted checkpoint is ever visible; what a
+    killed rotation left under such a name is deleted first."""
+    from alpaca_plw.train.checkpoint import STATE_FILE, finish_removals
 
+    finish_removals(output_dir)
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
                    if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / STATE_FILE).is_file())
     removed = []

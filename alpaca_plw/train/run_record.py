@@ -165,7 +165,7 @@ def _read(out: Path) -> dict:
     path = out / RUN_FILE
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise InputError(f"{path}: cannot read it ({exc}); the run cannot be checked, so it "
                          "cannot be resumed") from None
     if not isinstance(record, dict) or not isinstance(record.get("trajectory"), dict):
@@ -173,13 +173,15 @@ def _read(out: Path) -> dict:
     return record
 
 
-def check_resume(cfg, plan, data) -> None:
-    """`--resume`: refuse a finished run, and any option or data that differs from run.json."""
+def check_resume(cfg, plan, data) -> bool:
+    """`--resume`: refuse a finished run, and any option or data that differs from run.json.
+    True when the run had finished training and this call completed placing its final model
+    (then there is nothing to train, and `train` returns)."""
     if not cfg.resume or cfg.dry_run and not (Path(cfg.output_dir) / RUN_FILE).is_file():
-        return
+        return False
     out = Path(cfg.output_dir)
-    if not cfg.dry_run:
-        _complete_final(cfg, out)
+    if not cfg.dry_run and _complete_final(cfg, out):
+        return True
     record = _read(out)
     if record.get("finished"):
         raise ConfigError(f"--resume: the run in {out} is finished ({record.get('steps')} of "
@@ -197,19 +199,25 @@ def check_resume(cfg, plan, data) -> None:
         from alpaca_plw.train.checkpoint import read_state
 
         read_state(Path(plan.resume_from), mmap=True)
+    return False
 
 
-def _complete_final(cfg, out: Path) -> None:
-    """A run killed while moving its final model into place (all steps done): finish the move."""
+def _complete_final(cfg, out: Path) -> bool:
+    """A run killed while moving its final model into place (all steps done): finish the move;
+    True when it did."""
     from alpaca_plw.train.checkpoint import FINAL_STAGE, complete_final
 
     if not (out / FINAL_STAGE).is_dir():
-        return
+        return False
     with claim([out], inputs(cfg), False, KIND, exists_ok=True):
-        if complete_final(out):
-            _write(out, {**_read(out), "finished": True})
-            report(f"note: {out}: completed placing the final model that an interrupted run left "
-                   "in .final/ (training had finished; its model card was not written)")
+        record = _read(out)  # a folder whose run.json is not ours is refused before any move
+        if not complete_final(out):
+            return False
+        _write(out, {**record, "finished": True})
+        report(f"note: {out}: completed placing the final model that an interrupted run left in "
+               ".final/ (training had finished; its model card was not written); the run is "
+               "finished")
+    return True
 
 
 def _norm(value):
@@ -381,15 +389,17 @@ def _undo(out: Path, remove_folder: bool) -> None:
 
 
 def _clean_leftovers(out: Path) -> None:
+    from alpaca_plw.train.checkpoint import finish_removals
+
     if not out.is_dir():
         return
     found = sorted(p for p in out.iterdir()
                    if TMP_TAG in p.name or OLD_TAG in p.name)
     for item in found:
         shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
-    if found:
-        report(f"note: {out}: cleaned up after an interrupted run: removed "
-               + ", ".join(p.name for p in found))
+    names = [p.name for p in found] + finish_removals(out)  # a killed checkpoint rotation
+    if names:
+        report(f"note: {out}: cleaned up after an interrupted run: removed " + ", ".join(names))
 
 
 def interrupted_message(cfg) -> str:

@@ -83,7 +83,8 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     tokenizer_dir = _check_tokenizer(cfg, data.meta)
     store = features.split(data.meta, SequenceStore.from_weights(data))
     plan = features.annotate(make_plan(cfg, store, data.meta, d))
-    run_record.check_resume(cfg, plan, data)  # a finished or a different run is refused
+    if run_record.check_resume(cfg, plan, data):  # a finished or a different run is refused
+        return plan  # it had finished; placing its stranded final model completed it
     if cfg.resume and plan.resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
     if cfg.dry_run:

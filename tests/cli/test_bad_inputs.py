@@ -204,6 +204,18 @@ def _state_without(ws: Path, tmp: Path, key: str) -> str:
     return str(run)
 
 
+def _sweep_dir(tmp: Path, text: str) -> str:
+    (tmp / "sweep").mkdir()
+    (tmp / "sweep" / "sweep.json").write_text(text, encoding="utf-8")
+    return str(tmp / "sweep")
+
+
+def _run_with_eval_json(ws: Path, tmp: Path, text: str) -> str:
+    run = _copy(ws, tmp, "run")
+    (run / "eval.json").write_text(text, encoding="utf-8")
+    return str(run)
+
+
 def _tok(tmp: Path) -> str:
     shutil.copytree(LLAMA, tmp / "tok")
     return str(tmp / "tok")
@@ -239,12 +251,28 @@ CASES = [
     ("sweep-output-holding-the-source", lambda ws, t: ["sweep", str(_copy(ws, t / "out", "weights")), "--model", str(ws / "model"),
                                                       "--output-dir", str(t / "out"), "--plw", "0.1"],
      3, "contains the source", ()),
+    ("sweep-corrupt-sweep-json", lambda ws, t: ["sweep", str(ws / "weights"), "--model", str(ws / "model"),
+                                                "--output-dir", _sweep_dir(t, "{not json"), "--plw", "0.1"],
+     2, "sweep.json: cannot read it (JSONDecodeError", ()),
+    ("sweep-list-shaped-sweep-json", lambda ws, t: ["sweep", str(ws / "weights"), "--model", str(ws / "model"),
+                                                    "--output-dir", _sweep_dir(t, "[1, 2]"), "--plw", "0.1"],
+     2, "not a sweep record written by alpaca-plw", ()),
+    ("eval-list-shaped-eval-json", lambda ws, t: ["eval", _run_with_eval_json(ws, t, "[]"), "--tasks", "x"], 2,
+     "eval.json: a JSON list, not the eval record", ()),
+    ("eval-eval-json-not-json", lambda ws, t: ["eval", _run_with_eval_json(ws, t, "{"), "--tasks", "x"], 2,
+     "eval.json: exists but cannot be read as JSON", ()),
     ("train-lr-overflows-float32", lambda ws, t: _train(ws, t / "run", "--lr", "1e39"), 2,
      "--lr (and --lr x --weight-decay) must be at most 3.4e38", ()),
     ("stats-duplicate-key-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b", "output": "c"}]')],
      2, "record 1: the key 'output' appears twice in one object", ()),
     ("stats-duplicate-nested-key-jsonl", lambda ws, t: ["stats", _json(t, '{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "m": {"x": 1, "x": 2}, "output": "c"}\n', "d.jsonl")],
      2, "record 1 (line 3): the key 'x' appears twice", ()),
+    ("stats-json-nested-too-deep", lambda ws, t: ["stats", _json(t, "[" * 100_000 + "]" * 100_000)], 2,
+     "JSON nested too deeply", ()),
+    ("stats-jsonl-nested-too-deep", lambda ws, t: ["stats", _json(t, '{"instruction": ' + "[" * 5000 + "]" * 5000 + "}\n", "d.jsonl")],
+     2, "d.jsonl, line 1: JSON nested too deeply", ()),
+    ("stats-json-integer-too-long", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b", "n": ' + "9" * 5000 + "}]")],
+     2, "a JSON integer longer than Python's limit of 4300 digits (5000 digits)", ()),
     ("stats-malformed-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a",')], 2, "malformed JSON", ()),
     ("stats-invalid-utf8", lambda ws, t: ["stats", _json(t, '[{"instruction": "\udcff"}]')], 2, "not UTF-8", ()),
     # builders
@@ -263,6 +291,10 @@ CASES = [
      3, "not a directory", ()),
     ("build-output-exists", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", _with_file(t)],
      3, "--force", ()),
+    ("build-output-empty", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", ""], 3, "names a folder, not a file", ()),
+    ("build-output-dot", lambda ws, t: ["build-short", str(ws / "records.json"), "-o", "."], 3, "-o .: names a folder", ()),
+    ("build-output-parent", lambda ws, t: ["build-tiny", str(ws / "records.json"), "-o", str(t / "sub" / "..")], 3,
+     "names a folder, not a file", ()),
     ("build-medium-surrogate", lambda ws, t: ["build-medium", _json(t, '[{"instruction": "\\ud83d", "output": "b"}]'),
                                               "-o", str(t / "o.json")], 2, "record 0", ()),
     ("build-target-inf", lambda ws, t: ["build", "--target-rg", "inf", str(ws / "records.json"), "-o", str(t / "o.json")],
@@ -492,8 +524,8 @@ def test_train_killed_while_placing_the_final_model_is_completed_by_resume(ws, t
     assert staged, "killed after the first file moved: the rest is still staged"
     assert not json.loads((out / "run.json").read_text())["finished"]  # not complete: not claimed
     code, _, stderr = run_cli(_train(ws, out, "--resume"))
-    assert "completed placing the final model" in stderr and "is finished" in stderr, stderr
-    assert code == 2 and not (out / ".final").exists()
+    assert "completed placing the final model" in stderr and "the run is finished" in stderr, stderr
+    assert code == 0 and "error:" not in stderr and not (out / ".final").exists()
     assert json.loads((out / "run.json").read_text())["finished"]
     for name in staged:  # every file that was still staged is in place, whole
         assert (out / name).read_bytes() == (ws / "run" / name).read_bytes()
@@ -517,3 +549,40 @@ def test_a_checkpoint_with_non_finite_parameters_is_never_written(ws, tmp_path, 
     _assert_one_error_line(code, "", stderr, 6, "error: step 1: model parameters are not finite; "
                            "checkpoint-1 was not saved. No checkpoint was saved yet. Check the data")
     assert not list(out.glob("*checkpoint-*")) and not (out / "model.safetensors").exists()
+
+
+def test_analyze_base_without_torch_names_the_extra(ws, tmp_path, run_cli, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "torch" else find_spec(name, *args))
+    code, stdout, stderr = run_cli(["analyze", str(ws / "run"), "--base", str(ws / "model")])
+    _assert_one_error_line(code, stdout, stderr, 5, "alpaca-plw analyze --base needs torch")
+
+
+def test_resume_finishes_what_a_killed_checkpoint_rotation_left(ws, tmp_path, run_cli):
+    run = _copy(ws, tmp_path, "unfinished")
+    doomed = run / ".checkpoint-0.removing.k1ll3d"
+    doomed.mkdir()
+    shutil.copytree(run / "checkpoint-1", doomed / "checkpoint-0")  # killed inside rmtree
+    (run / ".checkpoint-9.removing.notours").mkdir()
+    (run / ".checkpoint-9.removing.notours" / "notes.txt").write_text("mine")
+    code, _, stderr = run_cli(_train(ws, run, "--resume"))
+    assert code == 0, stderr
+    assert "removed .checkpoint-0.removing.k1ll3d" in stderr
+    assert not doomed.exists()
+    assert (run / ".checkpoint-9.removing.notours" / "notes.txt").read_text() == "mine"
+
+
+def test_rotation_finishes_a_killed_rotation_first(tmp_path):
+    from alpaca_plw.train.features import rotate_checkpoints
+
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.pt").write_bytes(b"x")
+    (tmp_path / ".checkpoint-0.removing.abc").mkdir()
+    (tmp_path / ".checkpoint-0.removing.abc" / "checkpoint-0").mkdir()
+    removed = rotate_checkpoints(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["checkpoint-1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]

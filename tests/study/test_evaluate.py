@@ -38,12 +38,40 @@ def test_one_loglikelihood_equals_the_model_computed_directly(model_dir, monkeyp
 
 
 def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
+    from alpaca_plw.data.publish import write_marker
     from alpaca_plw.study.evaluate import _write_eval_json
 
+    write_marker(tmp_path, "run")
     _write_eval_json(tmp_path, 0.5, {"a": {"metric": "acc", "value": 0.25}}, "0.4.13")
     _write_eval_json(tmp_path, 0.5, {"b": {"metric": "acc", "value": 0.5}}, "0.4.13")
     body = json.loads((tmp_path / "eval.json").read_text())
     assert body["tasks"] == {"a": {"metric": "acc", "value": 0.25}, "b": {"metric": "acc", "value": 0.5}}
+
+
+def test_eval_json_merge_keeps_every_key_of_the_existing_file(tmp_path):
+    from alpaca_plw.data.publish import write_marker
+    from alpaca_plw.study.evaluate import _write_eval_json
+
+    write_marker(tmp_path, "run")
+    (tmp_path / "eval.json").write_text(json.dumps({"notes": {"by": "me"}, "tasks": {"a": 1}}))
+    _write_eval_json(tmp_path, 0.5, {"b": {"metric": "acc", "value": 0.5}}, "0.4.13")
+    body = json.loads((tmp_path / "eval.json").read_text())
+    assert body["notes"] == {"by": "me"} and set(body["tasks"]) == {"a", "b"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".alpaca-plw", "eval.json"]
+
+
+def test_eval_json_is_written_only_into_a_run_folder(tmp_path):
+    from alpaca_plw.data.safety import set_reporter
+    from alpaca_plw.study.evaluate import _write_eval_json
+
+    notes = []
+    set_reporter(notes.append)
+    try:
+        _write_eval_json(tmp_path, 0.5, {"a": {"metric": "acc", "value": 0.25}}, "0.4.13")
+    finally:
+        set_reporter(None)
+    assert list(tmp_path.iterdir()) == []
+    assert len(notes) == 1 and "is not a run folder" in notes[0] and "-o FILE" in notes[0]
 
 
 def test_a_hub_task_offline_fails_with_one_line_naming_the_local_way(run_cli, model_dir):
