@@ -14,7 +14,10 @@ def check_step(step: int, loss_sum, denominator: float, grad_norm, out: Path) ->
     import torch
 
     norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    loss_sum, norm = torch.stack([loss_sum.double(), norm.double()]).tolist()  # one device read
+    # with --cpu-offload the gradients, hence their norm, live on the host while the loss is on
+    # the GPU: bring the norm to the loss's device, then one read of both
+    norm = norm.to(loss_sum.device, torch.float64)
+    loss_sum, norm = torch.stack([loss_sum.double(), norm]).tolist()
     loss = loss_sum / denominator
     if math.isfinite(loss) and math.isfinite(norm):
         return
