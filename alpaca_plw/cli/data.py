@@ -9,8 +9,22 @@ from typing import Annotated, Optional
 
 import typer
 
+from alpaca_plw.data.limits import MAX_RECORD_CHARS as _MAX_RECORD_CHARS
 from alpaca_plw.cli.options import (Columns, Force, Format, Output, Source, Split, Tokenizer,
                                     data_options, err, guard, out, progress_bar)
+
+MaxRecordChars = Annotated[int, typer.Option(
+    "--max-record-chars", help="Refuse a record longer than this many characters (instruction + "
+    "input + output, or a conversation's messages), checked before tokenizing (which costs ~50 "
+    "bytes a character); 0: no limit.")]
+
+
+def _options(tokenizer, columns, split, max_record_chars: int):
+    """`data_options` plus the record size limit (0: none)."""
+    import dataclasses
+
+    return dataclasses.replace(data_options(tokenizer, columns, split),
+                               max_record_chars=max_record_chars or None)
 
 
 def stats(
@@ -19,6 +33,7 @@ def stats(
     tokenizer: Tokenizer = None,
     columns: Columns = None,
     split: Split = "train",
+    max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dataset per line.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw length and ratio histograms to this PNG.")] = None,
 ) -> None:
@@ -30,7 +45,7 @@ def stats(
     from alpaca_plw.data.tokenizer import resolve_spec
 
     with progress_bar() as progress:
-        options = data_options(tokenizer, columns, split)
+        options = _options(tokenizer, columns, split, max_record_chars)
         inputs = [("source dataset", s) for s in sources or [default_source()]]
         inputs.append(("tokenizer", resolve_spec(options.tokenizer)))
         with file_output(plot, inputs, force=True):  # never over an input; --plot replaces a file
@@ -48,58 +63,62 @@ def stats(
         err.print(f"wrote {plot}")
 
 
-def _build(rule, source, output, fmt, force, tokenizer, columns, split) -> None:
+def _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars) -> None:
     from alpaca_plw.data.pipeline import build_dataset
     from alpaca_plw.cli.render import build_summary, stats_table
 
     with progress_bar() as progress:
-        built = build_dataset(source, rule, data_options(tokenizer, columns, split), output, fmt, force,
-                              progress)
+        built = build_dataset(source, rule, _options(tokenizer, columns, split, max_record_chars),
+                              output, fmt, force, progress)
     err.print(build_summary(built))
     out().print(stats_table([built.stats]))
 
 
 def build_short(source: Source = None, output: Output = None, fmt: Format = None,
                 force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
-                split: Split = "train") -> None:
+                split: Split = "train",
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
     """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
     from alpaca_plw.data.build import SHORT
 
-    guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split))
+    guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
 
 
 def build_medium(source: Source = None, output: Output = None, fmt: Format = None,
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
-                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
     """Swap toward R_g = 1.0 (AlpacaDataMedium)."""
     from alpaca_plw.data.build import MEDIUM, BuildRule
 
     rule = BuildRule(MEDIUM.name, MEDIUM.target_rg, allow_drop=allow_drop)
-    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
 
 
 def build_tiny(source: Source = None, output: Output = None, fmt: Format = None,
                force: Force = False, allow_drop: Annotated[bool, typer.Option(
                    "--allow-drop/--no-allow-drop", help="Leave out highest-ratio records when swapping alone cannot reach the target (on by default here; always reported).")] = True,
-               tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+               tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
     """Swap toward R_g = 0.042 (AlpacaDataTiny)."""
     from alpaca_plw.data.build import TINY, BuildRule
 
     rule = BuildRule(TINY.name, TINY.target_rg, allow_drop=allow_drop)
-    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split))
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
 
 
 def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="Target R_g (> 0).")],
                  source: Source = None, output: Output = None, fmt: Format = None,
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
-                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train") -> None:
+                 tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
     """Swap toward any target R_g (deterministic prefix rule; see README)."""
     from alpaca_plw.data.build import target_rule
 
     guard(lambda: _build(target_rule(target_rg, allow_drop), source, output, fmt, force,
-                          tokenizer, columns, split))
+                          tokenizer, columns, split, max_record_chars))
 
 
 def weights(
@@ -111,6 +130,7 @@ def weights(
     max_length: Annotated[int, typer.Option("--max-length", help="Cut sequences at this many tokens.")] = 512,
     force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
     split: Split = "train",
+    max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
     chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: a Jinja chat template file [default: the tokenizer's own].", show_default=False)] = None,
     role_weights: Annotated[Optional[str], typer.Option("--role-weights", help="Conversations: per-role weights overriding --plw, e.g. system=0,user=0.1,tool=0.1,markup=0.", show_default=False)] = None,
     assistant_turns: Annotated[str, typer.Option("--assistant-turns", help="Conversations: learn 'all' assistant turns, or only the 'last' (earlier ones weigh --plw).")] = "all",
@@ -135,7 +155,8 @@ def weights(
             chat = ChatOptions(None if chat_template is None else str(chat_template),
                                parse_role_weights(role_weights), assistant_turns)
         with progress_bar() as progress:
-            summary = make_weights(source, value, data_options(tokenizer, columns, split), output,
+            summary = make_weights(source, value,
+                                   _options(tokenizer, columns, split, max_record_chars), output,
                                    max_length, force, progress, chat)
         out().print(weights_summary(summary))
 

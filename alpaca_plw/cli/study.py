@@ -72,6 +72,7 @@ def sweep(
     columns: Columns = None,
     split: Split = "train",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and the total steps and tokens; write nothing.")] = False,
+    max_record_chars: Annotated[int, typer.Option("--max-record-chars", help="Refuse a record longer than this many characters, before tokenizing (0: no limit).")] = 1_000_000,
 ) -> None:
     """Train one run per PLW value (same seed, data and options); any `train` option may follow."""
     from alpaca_plw.cli.render_study import sweep_plan_table, sweep_table
@@ -83,7 +84,8 @@ def sweep(
         from alpaca_plw.study.sweep import SweepConfig
         from alpaca_plw.study.sweep import sweep as run_sweep
 
-        options = data_options(tokenizer, columns, split)
+        options = dataclasses.replace(data_options(tokenizer, columns, split),
+                                      max_record_chars=max_record_chars or None)
         cfg = SweepConfig(source=source, model=model, output_dir=output_dir, plws=parse_plws(plw),
                           train=train_options(list(ctx.args)), launcher=launcher,
                           nproc_per_node=nproc_per_node, max_length=max_length,

@@ -14,6 +14,7 @@ from alpaca_plw.data.chat_pipeline import measure_chat
 from alpaca_plw.data.conversations import Conversations
 from alpaca_plw.data.kinds import check_one_kind
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
+from alpaca_plw.data.limits import MAX_RECORD_CHARS
 from alpaca_plw.data.output import manifest_json, text_writer, write_records
 from alpaca_plw.data.records import ColumnMap, Records
 from alpaca_plw.data.safety import claim, precheck
@@ -29,6 +30,14 @@ class DataOptions:
     tokenizer: str | None = None
     columns: ColumnMap = ColumnMap()
     split: str = "train"
+    max_record_chars: int | None = MAX_RECORD_CHARS  # None: no limit (see data/limits.py)
+
+    def __post_init__(self):
+        if self.max_record_chars is not None and self.max_record_chars < 1:
+            from alpaca_plw.errors import ConfigError
+
+            raise ConfigError(f"--max-record-chars must be at least 1 (0 on the command line: no "
+                              f"limit), got {self.max_record_chars}")
 
 
 @dataclass
@@ -40,7 +49,8 @@ class Measured:
 
 def _load_all(sources, options: DataOptions):
     tokenizer = load_tokenizer(options.tokenizer)
-    loaded = [load_records(s, options.columns, options.split) for s in sources]
+    loaded = [load_records(s, options.columns, options.split, options.max_record_chars)
+              for s in sources]
     check_one_kind(loaded)
     return tokenizer, loaded
 
@@ -219,7 +229,7 @@ def _make_weights(
     from alpaca_plw.data.weights_store import to_table, write_weights_dir
 
     tokenizer = load_tokenizer(options.tokenizer)
-    records = load_records(source, options.columns, options.split)
+    records = load_records(source, options.columns, options.split, options.max_record_chars)
     if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
         from alpaca_plw.data.chat_pipeline import chat_weights
 

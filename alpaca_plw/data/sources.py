@@ -20,6 +20,7 @@ from alpaca_plw.data.json_keys import (DuplicateKey, Pairs, duplicate, duplicate
 from alpaca_plw.data.safety import is_regular_or_dir
 from alpaca_plw.errors import InputError
 from alpaca_plw.data.kinds import from_columns, from_rows
+from alpaca_plw.data.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes, read_parquet
 from alpaca_plw.data.records import ColumnMap, Records, Source
 
 FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
@@ -145,12 +146,21 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
     return from_columns(data, source, columns)
 
 
-def _load_table(table, source: Source, columns: ColumnMap) -> Records:
-    """Records from an Arrow table (Parquet files, Arrow datasets)."""
-    _no_duplicates(table.column_names, source)
-    wanted = {columns.instruction, columns.input, columns.output, columns.messages}
-    data = {name: table.column(name).to_pylist() for name in table.column_names if name in wanted}
-    data.update({name: [] for name in table.column_names if name not in wanted})
+def _wanted(names: list[str], columns: ColumnMap) -> list[str]:
+    return [n for n in names if n in {columns.instruction, columns.input, columns.output,
+                                      columns.messages}]
+
+
+def _load_table(table, source: Source, columns: ColumnMap, limit: int | None,
+                names: list[str] | None = None) -> Records:
+    """Records from an Arrow table (Parquet files, Arrow datasets) holding at least the wanted
+    columns; `names` are all the source's columns (default: the table's)."""
+    names = table.column_names if names is None else names
+    _no_duplicates(names, source)
+    wanted = _wanted(names, columns)
+    check_arrow_sizes([table.column(n) for n in wanted], table.num_rows, source.path, limit)
+    data = {name: table.column(name).to_pylist() for name in wanted}
+    data.update({name: [] for name in names if name not in wanted})
     return from_columns(data, source, columns)
 
 
@@ -161,17 +171,18 @@ def _no_duplicates(names: list[str], source: Source) -> None:
                          "rename one of them")
 
 
-def _load_parquet(data: bytes, source: Source, columns: ColumnMap) -> Records:
+def _load_parquet(data: bytes, source: Source, columns: ColumnMap, limit: int | None) -> Records:
+    """Only the wanted columns are decoded, in bounded batches (`limits.read_parquet`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        _no_duplicates(pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names, source)
-        # One thread: Arrow's thread pool can abort the interpreter at exit (apache/arrow#34314).
-        table = pq.read_table(pa.BufferReader(data), use_threads=False)
+        names = pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names
+        _no_duplicates(names, source)
+        table = read_parquet(data, source.path, _wanted(names, columns), limit)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{source.path}: cannot read Parquet: {exc}") from None
-    return _load_table(table, source, columns)
+    return _load_table(table, source, columns, limit, names)
 
 
 def _pick_split(dataset, split: str, shown: str):
@@ -184,7 +195,8 @@ def _pick_split(dataset, split: str, shown: str):
     return dataset
 
 
-def _load_dataset_dir(path: Path, source: Source, columns: ColumnMap, split: str) -> Records:
+def _load_dataset_dir(path: Path, source: Source, columns: ColumnMap, split: str,
+                      limit: int | None) -> Records:
     from datasets import load_from_disk
 
     try:
@@ -194,7 +206,7 @@ def _load_dataset_dir(path: Path, source: Source, columns: ColumnMap, split: str
             f"{source.path}: not a directory written by datasets.save_to_disk ({exc})"
         ) from None
     dataset = _pick_split(dataset, split, source.path)
-    return _load_table(dataset.data.table, source, columns)
+    return _load_table(dataset.data.table, source, columns, limit)
 
 
 def _dir_digest(path: Path) -> str:
@@ -227,7 +239,7 @@ def _probe_hub(name: str) -> None:
         raise _hub_failure(name, exc) from None
 
 
-def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
+def _load_hub(name: str, columns: ColumnMap, split: str, limit: int | None) -> Records:
     _probe_hub(name)
     try:
         from datasets import load_dataset
@@ -237,21 +249,24 @@ def _load_hub(name: str, columns: ColumnMap, split: str) -> Records:
         raise _hub_failure(name, exc) from None
     source = Source(name=f"{name}:{split}", path=name, kind="hub",
                     sha256=getattr(dataset, "_fingerprint", None))
-    return _load_table(dataset.data.table, source, columns)
+    return _load_table(dataset.data.table, source, columns, limit)
 
 
 def load_records(
     source: str | os.PathLike | None = None,
     columns: ColumnMap | None = None,
     split: str = "train",
+    max_record_chars: int | None = MAX_RECORD_CHARS,
 ) -> Records:
     """Load and validate one dataset.
 
     `source` is a local .json (array) / .jsonl / .parquet / .csv file, a `save_to_disk` directory,
     or a Hugging Face hub dataset id (then `split` picks the split); None means the project sample.
-    Text that cannot be written as UTF-8 (lone surrogates, e.g. a JSON "\\ud800") is refused.
+    Text that cannot be written as UTF-8 (lone surrogates, e.g. a JSON "\\ud800") is refused, and
+    so is a record longer than `max_record_chars` characters (None: no limit; see `limits`).
     """
-    dataset = _load_any(source, columns, split)
+    dataset = _load_any(source, columns, split, max_record_chars)
+    check_record_sizes(dataset, max_record_chars)
     _check_unicode(dataset)
     return dataset
 
@@ -278,17 +293,17 @@ def _check_unicode(dataset) -> None:
                     "which UTF-8 cannot hold)") from None
 
 
-def _load_any(source, columns: ColumnMap | None, split: str):
+def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
     columns = columns or ColumnMap()
     path = Path(source) if source is not None else default_source()
     shown = display_path(path)
     if path.is_dir():
         src = Source(name=path.name, path=shown, kind="arrow-dir", sha256=_dir_digest(path))
-        return _load_dataset_dir(path, src, columns, split)
+        return _load_dataset_dir(path, src, columns, split, limit)
     if not path.exists():
         text = str(source)
         if path.suffix.lower() not in FILE_FORMATS and _HUB_ID.match(text) and not text.startswith("."):
-            return _load_hub(text, columns, split)
+            return _load_hub(text, columns, split, limit)
         raise InputError(f"{shown}: no such file or directory")
     special = is_regular_or_dir(path)  # decided from stat: a FIFO or device is never opened
     if special:
@@ -305,5 +320,5 @@ def _load_any(source, columns: ColumnMap | None, split: str):
     src = Source(name=path.name, path=shown, kind=suffix.lstrip("."),
                  sha256=hashlib.sha256(data).hexdigest())
     if suffix == ".parquet":
-        return _load_parquet(data, src, columns)
+        return _load_parquet(data, src, columns, limit)
     return text_loaders[suffix](_decode(data, shown), src, columns)

@@ -48,7 +48,7 @@ def tokenized(source, options, max_length: int) -> WeightsData:
     from alpaca_plw.data.weights import build_weights
 
     tokenizer = load_tokenizer(options.tokenizer)
-    records = load_records(source, options.columns, options.split)
+    records = load_records(source, options.columns, options.split, options.max_record_chars)
     tw = build_weights(records, tokenizer, 0.0, max_length)
     if tw.source_index.size == 0:
         from alpaca_plw.errors import InputError

@@ -132,6 +132,14 @@ def _dup_parquet(tmp: Path) -> str:
     return str(tmp / "dup.parquet")
 
 
+def _parquet_bomb(tmp: Path) -> str:
+    """Under 100 kB on disk, 800 MB decoded: one 4,000-character value on 100,000 rows, twice."""
+    column = pa.DictionaryArray.from_arrays(pa.array([0] * 100_000, pa.int32()), pa.array(["z" * 4000]))
+    pq.write_table(pa.table({"instruction": column, "output": column}), tmp / "bomb.parquet",
+                   compression="zstd")
+    return str(tmp / "bomb.parquet")
+
+
 def _copy(ws: Path, tmp: Path, name: str) -> Path:
     (shutil.copytree if (ws / name).is_dir() else shutil.copy)(ws / name, tmp / name)
     return tmp / name
@@ -273,6 +281,9 @@ CASES = [
      2, "d.jsonl, line 1: JSON nested too deeply", ()),
     ("stats-json-integer-too-long", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b", "n": ' + "9" * 5000 + "}]")],
      2, "a JSON integer longer than Python's limit of 4300 digits (5000 digits)", ()),
+    ("stats-record-over-max-record-chars", lambda ws, t: ["stats", str(ws / "records.json"), "--max-record-chars", "10"],
+     2, "record 0: instruction, input and output hold", ()),
+    ("stats-parquet-decompression-bomb", lambda ws, t: ["stats", _parquet_bomb(t)], 2, "a file this compressed is refused", ()),
     ("stats-malformed-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a",')], 2, "malformed JSON", ()),
     ("stats-invalid-utf8", lambda ws, t: ["stats", _json(t, '[{"instruction": "\udcff"}]')], 2, "not UTF-8", ()),
     # builders
