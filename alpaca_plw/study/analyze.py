@@ -58,24 +58,43 @@ def _tensor_files(model_dir: Path) -> dict[str, Path]:
     """Parameter name -> safetensors file of a save_pretrained folder (single file or sharded)."""
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        return {name: model_dir / file for name, file in weight_map.items()}
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            return {str(name): model_dir / str(file) for name, file in weight_map.items()}
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"{index}: not a safetensors index with a 'weight_map' object "
+                             f"({type(exc).__name__})") from None
     single = model_dir / "model.safetensors"
     if not single.is_file():
         raise InputError(f"{model_dir}: no model.safetensors (a save_pretrained folder is needed "
                          "to measure weight distances)")
+    with _opened(single, "np") as handle:
+        return {name: single for name in handle.keys()}  # noqa: SIM118 (not a dict)
+
+
+def _opened(file: Path, framework: str):
+    """`safe_open(file)`; a missing, truncated or corrupt file is one InputError naming it."""
     from safetensors import safe_open
 
-    with safe_open(str(single), "np") as handle:
-        return {name: single for name in handle.keys()}  # noqa: SIM118 (not a dict)
+    try:
+        return safe_open(str(file), framework)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{file}: not a readable safetensors file ({first})") from None
 
 
 def _getter(files: dict[str, Path]):
     """name -> float64 array, reading each tensor from its safetensors file on demand."""
-    from safetensors import safe_open
+    handles = {file: _opened(file, "pt") for file in set(files.values())}
 
-    handles = {file: safe_open(str(file), "pt") for file in set(files.values())}
-    return lambda name: handles[files[name]].get_tensor(name).double().numpy()
+    def get(name: str):
+        try:
+            return handles[files[name]].get_tensor(name).double().numpy()
+        except Exception as exc:  # noqa: BLE001 - a tensor whose bytes are cut or corrupt
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{files[name]}: cannot read tensor {name} ({first})") from None
+
+    return get
 
 
 def _merged_state(run_dir: Path, base: str) -> dict[str, np.ndarray]:

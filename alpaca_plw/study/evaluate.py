@@ -140,7 +140,13 @@ def evaluate_model(run_dir: Path, options: EvalOptions, manager, log_samples: bo
     """lm-eval's `simple_evaluate` on one run; returns its raw result dictionary."""
     from lm_eval import simple_evaluate
 
-    model = _load_model(run_dir, options)
+    try:
+        model = _load_model(run_dir, options)
+    except PLWError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt or truncated model raises many types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{run_dir}: cannot load its model ({type(exc).__name__}: {first})") from None
     try:
         return simple_evaluate(model=model, tasks=list(options.tasks), task_manager=manager,
                                limit=options.limit, num_fewshot=options.num_fewshot,

@@ -176,6 +176,13 @@ def _corrupt_model(ws: Path, tmp: Path) -> str:
     return str(model)
 
 
+def _corrupt_run(ws: Path, tmp: Path) -> str:
+    run = _copy(ws, tmp, "run")
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 3])
+    return str(run)
+
+
 def _corrupt_checkpoint(ws: Path, tmp: Path) -> str:
     run = _copy(ws, tmp, "unfinished")
     (run / "checkpoint-1" / "trainer_state.pt").write_bytes(b"not a torch file")
@@ -269,6 +276,13 @@ CASES = [
      "eval.json: a JSON list, not the eval record", ()),
     ("eval-eval-json-not-json", lambda ws, t: ["eval", _run_with_eval_json(ws, t, "{"), "--tasks", "x"], 2,
      "eval.json: exists but cannot be read as JSON", ()),
+    ("analyze-corrupt-run-model", lambda ws, t: ["analyze", _corrupt_run(ws, t), "--base", str(ws / "model")], 2,
+     "model.safetensors: not a readable safetensors file", ()),
+    ("analyze-corrupt-base", lambda ws, t: ["analyze", str(ws / "run"), "--base", _corrupt_model(ws, t)], 2,
+     "model.safetensors: not a readable safetensors file", ()),
+    ("eval-corrupt-model", lambda ws, t: ["eval", _corrupt_run(ws, t), "--tasks", "plw_tiny_mc", "--include-path",
+                                          str(REPO / "tests" / "fixtures" / "lm_eval_tasks"), "--trust-tasks",
+                                          "--device", "cpu"], 2, "cannot load its model (SafetensorError", ()),
     ("train-lr-overflows-float32", lambda ws, t: _train(ws, t / "run", "--lr", "1e39"), 2,
      "--lr (and --lr x --weight-decay) must be at most 3.4e38", ()),
     ("stats-duplicate-key-json", lambda ws, t: ["stats", _json(t, '[{"instruction": "a", "output": "b"}, {"instruction": "a", "output": "b", "output": "c"}]')],
