@@ -39,6 +39,8 @@ It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The ter
   with full logits.
 
 Each term is tested against a measured CPU run of a small model (tests/train/test_memory_*.py).
+On an H200 the CUDA saved bytes equal the activation formulas exactly, and a real accumulated step's
+peak `max_memory_allocated` is within 5% of the total (tests/train/test_memory_gpu.py).
 This is an estimate for choosing flags; allocator fragmentation and kernel workspaces come on top.
 """
 
