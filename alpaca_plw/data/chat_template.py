@@ -15,6 +15,10 @@ it twice, is refused with a clear error rather than guessed at.
 The markup that closes an assistant turn is what the template emits after that assistant's content
 when the conversation ends there (a third render, cut after that message), as far as the full
 render agrees with it: for ChatML `<|im_end|>\\n`, for Llama-2-chat ` </s>`.
+
+A template is code the user supplied, so each render has a time limit (`RENDER_SECONDS`, enforced
+with SIGALRM in the main thread), and a render that recurses too deeply or runs out of memory is
+refused with one line instead of a traceback; none of them leaves the output lock held.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +37,37 @@ from alpaca_plw.errors import ConfigError, InputError
 _BASE = 0xF0000  # Supplementary Private Use Area-A: one placeholder character per message
 _PLACEHOLDER = re.compile("[\U000F0000-\U000FFFFD]")
 MARKUP = -1  # owner of a markup character; otherwise the owner is the message index
+RENDER_SECONDS = 10.0  # the most one render of one conversation may take
 
 
 class TemplateRefusal(Exception):
     """Raised by `raise_exception(...)` inside a template."""
+
+
+class _TooSlow(Exception):
+    """Raised into a render that has run past `RENDER_SECONDS`."""
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Raise `_TooSlow` inside the block after `seconds` (main thread only; elsewhere no limit)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _TooSlow
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass(frozen=True)
@@ -58,13 +90,24 @@ class ChatTemplate:
         from jinja2 import TemplateError
 
         try:
-            return self.compiled.render(messages=messages, bos_token=bos, eos_token=eos,
-                                        add_generation_prompt=False, tools=None)
+            with _time_limit(RENDER_SECONDS):
+                return self.compiled.render(messages=messages, bos_token=bos, eos_token=eos,
+                                            add_generation_prompt=False, tools=None)
         except TemplateRefusal as exc:
             raise InputError(f"{where}: the chat template refuses this conversation: {exc}") from None
-        except (TemplateError, TypeError, ValueError, IndexError, KeyError) as exc:
+        except _TooSlow:
+            raise InputError(f"{where}: the chat template {self.name} ran longer than "
+                             f"{RENDER_SECONDS:g} s on this conversation (a loop that does not "
+                             "end?); nothing was written") from None
+        except RecursionError:
+            raise InputError(f"{where}: the chat template {self.name} recursed too deeply on this "
+                             "conversation (a macro that calls itself?)") from None
+        except MemoryError:
+            raise InputError(f"{where}: the chat template {self.name} ran out of memory on this "
+                             "conversation") from None
+        except (TemplateError, TypeError, ValueError, IndexError, KeyError, OverflowError) as exc:
             raise InputError(f"{where}: the chat template failed on this conversation "
-                             f"({type(exc).__name__}: {exc})") from None
+                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def compile_template(text: str, name: str) -> ChatTemplate:
@@ -125,7 +168,11 @@ def _tokenizer_template(directory: Path) -> str | None:
     config = directory / "tokenizer_config.json"
     if not config.is_file():
         return None
-    value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, RecursionError, AttributeError) as exc:
+        raise ConfigError(f"{config}: cannot read its chat_template ({type(exc).__name__}); pass "
+                          "--chat-template FILE") from None
     if isinstance(value, list):  # named templates: [{"name": ..., "template": ...}]
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
         value = named.get("default")

@@ -22,6 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
 SAMPLE = REPO / "data" / "sample.json"
+CHAT = REPO / "tests" / "fixtures" / "chat" / "conversations.jsonl"
 ARROW = "data-00000-of-00001.arrow"
 
 
@@ -343,6 +344,9 @@ CASES = [
      2, "--plw", ()),
     ("weights-output-is-a-file", lambda ws, t: ["weights", str(ws / "records.json"), "--plw", "0.1", "-o",
                                                 _with_file(t), "--force"], 3, "not a directory", ()),
+    ("weights-chat-template-recursion", lambda ws, t: ["weights", str(CHAT), "--plw", "0.1", "-o", str(t / "w"), "--chat-template",
+                                                       _json(t, "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "t.jinja")],
+     2, "recursed too deeply", ()),
     ("weights-surrogate", lambda ws, t: ["weights", _json(t, '[{"instruction": "x", "input": "\\udc80", "output": "b"}]'),
                                          "--plw", "0.1", "-o", str(t / "w")], 2, "field 'input'", ()),
     # train
@@ -611,3 +615,15 @@ def test_rotation_finishes_a_killed_rotation_first(tmp_path):
     removed = rotate_checkpoints(tmp_path, keep=2)
     assert [p.name for p in removed] == ["checkpoint-1"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+
+
+def test_a_chat_template_that_never_ends_is_stopped_by_its_time_limit(tmp_path, run_cli, monkeypatch):
+    monkeypatch.setattr("alpaca_plw.data.chat_template.RENDER_SECONDS", 0.3)
+    template = tmp_path / "slow.jinja"
+    template.write_text("{% for a in range(100000) %}{% for b in range(1000) %}{% endfor %}"
+                        "{% endfor %}{{ messages[0].content }}")
+    out = tmp_path / "w"
+    code, stdout, stderr = run_cli(["weights", CHAT, "--plw", "0.1", "-o", out, "--chat-template",
+                                    template])
+    _assert_one_error_line(code, stdout, stderr, 2, "ran longer than 0.3 s on this conversation")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.jinja"]  # no output, no lock left
