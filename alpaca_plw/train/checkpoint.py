@@ -58,10 +58,20 @@ def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict 
     """Save model (from `state_dict`, already gathered) and tokenizer into `target` atomically."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp)
-        if extra is not None:
-            torch.save(extra, tmp / STATE_FILE)
+        try:
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            if extra is not None:
+                torch.save(extra, tmp / STATE_FILE)
+        except OSError:
+            raise  # `atomic_write_dir` names the target and the reason (exit 3)
+        except Exception as exc:  # noqa: BLE001 - torch and safetensors report a full disk as
+            # RuntimeError ("file write failed") or SafetensorError ("No space left on device")
+            from alpaca_plw.errors import OutputError
+
+            raise OutputError(f"{target}: cannot write it ({type(exc).__name__}: "
+                              f"{_first_line(exc)}); the previous checkpoint, if any, is "
+                              "untouched") from None
 
     atomic_write_dir(target, write)
 

@@ -21,8 +21,22 @@ def append_log(path: Path, record: dict) -> None:
 
 def trim_log(path: Path, last_step: int) -> None:
     """On resume, keep the log lines of the steps the checkpoint contains."""
+    from alpaca_plw.data.publish import writing
+    from alpaca_plw.errors import InputError
+
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines()
-             if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in lines))
+    kept = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            step = json.loads(line)["step"]
+            keep = step <= last_step
+        except (ValueError, RecursionError, KeyError, TypeError):
+            raise InputError(f"{path}, line {number}: not a log record with a step "
+                             f"({line[:60]!r}); the run cannot be resumed from it") from None
+        if keep:
+            kept.append(line)
+    with writing(path):
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")

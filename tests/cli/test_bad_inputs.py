@@ -177,6 +177,13 @@ def _corrupt_model(ws: Path, tmp: Path) -> str:
     return str(model)
 
 
+def _with_log_line(ws: Path, tmp: Path, line: str) -> str:
+    run = _copy(ws, tmp, "unfinished")
+    with open(run / "log.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return str(run)
+
+
 def _corrupt_run(ws: Path, tmp: Path) -> str:
     run = _copy(ws, tmp, "run")
     data = (run / "model.safetensors").read_bytes()
@@ -401,6 +408,8 @@ CASES = [
     ("train-resume-and-force", lambda ws, t: _train(ws, ws / "unfinished", "--resume", "--force"), 2, "contradict", ()),
     ("train-resume-unmarked", lambda ws, t: _train(ws, _user_folder(t), "--resume"), 2, "run.json", ()),
     ("train-corrupt-model", lambda ws, t: _train(ws, t / "run", model=_corrupt_model(ws, t)), 2, "--model", ()),
+    ("train-resume-corrupt-log", lambda ws, t: _train(ws, _with_log_line(ws, t, "{not json"), "--resume"), 2,
+     "log.jsonl, line 3: not a log record with a step", ()),
     ("train-corrupt-checkpoint", lambda ws, t: _train(ws, _corrupt_checkpoint(ws, t), "--resume"), 2,
      "cannot read the checkpoint", ()),
     ("train-resume-planted-pickle", lambda ws, t: _train(ws, _planted_checkpoint(ws, t), "--resume"), 2,

@@ -132,3 +132,16 @@ def test_a_sweep_rerun_refuses_a_planted_pickle_and_never_runs_it(tmp_path, tiny
     assert not marker.exists(), "the planted pickle ran"
     assert json.loads((out / "sweep.json").read_text())["runs"][0]["status"] != "done"
     assert before["config"] == json.loads((out / "sweep.json").read_text())["config"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_output_error(tiny_llama, train_weights, tmp_path,
+                                                                   run_cli, monkeypatch):
+    def full_disk(*args, **kwargs):  # what torch.save raises when the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    out = tmp_path / "run"
+    code, _, stderr = run_cli(_args(train_weights, tiny_llama, out))
+    _one_error(code, stderr, 3, f"{out / 'checkpoint-1'}: cannot write it (RuntimeError: ")
+    assert not list(out.glob("*checkpoint-1*"))  # no half checkpoint, no temporary folder
