@@ -106,6 +106,14 @@ def test_training_on_a_device_torch_cannot_use_is_one_error_line(run_inputs, run
     assert not (tmp_path / "run").exists()
 
 
+def test_a_device_torch_does_not_know_is_one_error_line(run_inputs, run_cli, tmp_path):
+    model_dir, weights = run_inputs
+    code, _, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
+                            tmp_path / "run", "--device", "gpu0", "--dry-run"])
+    assert code == 2 and "--device gpu0: not a device torch knows" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_gpu_memory_without_dry_run_is_one_error_line(run_inputs, run_cli, tmp_path):
     model_dir, weights = run_inputs
     code, _, err = run_cli(["train", weights, "--model", model_dir, "--output-dir",
