@@ -11,6 +11,9 @@ that would start with less than its expected time left in --budget-s is skipped 
   equivalence     a 2-layer model of the 1.1B width under bf16 autocast: packed vs separate logits
                   for sdpa, eager, flex_attention and torch_varlen; packed (torch_varlen) vs padded
                   (sdpa) loss and gradients; chunked vs full-logit loss
+  tune            the trainer alone at the bench's geometry (1.1B, 128 records per step) with packed
+                  budgets of 4,096 to 16,384 tokens, with and without --compile: tokens/s and peak;
+                  the fastest whose peak stays within --peak-limit-gib goes to the bench
   bench           benchmarks/bench_train.py on the 1.1B shape, the common recipe side by side
   memory          the trainer's --dry-run estimate against torch.cuda.max_memory_allocated, 1.1B,
                   with and without gradient checkpointing
@@ -59,7 +62,8 @@ SHAPE_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=128)
 # expected seconds of each stage on the H200 (the budget check), and whether it needs CUDA
 STAGES = {"env": (10, False), "attention_work": (10, False), "kernels": (20, False),
-          "equivalence": (40, False), "bench": (120, False), "memory": (50, False),
+          "equivalence": (40, False), "tune": (120, False), "bench": (120, False),
+          "memory": (50, False),
           "smoke": (70, False), "compile": (90, False), "seven_b": (150, True),
           "tests": (60, False)}
 
@@ -374,6 +378,9 @@ def stage_bench(ctx: Context) -> dict:
             "--out", str(target), "--force"]
     argv += (["--shapes", "tiny", "--steps", "3", "--warmup", "1", "--batch", "8", "--micro", "4"]
              if ctx.args.reduced else ["--shapes", "1.1b"])
+    best = getattr(ctx, "best", None)
+    if best is not None and not ctx.args.reduced:
+        argv += ["--max-tokens", str(best["max_tokens"])] + (["--compile"] if best["compile"] else [])
     bench_train.main(argv)
     return {"results": json.loads(target.read_text()), "argv": argv}
 
@@ -404,7 +411,10 @@ def _trainer_run(ctx: Context, model_dir: Path, name: str, steps: int = 3, **opt
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     peak = torch.cuda.max_memory_allocated() / GIB if ctx.cuda else None
+    timed = [r.get("tokens_per_s") for r in records[2:]] or [r.get("tokens_per_s") for r in records]
     out = {"ok": True, "seconds": round(time.perf_counter() - began, 1),
+           "largest_micro_batch_tokens": _largest_micro(ctx, plan, base),
+           "median_tokens_per_s_after_2": float(np.median(timed)) if timed else None,
            "losses": [round(r["loss"], 5) for r in records],
            "tokens_per_s": [r.get("tokens_per_s") for r in records],
            "attention": plan.attention, "packing": plan.packing,
@@ -415,6 +425,22 @@ def _trainer_run(ctx: Context, model_dir: Path, name: str, steps: int = 3, **opt
     if ctx.cuda:
         torch.cuda.empty_cache()
     return out
+
+
+def _largest_micro(ctx: Context, plan, base: dict) -> int:
+    """Tokens in the largest micro-batch the run's steps formed (packing by the plan's budget)."""
+    from alpaca_plw.train.batches import DataOrder
+    from alpaca_plw.train.packing import pack_records
+
+    store = ctx.store()
+    order = DataOrder(len(store), 42, plan.micro_batch_size, plan.grad_accum, 1)
+    largest = 0
+    for step in range(base["max_steps"]):
+        records = order.step_records(step)
+        bins = (pack_records(records, store.lengths, plan.max_tokens) if plan.packing
+                else order.micro_batches(step, 0))
+        largest = max(largest, max(int(store.lengths[b].sum()) for b in bins))
+    return largest
 
 
 def _guarded(fn) -> dict:
@@ -428,9 +454,35 @@ def _guarded(fn) -> dict:
 def stage_memory(ctx: Context) -> dict:
     model_dir = ctx.model_dir("small" if ctx.args.reduced else "1.1b",
                               SHAPE_TINY if ctx.args.reduced else SHAPE_1B)
-    return {"plain": _guarded(lambda: _trainer_run(ctx, model_dir, "mem-plain")),
+    full = dict(micro_batch_size=64, grad_accum=1)  # ~2 packed micro-batches filled to the budget
+    return {"plain": _guarded(lambda: _trainer_run(ctx, model_dir, "mem-plain", **full)),
             "checkpointing": _guarded(lambda: _trainer_run(ctx, model_dir, "mem-ckpt",
-                                                           gradient_checkpointing=True))}
+                                                           gradient_checkpointing=True, **full))}
+
+
+def stage_tune(ctx: Context) -> dict:
+    """Tokens/s and peak of the trainer alone at the bench geometry, per packed budget and compile."""
+    model_dir = ctx.model_dir("small" if ctx.args.reduced else "1.1b",
+                              SHAPE_TINY if ctx.args.reduced else SHAPE_1B)
+    spec = ctx.args.tune or ("1024,2048" if ctx.args.reduced else "4096,8192,4096c,8192c,16384c")
+    variants = [(int(v.rstrip("c")), v.endswith("c")) for v in spec.split(",")]
+    out, best = {}, None
+    for budget, compiled in variants:
+        name = f"{budget}{'-compile' if compiled else ''}"
+        run = _guarded(lambda b=budget, c=compiled, n=name: _trainer_run(
+            ctx, model_dir, f"tune-{n}", steps=6, micro_batch_size=8, grad_accum=16,
+            max_tokens=b, compile=c))
+        run.pop("estimate_gib", None)
+        out[name] = run
+        within = run.get("peak_gib") is None or run["peak_gib"] <= ctx.args.peak_limit_gib
+        if run.get("ok") and within and (best is None or run["median_tokens_per_s_after_2"]
+                                         > out[best]["median_tokens_per_s_after_2"]):
+            best = name
+    if best is not None:
+        ctx.best = {"max_tokens": int(best.split("-")[0]), "compile": best.endswith("compile")}
+    out["chosen"] = best
+    out["peak_limit_gib"] = ctx.args.peak_limit_gib
+    return out
 
 
 def stage_smoke(ctx: Context) -> dict:
@@ -438,6 +490,8 @@ def stage_smoke(ctx: Context) -> dict:
                               SHAPE_TINY if ctx.args.reduced else SHAPE_1B)
     runs = {"fsdp_one_process": dict(fsdp=True), "lora": dict(lora_r=8, lora_alpha=16.0),
             "cpu_offload": dict(cpu_offload=True)}
+    if ctx.args.smoke:
+        runs = {k: v for k, v in runs.items() if k in ctx.args.smoke.split(",")}
     return {name: _guarded(lambda o=options, n=name: _trainer_run(ctx, model_dir, n, **o))
             for name, options in runs.items()}
 
@@ -455,7 +509,7 @@ def stage_compile(ctx: Context) -> dict:
 def stage_seven_b(ctx: Context) -> dict:
     tokens = 4096
     model_dir = ctx.model_dir("7b", SHAPE_7B)
-    result = _guarded(lambda: _trainer_run(ctx, model_dir, "7b", steps=2, micro_batch_size=8,
+    result = _guarded(lambda: _trainer_run(ctx, model_dir, "7b", steps=2, micro_batch_size=64,
                                            grad_accum=1, max_tokens=tokens,
                                            gradient_checkpointing=True))
     result["what"] = ("Llama-2-7B shape, full fine-tune, fp32 master weights + AdamW, bf16 "
@@ -488,6 +542,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wall seconds for all stages; a stage is skipped when too little is left")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--reduced", action="store_true", help="tiny shapes on the CPU (CI)")
+    p.add_argument("--smoke", default="", help="smoke runs to do (comma list; default all)")
+    p.add_argument("--tune", default="",
+                   help="tune variants: packed budgets, 'c' for --compile (e.g. 4096,8192c)")
+    p.add_argument("--peak-limit-gib", type=float, default=29.9,
+                   help="tune: the most peak memory a chosen setting may take (the common recipe's "
+                        "peak at the bench geometry: 29.9 GiB on the first H200 run)")
     args = p.parse_args(argv)
     args.stage_list = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = [s for s in args.stage_list if s not in STAGES]
