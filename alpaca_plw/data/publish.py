@@ -3,7 +3,9 @@
 A folder is swapped with its predecessor in one step (`renameat2(RENAME_EXCHANGE)`), so either the
 old or the new output is visible under its name at every instant; where the system lacks it, two
 renames are used and the next run's `safety.recover` completes an interrupted swap. Temporary and
-backup entries are named `.NAME.plw-tmp-*` and `.NAME.plw-old-*` so that recovery can find them.
+backup entries are named `.NAME.plw-tmp-*` and `.NAME.plw-old-*`; while an output is claimed, each
+such name is written to its lock file (the journal) before the entry is created, so that recovery
+touches only names a killed run of ours generated, never a file that merely looks like one.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +23,40 @@ from pathlib import Path
 from alpaca_plw.errors import OutputError, OutputExistsError
 
 MARKER = ".alpaca-plw"
+LOCK_SUFFIX = ".alpaca-plw.lock"
 TMP_TAG = ".plw-tmp-"
 OLD_TAG = ".plw-old-"
 KILL_ENV = "ALPACA_PLW_TEST_KILL_AT"  # test hook: SIGKILL this process at the named point
 NO_EXCHANGE_ENV = "ALPACA_PLW_TEST_NO_RENAMEAT2"  # test hook: use the two-rename fallback
+
+
+_JOURNALS: dict[str, int] = {}  # lock file -> its descriptor, for the outputs this process claims
+
+
+def lock_path(path: Path) -> Path:
+    """The lock file (and journal) of output `path`: `.NAME.alpaca-plw.lock` beside it."""
+    return path.parent / f".{path.name}{LOCK_SUFFIX}"
+
+
+def hold_journal(path: Path, fd: int | None) -> None:
+    """Register (or, with None, forget) the open lock file of output `path`."""
+    if fd is None:
+        _JOURNALS.pop(str(lock_path(path)), None)
+    else:
+        _JOURNALS[str(lock_path(path))] = fd
+
+
+def _new_name(target: Path, tag: str) -> Path:
+    """A fresh `.NAME<tag>*` beside `target`, written to target's journal (when claimed) before
+    it exists, so a kill never leaves an entry recovery would not recognise as ours."""
+    import secrets
+
+    name = target.parent / f".{target.name}{tag}{os.getpid()}-{secrets.token_hex(4)}"
+    fd = _JOURNALS.get(str(lock_path(target)))
+    if fd is not None:
+        os.write(fd, (name.name + "\n").encode("utf-8", "surrogateescape"))
+        os.fsync(fd)
+    return name
 
 
 def kill_point(name: str) -> None:
@@ -113,9 +144,9 @@ def publish_files(items: Sequence[tuple[Path, Callable[[Path], None]]], replace:
         for path, write in items:
             with writing(path):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", dir=path.parent)
-                os.close(fd)
-                temps.append(Path(name))
+                name = _new_name(path, TMP_TAG)
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                temps.append(name)
                 write(temps[-1])
                 os.chmod(temps[-1], 0o644)
                 _sync(temps[-1])
@@ -146,7 +177,8 @@ def publish_dir(target: Path, write: Callable[[Path], None], kind: str | None = 
     `recover` completes). The previous folder is removed afterwards."""
     with writing(target, "create"):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}{TMP_TAG}", dir=target.parent))
+        tmp = _new_name(target, TMP_TAG)
+        tmp.mkdir(mode=0o700)
     try:
         with writing(target):
             write(tmp)
@@ -160,7 +192,7 @@ def publish_dir(target: Path, write: Callable[[Path], None], kind: str | None = 
                 if _renameat2(tmp, target, _RENAME_EXCHANGE):
                     kill_point("swapped")  # tmp now holds the previous folder
                 else:
-                    old = target.parent / f".{target.name}{OLD_TAG}{os.getpid()}"
+                    old = _new_name(target, OLD_TAG)
                     os.replace(target, old)
                     kill_point("between-renames")
                     os.replace(tmp, target)

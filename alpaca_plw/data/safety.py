@@ -11,7 +11,9 @@ Every writing command goes through `claim(...)`:
 3. a lock (`flock` on `.NAME.alpaca-plw.lock` beside the output, released by the kernel if the
    process dies) makes the claim exclusive: of two runs racing for one output, one stops here;
 4. temporary and backup entries a killed run left beside the output (`.NAME.plw-tmp-*`,
-   `.NAME.plw-old-*`) are removed, or restored when they hold the only copy, and reported.
+   `.NAME.plw-old-*`) are removed, or restored when they hold the only copy, and reported; only
+   names that run wrote to the output's lock file (its journal) are touched, so a file that merely
+   looks like a leftover is left alone.
 
 Publishing then writes into a temporary file or folder beside the target and renames it into
 place: `renameat2(RENAME_EXCHANGE)` swaps a folder with its predecessor in one step, so either the
@@ -30,10 +32,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_dir, publish_files, writing
+from alpaca_plw.data.publish import (LOCK_SUFFIX, MARKER, OLD_TAG, TMP_TAG, hold_journal, lock_path,
+                                     publish_dir, publish_files, writing)
 from alpaca_plw.errors import OutputError, OutputExistsError
 
-LOCK_SUFFIX = ".alpaca-plw.lock"
+__all__ = ["LOCK_SUFFIX", "check_overlap", "check_replaceable", "check_shape", "claim",
+           "marker_kind", "precheck", "recover", "report", "set_reporter"]
 
 _reporter: Callable[[str], None] | None = None
 
@@ -172,14 +176,10 @@ def check_replaceable(path: Path, force: bool, kind: str | None) -> None:
 
 # --- locks and leftovers ----------------------------------------------------------------------
 
-def _lock_path(path: Path) -> Path:
-    return path.parent / f".{path.name}{LOCK_SUFFIX}"
-
-
 def _acquire(path: Path) -> tuple[int, Path]:
     import fcntl
 
-    lock = _lock_path(path)
+    lock = lock_path(path)
     while True:
         with writing(lock, "create a lock file beside"):
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -204,18 +204,30 @@ def _release(fd: int, lock: Path) -> None:
         os.close(fd)
 
 
-def _leftovers(path: Path) -> list[Path]:
+def _take_journal(fd: int) -> set[str]:
+    """The names a previous holder of this lock generated (a run killed before it released it);
+    the journal is emptied for this run's own names."""
+    size = os.fstat(fd).st_size
+    text = os.pread(fd, min(size, 1 << 20), 0).decode("utf-8", "surrogateescape") if size else ""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return {line for line in text.split("\n") if line}
+
+
+def _leftovers(path: Path, journaled: set[str]) -> list[Path]:
     prefixes = (f".{path.name}{TMP_TAG}", f".{path.name}{OLD_TAG}")
     try:
-        return sorted(p for p in path.parent.iterdir() if p.name.startswith(prefixes))
+        return sorted(p for p in path.parent.iterdir()
+                      if p.name.startswith(prefixes) and p.name in journaled)
     except OSError:
         return []
 
 
-def recover(path: Path) -> None:
-    """Under the lock: restore a backup that holds the only copy of `path`, remove the rest, and
-    report what was done in one line."""
-    found = _leftovers(path)
+def recover(path: Path, journaled: set[str] = frozenset()) -> None:
+    """Under the lock: of the entries beside `path` that a killed run journaled (`journaled`),
+    restore a backup that holds the only copy of `path`, remove the rest, and report what was
+    done in one line. Anything else is left alone."""
+    found = _leftovers(path, set(journaled))
     if not found:
         return
     restored = None
@@ -270,19 +282,25 @@ def claim(outputs: Sequence[Path], inputs: Sequence[tuple[str, object]], force: 
     `kind` is the marker kind for folder outputs (None: file outputs). `exists_ok` skips the
     existence rule (the caller applies its own, e.g. `train --resume`)."""
     outputs = precheck(outputs, inputs, force, kind, exists_ok)
-    held: list[tuple[int, Path]] = []
+    held: list[tuple[int, Path, Path]] = []
+    journals: dict[Path, set[str]] = {}
     result = Claim(outputs, force, kind)
     try:
         for out in sorted(set(outputs)):
             _make_parents(out, result.created)
-            held.append(_acquire(out))
+            fd, lock = _acquire(out)
+            held.append((fd, lock, out))
+            with writing(lock, "read and reset the journal in"):
+                journals[out] = _take_journal(fd)
+            hold_journal(out, fd)
         for out in outputs:
-            recover(out)
+            recover(out, journals.get(out, set()))
             if not exists_ok:
                 check_replaceable(out, force, kind)
         yield result
     finally:
-        for fd, lock in reversed(held):
+        for fd, lock, out in reversed(held):
+            hold_journal(out, None)
             _release(fd, lock)
         if not result.published:
             for folder in reversed(result.created):

@@ -636,3 +636,18 @@ def test_a_chat_template_that_never_ends_is_stopped_by_its_time_limit(tmp_path, 
                                     template])
     _assert_one_error_line(code, stdout, stderr, 2, "ran longer than 0.3 s on this conversation")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.jinja"]  # no output, no lock left
+
+
+def test_recovery_leaves_alone_what_only_looks_like_a_leftover(ws, tmp_path, run_cli):
+    """Only names a killed run of ours wrote to the output's journal are removed or restored."""
+    out = tmp_path / "out.json"
+    (tmp_path / ".out.json.plw-tmp-mine").write_text("precious")
+    (tmp_path / ".w.plw-old-mine").mkdir()  # no `w`: the old recovery renamed this into place
+    (tmp_path / ".w.plw-old-mine" / "notes.txt").write_text("precious")
+    code, _, stderr = run_cli(["build-short", ws / "records.json", "-o", out])
+    assert code == 0 and "cleaned up" not in stderr, stderr
+    code, _, stderr = run_cli(["weights", ws / "records.json", "--plw", "0.1", "-o", tmp_path / "w"])
+    assert code == 0 and "cleaned up" not in stderr, stderr
+    assert (tmp_path / ".out.json.plw-tmp-mine").read_text() == "precious"
+    assert (tmp_path / ".w.plw-old-mine" / "notes.txt").read_text() == "precious"
+    assert not (tmp_path / "w" / "notes.txt").exists()
