@@ -54,7 +54,8 @@ def check_paths(cfg) -> None:
     check_shape(out, folder=True)
     if cfg.dry_run:
         return
-    if _replaced(out):  # a killed --force: put the folder right (locked) before judging it
+    if _replaced(out) and os.environ.get("RANK", "0") == "0":  # a killed --force: put the
+        # folder right (locked; by one process of a torchrun group) before judging it
         with claim([out], inputs(cfg), True, KIND, exists_ok=True):
             _recover_replaced(out)
     _check_existing(cfg, out)
