@@ -84,19 +84,25 @@ def _check_existing(cfg, out: Path) -> None:
 
 
 def check_model(cfg) -> None:
-    """`--force` over a run: refuse now what loading the model would refuse later, before the old
-    run is touched: an unreadable config, a truncated or corrupt safetensors file (its header and
-    size), and an attention implementation this install or this model cannot use."""
-    if not cfg.force or cfg.dry_run:
+    """Before the run folder is claimed, refuse what loading the model would refuse later: an
+    unreadable config (every run); with `--force`, before the old run is touched, also a truncated
+    or corrupt safetensors file (its header and size) and an attention implementation this install
+    or this model cannot use."""
+    if cfg.dry_run:
         return
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except Exception as exc:  # noqa: BLE001 - a missing or corrupt config raises many types
-        raise ConfigError(f"--model {cfg.model}: cannot read its config ({_first_line(exc)}); "
-                          "the run in the output folder was not touched") from None
+        untouched = "; the run in the output folder was not touched" if cfg.force else ""
+        raise ConfigError(f"--model {cfg.model}: cannot read its config "
+                          f"({_first_line(exc)}){untouched}") from None
+    if not cfg.force:
+        return
+    import torch
+    from transformers import AutoModelForCausalLM
+
     _check_safetensors(Path(str(cfg.model)).expanduser())
     if cfg.attn_implementation in _HF_ATTENTION:
         try:

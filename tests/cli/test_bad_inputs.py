@@ -184,6 +184,12 @@ def _with_log_line(ws: Path, tmp: Path, line: str) -> str:
     return str(run)
 
 
+def _model_with_config(ws: Path, tmp: Path, text: str) -> str:
+    model = _copy(ws, tmp, "model")
+    (model / "config.json").write_text(text, encoding="utf-8")
+    return str(model)
+
+
 def _corrupt_run(ws: Path, tmp: Path) -> str:
     run = _copy(ws, tmp, "run")
     data = (run / "model.safetensors").read_bytes()
@@ -410,6 +416,8 @@ CASES = [
     ("train-corrupt-model", lambda ws, t: _train(ws, t / "run", model=_corrupt_model(ws, t)), 2, "--model", ()),
     ("train-resume-corrupt-log", lambda ws, t: _train(ws, _with_log_line(ws, t, "{not json"), "--resume"), 2,
      "log.jsonl, line 3: not a log record with a step", ()),
+    ("train-model-config-not-json", lambda ws, t: _train(ws, t / "run", model=_model_with_config(ws, t, "{not json")), 2,
+     "cannot read its config (", ()),
     ("train-corrupt-checkpoint", lambda ws, t: _train(ws, _corrupt_checkpoint(ws, t), "--resume"), 2,
      "cannot read the checkpoint", ()),
     ("train-resume-planted-pickle", lambda ws, t: _train(ws, _planted_checkpoint(ws, t), "--resume"), 2,
