@@ -279,6 +279,10 @@ class RunRecord:
         if self.aside is not None:
             _put_back(self.out, self.aside)
             self.aside = None
+            _RESTORED.add(str(self.out))
+
+
+_RESTORED: set[str] = set()  # run folders whose previous run a failed --force put back (this process)
 
 
 @contextmanager
@@ -413,6 +417,9 @@ def interrupted_message(cfg) -> str:
     """Ctrl-C during `train`: the last checkpoint and the command that continues from it."""
     from alpaca_plw.train.checkpoint import latest_checkpoint
 
+    if str(Path(cfg.output_dir)) in _RESTORED:
+        return (f"interrupted before the new run saved a checkpoint; the previous run in "
+                f"{cfg.output_dir} was put back as it was")
     last = latest_checkpoint(Path(cfg.output_dir))
     if last is None:
         return f"interrupted; no checkpoint was saved in {cfg.output_dir} (--save-steps N saves some)"

@@ -159,3 +159,15 @@ def test_a_run_that_finished_in_the_folder_meanwhile_is_never_overwritten(
     with pytest.raises(OutputExistsError, match="not empty"):
         train(_config(train_weights, tiny_llama, out), on_plan=run_b_meanwhile)
     assert snapshot(out) == finished["b"]
+
+
+def test_ctrl_c_during_a_force_puts_the_old_run_back_and_says_so(
+        old_run, tiny_llama, train_weights, tmp_path, run_cli, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("alpaca_plw.train.trainer._set_up", interrupt)
+    before = snapshot(tmp_path)
+    code, _, stderr = run_cli(_args(train_weights, tiny_llama, old_run, "--force"))
+    _one_error(code, stderr, 130, f"the previous run in {old_run} was put back as it was")
+    assert snapshot(tmp_path) == before
