@@ -35,12 +35,14 @@ It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The ter
   (4 h per token in fp32, 2 h in bf16) and one layer is recomputed at a time (its activations
   above). LoRA on fewer modules (`--lora-target`) saves less: the all-linear figure is an upper
   bound.
-- *Logits*: the LM head's fp32 logits, one chunk of `--loss-chunk` positions, or every position
-  with full logits.
+- *Logits*: the LM head and cross-entropy at their backward peak, 12 bytes per position and
+  vocabulary entry (measured: bf16 logits, their fp32 copy, the saved log-softmax and its
+  gradient), for one chunk of `--loss-chunk` positions; with full logits 14 for every position
+  (the model's bf16 logits come on top).
 
 Each term is tested against a measured CPU run of a small model (tests/train/test_memory_*.py).
 On an H200 the CUDA saved bytes equal the activation formulas exactly, and a real accumulated step's
-peak `max_memory_allocated` is within 5% of the total (tests/train/test_memory_gpu.py).
+peak `max_memory_allocated` is within 9% of the total (tests/train/test_memory_gpu.py).
 This is an estimate for choosing flags; allocator fragmentation and kernel workspaces come on top.
 """
 
@@ -53,6 +55,8 @@ FULL_FP32 = (30, 4, 8)  # activation bytes per token and layer: (x h, x kv, x i)
 FULL_BF16 = (20, 4, 8)
 LORA_DROPOUT = (48, 4, 12)  # + 14 r
 LORA_NO_DROPOUT = (24, 4, 8)
+LOGIT_BYTES = 12  # per position and vocabulary entry, LM head + cross-entropy, forward + backward
+FULL_LOGIT_EXTRA = 2  # full logits: the model's bf16 logits of every position
 
 
 def shape_of(model) -> dict:
@@ -141,7 +145,7 @@ def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, c
             "autocast_copies": copies,
             "activations": activation_bytes(shape, tokens_per_micro, bf16_weights, checkpointing,
                                             lora_r, lora_dropout),
-            "logits": positions * vocab * (4 + 4 + (0 if loss_chunk else 2)),
+            "logits": positions * vocab * (LOGIT_BYTES + (0 if loss_chunk else FULL_LOGIT_EXTRA)),
             "host_offload": 16 * trainable + (base_bytes * n if lora else 0) if cpu_offload else 0.0}
 
 

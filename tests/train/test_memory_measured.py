@@ -242,6 +242,35 @@ def test_checkpointing_keeps_layer_inputs_and_recomputes_one_layer(layers):
     assert estimated["activations"] < 0.7 * one_gpu(model, tokens)["activations"]
 
 
+# --- logits --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [256, 0])
+def test_logit_bytes_equal_the_peak_of_the_lm_head_and_loss(chunk):
+    """The chunked head (train.loss.head_token_losses) or full logits with every position
+    selected, forward and backward under bf16 autocast; the head's bf16 copy and its gradient
+    (autocast copies and gradients terms) left out."""
+    from alpaca_plw.train.loss import head_token_losses, logits_token_losses
+
+    vocab, hidden, positions = 16000, 32, 512
+    torch.manual_seed(0)
+    head = torch.nn.Linear(hidden, vocab, bias=False)
+    rows = torch.randn(positions, hidden, requires_grad=True)
+    targets = torch.randint(0, vocab, (positions,))
+    with AllocatedBytes() as mode:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if chunk:
+                losses = head_token_losses(rows, head, targets, chunk)
+            else:
+                logits = head(rows)  # the model's own forward
+                losses = logits_token_losses(logits.index_select(0, torch.arange(positions)), targets)
+        losses.sum().backward()
+    measured = mode.peak - (2 + 4) * head.weight.numel()
+    shape = {"params": 0, "layers": 1, "hidden": hidden, "heads": 1, "kv_heads": 1,
+             "head_dim": hidden, "intermediate": hidden, "vocab": vocab, "linear_params": 0}
+    estimated = estimate_bytes(shape, positions, 1, False, False, False, chunk)["logits"]
+    assert close(estimated, measured, 0.05), (estimated, measured)
+
+
 # --- FSDP gradient accumulation ------------------------------------------------------------------
 
 FSDP_WORKER = r'''
