@@ -52,18 +52,27 @@ def scores_table(rows: list[dict]) -> Table:
 
 
 def fit_table(fit) -> Group:
-    table = Table(title=f"Fit: scaled score ~ w_p + w_p^2, random intercept per task "
-                  f"({fit.n} scores)", title_justify="left", show_header=False)
+    """`fit`: the headline, coefficients, the three joint tests of the PLW terms, the optimum."""
+    table = Table(title=f"Fit ({fit.engine}): {fit.formula}, {fit.n} scores", title_justify="left",
+                  show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     c = fit.coef
     rows = [("intercept", f"{c['intercept']:.4f}"), ("w_p", f"{c['wp']:.4f}"),
-            ("w_p^2", f"{c['wp2']:.4f}"),
-            ("p-value (LR test vs no w_p terms)", f"{fit.p_value:.4g}"),
-            ("optimum w_p*", _num(fit.wp_opt, ".3f")), ("optimum PLW (lambda)", _num(fit.lam, ".3f"))]
+            ("w_p^2", f"{c['wp2']:.4f}")]
+    for key in ("headline", "wald_chi2", "lrt"):
+        t = fit.tests.get(key)
+        if t is not None:
+            df = f"{t.df1}" if t.df2 is None else f"{t.df1}, {t.df2:g}"
+            stat = "F" if t.df2 is not None else "chi2"
+            rows.append((f"p-value: {t.name}", f"{t.p_value:.4g} ({stat} {t.statistic:.3f}, df {df})"))
+    ci = lambda v: "" if v is None else f" [{v[0]:.3f}, {v[1]:.3f}]"  # noqa: E731
+    label = "" if fit.significant else " (unsupported estimate)"
+    rows += [(f"optimum w_p*{label}", _num(fit.wp_opt, ".3f") + ci(fit.wp_ci)),
+             (f"optimum PLW (lambda){label}", _num(fit.lam, ".3f") + ci(fit.lam_ci))]
     for row in rows:
         table.add_row(*row)
-    return Group(table, Text(f"note: {fit.note}"))
+    return Group(Text(fit.headline), table, Text(f"note: {fit.note}"))
 
 
 def analysis_table(results) -> Table:

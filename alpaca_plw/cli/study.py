@@ -158,8 +158,10 @@ def fit(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw scaled scores, the fitted curve and the optimum to this PNG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="mixedlm (statsmodels, Gaussian) or glmmtmb (the paper's beta GLMM in R through Rscript; exit 5 when R or glmmTMB is missing).")] = "mixedlm",
 ) -> None:
-    """The paper's analysis: min-max scaled scores ~ w_p + w_p^2 (mixed model), optimum PLW."""
+    """The paper's analysis: scores scaled per benchmark ~ w_p + w_p^2 with random slopes per
+    benchmark and an intercept per base model; the joint test of the PLW terms; the optimum PLW."""
     from alpaca_plw.cli.render_study import fit_table
 
     def run() -> None:
@@ -167,7 +169,7 @@ def fit(
         from alpaca_plw.study.fit import fit_scores, read_scores
 
         with file_output(plot, [("scores file", scores)], force):  # never over an input; locked
-            result = fit_scores(read_scores(scores))
+            result = fit_scores(read_scores(scores), engine=engine)
             if plot is not None:
                 from alpaca_plw.study.plots import plot_fit
 

@@ -120,7 +120,9 @@ def test_eval_fit_and_analyze_run_end_to_end_on_the_sweep(study, run_cli):
     code, stdout, stderr = run_cli(["fit", scores, "--json", "--plot", study["root"] / "fit.png"])
     assert code == 0, stderr
     fit = json.loads(stdout)
-    assert fit["n"] == 6 and set(fit) == {"n", "coef", "p_value", "wp_opt", "lambda", "note"}
+    assert fit["n"] == 6 and {"n", "coef", "p_value", "wp_opt", "lambda", "note", "headline",
+                              "tests", "significant"} <= set(fit)
+    assert "too few for random slopes" in fit["note"]  # two tasks: least squares, said so
 
     code, stdout, stderr = run_cli(["analyze", *runs, "--base", study["base"], "--json",
                                     "--plot", study["root"] / "runs.png"])
