@@ -293,6 +293,23 @@ def _check_unicode(dataset) -> None:
                     "which UTF-8 cannot hold)") from None
 
 
+def _check_finished(path: Path, shown: str) -> None:
+    """Refuse a file whose writer (a builder) was killed, or is still running, after it began to
+    publish: its lock file beside it still journals temporary names, so the records may not match
+    the manifest (they are renamed into place one after the other)."""
+    from alpaca_plw.data.publish import lock_path
+
+    lock = lock_path(path)
+    try:
+        pending = lock.stat().st_size > 0
+    except OSError:
+        return
+    if pending:
+        raise InputError(f"{shown}: an alpaca-plw command writing it did not finish (its journal "
+                         f"{lock.name} lists files it was writing), so it may not match its "
+                         "manifest; run that command again (with --force) before reading it")
+
+
 def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
     columns = columns or ColumnMap()
     path = Path(source) if source is not None else default_source()
@@ -316,6 +333,7 @@ def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
             f"{shown}: unsupported file type {suffix or '(none)'!r}; expected one of "
             f"{', '.join(FILE_FORMATS)} or a datasets.save_to_disk directory"
         )
+    _check_finished(path, shown)
     data = _read_bytes(path, shown)
     src = Source(name=path.name, path=shown, kind=suffix.lstrip("."),
                  sha256=hashlib.sha256(data).hexdigest())

@@ -555,11 +555,14 @@ def test_builder_killed_at_a_rename_point_leaves_old_or_new(point, ws, tmp_path,
     assert done.returncode == -9, done.stderr
     for name, data in old.items():  # each file is whole: the old or the new one
         json.loads((tmp_path / name).read_text(encoding="utf-8"))
+    code, stdout, stderr = run_cli(["stats", out])  # records and manifest may not match: refused
+    _assert_one_error_line(code, stdout, stderr, 2, "an alpaca-plw command writing it did not finish")
     code, _, stderr = run_cli(["build-tiny", ws / "records.json", "-o", out, "--force"])
     assert code == 0, stderr
     assert "cleaned up after an interrupted run" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.manifest.json"]
     assert np.all([p.stat().st_size > 0 for p in tmp_path.iterdir()])
+    assert run_cli(["stats", out])[0] == 0
 
 
 def test_train_killed_while_placing_the_final_model_is_completed_by_resume(ws, tmp_path, run_cli):
