@@ -189,7 +189,7 @@ def _expected_weights(meta: dict, roles: np.ndarray | None, prompt: np.ndarray):
     from alpaca_plw.data.chat_weights import ROLE_CODES
 
     role_weights = meta.get("role_weights")
-    if not isinstance(role_weights, dict) or list(meta.get("role_codes", ROLE_CODES)) != list(ROLE_CODES):
+    if not isinstance(role_weights, dict) or meta.get("role_codes", list(ROLE_CODES)) != list(ROLE_CODES):
         return None
     by_role = {**role_weights, "assistant": 1.0, "assistant_end": 1.0, "assistant_prompt": meta["plw"]}
     try:
@@ -197,7 +197,7 @@ def _expected_weights(meta: dict, roles: np.ndarray | None, prompt: np.ndarray):
     except (KeyError, TypeError, ValueError):
         raise InputError(f"role_weights {abbreviate(role_weights)} in its metadata are not a "
                          f"number per role ({', '.join(ROLE_CODES[:4])})") from None
-    codes = np.clip(roles, 0, len(ROLE_CODES) - 1)
+    codes = roles.astype(np.int64)
     return table[codes], lambda i: f"a token of role {ROLE_CODES[codes[i]]!r}"
 
 
@@ -255,6 +255,14 @@ def _check_batch(cols: dict[str, pa.Array], meta: dict) -> None:
     rows = np.repeat(np.arange(lengths.size), lengths)
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     roles = cols[ROLE_COLUMN].flatten().to_numpy() if ROLE_COLUMN in cols else None
+    if roles is not None:
+        from alpaca_plw.data.chat_weights import ROLE_CODES
+
+        bad = np.flatnonzero((roles < 0) | (roles >= len(ROLE_CODES)))
+        if bad.size:
+            i = int(bad[0])
+            raise _RowError(int(rows[i]), f"role code {int(roles[i])} at position {int(within[i])} "
+                                          f"is not one of 0..{len(ROLE_CODES) - 1}")
     try:
         expected = _expected_weights(meta, roles, within < prompt[rows])
     except InputError as exc:

@@ -240,3 +240,22 @@ if __name__ == "__main__":
     sys.path.insert(0, str(REPO_ROOT))
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     regenerate_golden()
+
+
+def test_a_role_code_outside_the_table_is_named_on_read(tmp_path):
+    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.errors import InputError
+
+    table = run_weights(tmp_path / "w", "chatml", 512).combine_chunks()
+    column = table.column("role").chunk(0)
+    values = column.values.to_numpy().copy()
+    values[3] = 9
+    role = pa.ListArray.from_arrays(column.offsets, pa.array(values, pa.int8()))
+    table = table.set_column(table.column_names.index("role"), "role", role)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pa.OSFile(str(bad / "data-00000-of-00001.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(InputError, match=r"record 0 \(source record \d+\): role code 9 at position 3"):
+        read_weights_dir(bad)
