@@ -129,10 +129,11 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(cfg.seed)
     attention.register()  # `torch_varlen` is a valid attn_implementation from here on
-    loaded = load_trainable(cfg, plan.resume_from,
-                            lambda source: _load_model(cfg, source, int(store.ids.max())))
+    from_rank0 = _sharded_from_rank0(cfg, d)  # other ranks build the model on `meta`
+    loaded = load_trainable(cfg, plan.resume_from, lambda source: _load_model(
+        cfg, source, int(store.ids.max()), meta=from_rank0 and not d.is_main))
     chosen = _choose_attention(cfg, loaded, d, plan)
-    model = _wrap(loaded, cfg, d)
+    model = _wrap(loaded, cfg, d, from_rank0=from_rank0)
     plan.packing = check_speed_paths(  # chunked head and packing verified on this very model
         model, store, d.device, cfg.loss_chunk > 0, plan.packing, cfg.packing is True, d.is_main,
         torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None,
@@ -272,16 +273,31 @@ def _check_tokenizer(cfg: TrainConfig, meta: dict) -> str:
     return source
 
 
-def _load_model(cfg: TrainConfig, source: str | Path, max_id: int):
-    from transformers import AutoModelForCausalLM
+def _sharded_from_rank0(cfg: TrainConfig, d: Dist) -> bool:
+    """FSDP (or CPU offload) over several processes: only rank 0 reads the weights from disk; the
+    others build the model on `meta` and receive their shards from rank 0 (train/wrap.py), so a
+    machine with 8 GPUs holds one full fp32 copy in host memory, not 8."""
+    return d.world > 1 and (cfg.fsdp or cfg.cpu_offload)
+
+
+def _load_model(cfg: TrainConfig, source: str | Path, max_id: int, meta: bool = False):
+    """`--model` (or a checkpoint) as a causal LM on the CPU; with `meta`, only its structure, on
+    the meta device (no weight is read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     name = str(source)
     path = Path(name).expanduser()
     if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
         raise ConfigError(f"--model {name}: no such directory")
     try:
-        model = AutoModelForCausalLM.from_pretrained(  # LoRA: the base in --base-dtype
-            name, dtype=load_dtype(cfg), attn_implementation=cfg.attn_implementation)
+        if meta:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(
+                    AutoConfig.from_pretrained(name), dtype=load_dtype(cfg),
+                    attn_implementation=cfg.attn_implementation)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(  # LoRA: the base in --base-dtype
+                name, dtype=load_dtype(cfg), attn_implementation=cfg.attn_implementation)
     except Exception as exc:  # noqa: BLE001 - corrupt or truncated files raise many types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(

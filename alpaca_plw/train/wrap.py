@@ -21,8 +21,10 @@ from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.model import WeightedCausalLM
 
 
-def wrap_model(model, cfg: TrainConfig, d: Dist):
-    """`model` (a Hugging Face causal LM on the CPU) ready to train on `d`."""
+def wrap_model(model, cfg: TrainConfig, d: Dist, from_rank0: bool = False):
+    """`model` (a Hugging Face causal LM on the CPU) ready to train on `d`. With `from_rank0`
+    (sharded runs of several processes) only rank 0's model holds weights; the other ranks' is on
+    `meta` and gets its shards from rank 0."""
     if cfg.gradient_checkpointing and not cfg.compile:  # with --compile: compile.py checkpoints
         if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
             model.activation_checkpointing_enable({"use_reentrant": False})
@@ -36,7 +38,7 @@ def wrap_model(model, cfg: TrainConfig, d: Dist):
         raise ConfigError(f"--compile: no decoder layers found in {type(model.model).__name__} "
                           "(looked for a ModuleList named layers, h or blocks); train without it")
     if sharded:
-        return shard(model, d, getattr(cfg, "cpu_offload", False))
+        return shard(model, d, getattr(cfg, "cpu_offload", False), from_rank0=from_rank0)
     if d.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
@@ -68,8 +70,11 @@ def fsdp_policies(device: torch.device, cpu_offload: bool, root: bool = False,
     return kwargs
 
 
-def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool, mixed: bool | None = None):
-    """FSDP2 over all ranks (a one-process group when there is no torchrun)."""
+def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool, mixed: bool | None = None,
+          from_rank0: bool = False):
+    """FSDP2 over all ranks (a one-process group when there is no torchrun). With `from_rank0`,
+    every rank but 0 holds `model` on `meta`: after sharding, their shards are allocated empty and
+    filled from rank 0's full state dict (broadcast tensor by tensor), buffers too."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -77,8 +82,27 @@ def shard(model: WeightedCausalLM, d: Dist, cpu_offload: bool, mixed: bool | Non
     if not dist.is_initialized():  # one process: FSDP still needs a (trivial) process group
         dist.init_process_group("nccl" if d.device.type == "cuda" else "gloo",
                                 store=dist.HashStore(), rank=0, world_size=1)
+    full = dict(model.state_dict()) if from_rank0 and d.is_main else {}
     mesh = init_device_mesh(d.device.type, (d.world,))
     for layer in decoder_layers(model.model):
         fully_shard(layer, mesh=mesh, **fsdp_policies(d.device, cpu_offload, mixed=mixed))
-    return fully_shard(model, mesh=mesh, **fsdp_policies(d.device, cpu_offload, root=True,
+    root = fully_shard(model, mesh=mesh, **fsdp_policies(d.device, cpu_offload, root=True,
                                                          mixed=mixed))
+    if from_rank0:
+        _fill_from_rank0(root, full, d, cpu_offload)
+    return root
+
+
+def _fill_from_rank0(model, full: dict, d: Dist, cpu_offload: bool) -> None:
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not d.is_main:
+        model.to_empty(device="cpu" if cpu_offload else d.device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True,
+                                                               broadcast_from_rank0=True))
+    for module in model.modules():  # buffers (rotary tables, non-persistent) are not in `full`
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(d.device)
+                dist.broadcast(module._buffers[name], src=0)

@@ -10,14 +10,35 @@ from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.trainer import train
 
 
+def _count_loads(log: Path) -> None:
+    """Append "<run> <rank>" to `log` each time a process reads a model's weights from disk."""
+    import os
+
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        with log.open("a") as out:
+            out.write(f"{os.environ.get('PLW_RUN')} {os.environ['RANK']}\n")
+        return original(cls, *args, **kwargs)
+
+    AutoModelForCausalLM.from_pretrained = classmethod(counted)
+
+
 def main() -> None:
+    import os
+
     spec = json.loads(sys.argv[1])
+    if spec.get("count_loads"):
+        _count_loads(Path(spec["count_loads"]))
     base = dict(spec["base"])
     root = Path(base.pop("output_dir"))
     for key in ("weights_dir", "eval_weights"):
         if base.get(key) is not None:
             base[key] = Path(base[key])
     for name, overrides in spec["runs"].items():
+        os.environ["PLW_RUN"] = name
         train(TrainConfig(output_dir=root / name, **{**base, **overrides}))
 
 

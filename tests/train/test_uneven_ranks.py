@@ -73,7 +73,8 @@ def two_processes(twelve_train_weights, odd_heldout_weights, tiny_llama, tmp_pat
     base = dict(weights_dir=str(twelve_train_weights), model=str(tiny_llama), output_dir=str(root),
                 grad_accum=2, eval_weights=str(odd_heldout_weights), **COMMON)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", str(WORKER), json.dumps({"base": base, "runs": RUNS})]
+               "2", str(WORKER), json.dumps({"base": base, "runs": RUNS,
+                                             "count_loads": str(root / "loads.txt")})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -125,3 +126,15 @@ def test_evaluation_over_two_ranks_equals_one_process(single, two_processes, run
         for key in EVAL_KEYS:
             assert x[key] is not None, key
             assert y[key] == pytest.approx(x[key], abs=1e-5), (run, x["step"], key)
+
+
+@pytest.mark.slow
+def test_sharded_runs_read_the_weights_on_rank_0_only(two_processes):
+    """FSDP: rank 1 builds the model on `meta` and gets its shards from rank 0 (one full copy in
+    host memory per machine, not one per GPU); DDP still loads on every rank. The FSDP runs above
+    train exactly like one process, so the shards rank 1 received are the right ones."""
+    loads = (two_processes / "loads.txt").read_text().split("\n")
+    by_run = {run: sorted(line.split()[1] for line in loads if line.startswith(run + " "))
+              for run in RUNS}
+    for run, ranks in by_run.items():
+        assert ranks == (["0"] if run.startswith("fsdp") else ["0", "1"]), (run, ranks)
