@@ -201,18 +201,22 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
     `path` itself); returns the step the checkpoint was taken after."""
     from alpaca_plw.errors import InputError
 
-    state = read_state(path)
+    distributed = not (d.world == 1 and not sharded(model))
+    # several processes: every rank maps the file (cheap: step and scheduler), only rank 0's
+    # optimizer state is read, and its tensors are broadcast one by one to the ranks' shards
+    state = read_state(path, mmap=distributed and d.world > 1)
     step = state["step"]
     try:
-        if d.world == 1 and not sharded(model):
+        if not distributed:
             optimizer.load_state_dict(state["optimizer"])
         else:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                                  set_optimizer_state_dict)
 
-            set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True,
-                                                              broadcast_from_rank0=False))
+            from_rank0 = d.world > 1
+            set_optimizer_state_dict(
+                model, optimizer, state["optimizer"] if d.is_main or not from_rank0 else {},
+                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
         scheduler.load_state_dict(state["scheduler"])
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise InputError(f"{path / STATE_FILE}: its optimizer or scheduler state does not fit "

@@ -39,7 +39,32 @@ def main() -> None:
             base[key] = Path(base[key])
     for name, overrides in spec["runs"].items():
         os.environ["PLW_RUN"] = name
-        train(TrainConfig(output_dir=root / name, **{**base, **overrides}))
+        overrides = dict(overrides)
+        crash_at, folder = overrides.pop("_crash_at", None), overrides.pop("_dir", name)
+        config = TrainConfig(output_dir=root / folder, **{**base, **overrides})
+        if crash_at is None:
+            train(config)
+            continue
+        from alpaca_plw.train import trainer
+
+        original = trainer._optimizer_step
+
+        def crashing(run, step, original=original, crash_at=crash_at):
+            if step == crash_at:  # every rank stops before the step's first collective
+                raise _Crash
+            return original(run, step)
+
+        trainer._optimizer_step = crashing
+        try:
+            train(config)
+        except _Crash:
+            pass
+        finally:
+            trainer._optimizer_step = original
+
+
+class _Crash(Exception):
+    pass
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ RUNS = {  # 2 processes x 2 micro-batches x 2 records = the single process's 8 r
     "fsdp-padded": dict(packing=False, fsdp=True),
     "ddp-lora": dict(packing=False, **LORA),
 }
+RESUMED = dict(packing=True, max_tokens=BUDGET, fsdp=True, save_steps=2)
+WORKER_RUNS = {  # RUNS, then an FSDP run stopped after step 2 and resumed from its checkpoint
+    **RUNS, "fsdp-stopped": dict(RESUMED, _crash_at=2, _dir="fsdp-resumed"),
+    "fsdp-resumed": dict(RESUMED, resume=True)}
 
 
 def _packed_counts(weights_dir: Path, step: int) -> list[int]:
@@ -73,7 +77,7 @@ def two_processes(twelve_train_weights, odd_heldout_weights, tiny_llama, tmp_pat
     base = dict(weights_dir=str(twelve_train_weights), model=str(tiny_llama), output_dir=str(root),
                 grad_accum=2, eval_weights=str(odd_heldout_weights), **COMMON)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", str(WORKER), json.dumps({"base": base, "runs": RUNS,
+               "2", str(WORKER), json.dumps({"base": base, "runs": WORKER_RUNS,
                                              "count_loads": str(root / "loads.txt")})]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
@@ -135,6 +139,20 @@ def test_sharded_runs_read_the_weights_on_rank_0_only(two_processes):
     train exactly like one process, so the shards rank 1 received are the right ones."""
     loads = (two_processes / "loads.txt").read_text().split("\n")
     by_run = {run: sorted(line.split()[1] for line in loads if line.startswith(run + " "))
-              for run in RUNS}
+              for run in WORKER_RUNS}
     for run, ranks in by_run.items():
         assert ranks == (["0"] if run.startswith("fsdp") else ["0", "1"]), (run, ranks)
+
+
+@pytest.mark.slow
+def test_a_resumed_fsdp_run_trains_exactly_like_one_process(single, two_processes):
+    """Stopped after step 2 and resumed from checkpoint-2 (optimizer state read on rank 0 and
+    broadcast to the shards): the final model and the logged losses equal the one-process run's."""
+    a = load_file(str(single / "full" / "model.safetensors"))
+    b = load_file(str(two_processes / "fsdp-resumed" / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=name)
+    log = [json.loads(x) for x in (two_processes / "fsdp-resumed" / "log.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (single / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert [r["loss"] for r in log] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
