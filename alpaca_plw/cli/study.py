@@ -73,8 +73,12 @@ def sweep(
     split: Split = "train",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the grid and the total steps and tokens; write nothing.")] = False,
     max_record_chars: Annotated[int, typer.Option("--max-record-chars", help="Refuse a record longer than this many characters, before tokenizing (0: no limit).")] = 1_000_000,
+    chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: a Jinja chat template file [default: the tokenizer's own], as for `weights`.", show_default=False)] = None,
+    role_weights: Annotated[Optional[str], typer.Option("--role-weights", help="Conversations: per-role weights overriding each run's PLW, e.g. system=0,markup=0, as for `weights`.", show_default=False)] = None,
+    assistant_turns: Annotated[str, typer.Option("--assistant-turns", help="Conversations: learn 'all' assistant turns, or only the 'last', as for `weights`.")] = "all",
 ) -> None:
-    """Train one run per PLW value (same seed, data and options); any `train` option may follow."""
+    """Train one run per PLW value (same seed, data and options); any `train` option may follow.
+    Each PLW's weights are those `alpaca-plw weights` writes at that PLW, from one tokenization."""
     from alpaca_plw.cli.render_study import sweep_plan_table, sweep_table
     from alpaca_plw.extras import require
 
@@ -84,23 +88,29 @@ def sweep(
         from alpaca_plw.study.sweep import SweepConfig
         from alpaca_plw.study.sweep import sweep as run_sweep
 
+        from alpaca_plw.data.chat_weights import ChatOptions, parse_role_weights
+
         options = dataclasses.replace(data_options(tokenizer, columns, split),
                                       max_record_chars=max_record_chars or None)
+        chat = ChatOptions(None if chat_template is None else str(chat_template),
+                           parse_role_weights(role_weights), assistant_turns)
+        chat = None if chat.is_default() else chat
         cfg = SweepConfig(source=source, model=model, output_dir=output_dir, plws=parse_plws(plw),
                           train=train_options(list(ctx.args)), launcher=launcher,
                           nproc_per_node=nproc_per_node, max_length=max_length,
-                          tokenizer=tokenizer, dry_run=dry_run)
+                          tokenizer=tokenizer, dry_run=dry_run, chat=chat)
         if dry_run:
             from alpaca_plw.study.plan import plan_sweep, tokenized
 
-            out().print(sweep_plan_table(plan_sweep(cfg, tokenized(source, options, max_length))))
+            out().print(sweep_plan_table(plan_sweep(cfg, tokenized(source, options, max_length,
+                                                                   chat))))
             return
 
         def make_base(value: float, folder: Path) -> None:
             from alpaca_plw.data.pipeline import make_weights
 
             with progress_bar() as progress:
-                make_weights(source, value, options, folder, max_length, False, progress)
+                make_weights(source, value, options, folder, max_length, False, progress, chat)
 
         def on_event(kind: str, info: dict) -> None:
             from alpaca_plw.cli.render import step_line

@@ -9,7 +9,7 @@ from alpaca_plw import __version__
 from alpaca_plw.errors import ConfigError, InputError
 from alpaca_plw.data.chat_stats import compute_chat_stats, measure_conversations
 from alpaca_plw.data.chat_template import load_template
-from alpaca_plw.data.chat_weights import (LEARNED, ROLE_CODES, WEIGHABLE, ChatOptions,
+from alpaca_plw.data.chat_weights import (LEARNED, ROLE_CODES, ChatOptions,
                                           build_chat_weights)
 from alpaca_plw.data.conversations import KIND, Conversations
 from alpaca_plw.data.lengths import LengthCache, Progress
@@ -31,13 +31,18 @@ def measure_chat(conv: Conversations, cache: LengthCache, identity: dict):
     return lengths, compute_chat_stats(conv.source.name, lengths, identity)
 
 
+def chat_prompt_share(weights, learned_tokens: int) -> float:
+    """The non-learned tokens' share of the total loss weight (learned tokens weigh 1.0), as the
+    metadata of conversation weights holds it."""
+    total_w = float(weights.sum(dtype="float64"))
+    return round((total_w - learned_tokens) / total_w, 6) if total_w else 0.0
+
+
 def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, template, options: ChatOptions,
                       identity: dict, max_length: int) -> dict[str, object]:
     """The metadata written with conversation weights (and shown by `weights`)."""
     counts = tw.role_counts()
     learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
-    total_w = float(tw.weights.sum(dtype="float64"))
-    prompt_w = total_w - learned
     src = conv.source
     return {
         "tool": f"alpaca-plw {__version__}",
@@ -46,7 +51,7 @@ def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, templat
         "plw_choice": choice,
         "template": "chat",
         "chat_template": template.identity(),
-        "role_weights": {name: options.role_weights.get(name, plw) for name in WEIGHABLE},
+        "role_weights": options.role_weights_at(plw),
         "assistant_turns": options.assistant_turns,
         "role_codes": list(ROLE_CODES),
         "boundary_rule": BOUNDARY_RULE,
@@ -57,7 +62,7 @@ def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, templat
                    "truncated": len(tw.truncated), "skipped": len(tw.skipped)},
         "tokens": {"total": int(tw.ids.size), "prompt": int(tw.ids.size) - learned,
                    "completion": learned, "by_role": counts},
-        "prompt_weight_share": round(prompt_w / total_w, 6) if total_w else 0.0,
+        "prompt_weight_share": chat_prompt_share(tw.weights, learned),
         "truncated": tw.truncated,
         "skipped": tw.skipped,
     }

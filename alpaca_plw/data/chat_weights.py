@@ -80,6 +80,15 @@ class ChatOptions:
     def is_default(self) -> bool:
         return self.chat_template is None and not self.role_weights and self.assistant_turns == "all"
 
+    def role_weights_at(self, plw: float) -> dict[str, float]:
+        """The weight of each `--role-weights` role at `plw` (as the metadata records it)."""
+        return {name: self.role_weights.get(name, plw) for name in WEIGHABLE}
+
+    def weigh(self, roles: np.ndarray, plw: float) -> np.ndarray:
+        """The loss weight of every token from its role code (float32): the rule `weights` and a
+        sweep's derived PLWs share."""
+        return self.weight_table(plw)[np.asarray(roles, dtype=np.int64)].astype(np.float32)
+
     def weight_table(self, plw: float) -> np.ndarray:
         """Weight per role code."""
         w = {name: self.role_weights.get(name, plw) for name in WEIGHABLE}
@@ -125,7 +134,6 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
     check_plw(plw)
     if max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {max_length}")
-    table = options.weight_table(plw)
     bos, eos = special_texts(tokenizer)
     ids_out, roles_out, lengths, prompt_len, source, truncated, skipped = [], [], [], [], [], [], []
     n = len(conv)
@@ -156,7 +164,7 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
     roles_flat = np.concatenate(roles_out).astype(np.int8) if roles_out else np.zeros(0, np.int8)
     return ChatWeights(
         ids=np.concatenate(ids_out).astype(np.int32) if ids_out else np.zeros(0, np.int32),
-        weights=table[roles_flat].astype(np.float32),
+        weights=options.weigh(roles_flat, plw),
         offsets=np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int64),
         prompt_length=np.array(prompt_len, dtype=np.int32),
         source_index=np.array(source, dtype=np.int64),

@@ -60,6 +60,27 @@ class TokenizedWeights:
         return int(self.ids.size - self.prompt_tokens)
 
 
+def prompt_weights(lengths: np.ndarray, prompt_length: np.ndarray, plw: float) -> np.ndarray:
+    """The Alpaca rule, per token of records back to back: `plw` before each record's
+    `prompt_length`, 1.0 from there (float32). `alpaca-plw weights` and a sweep's derived PLWs
+    both weigh with it.
+
+        lengths [5], prompt_length [3], plw 0.1  ->  [0.1, 0.1, 0.1, 1.0, 1.0]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(starts, lengths)
+    return np.where(within < np.repeat(np.asarray(prompt_length, dtype=np.int64), lengths),
+                    np.float32(plw), np.float32(1.0))
+
+
+def prompt_weight_share(plw: float, prompt_tokens: int, completion_tokens: int) -> float:
+    """The prompt's share of the total loss weight of Alpaca weights, as their metadata holds it."""
+    prompt_w = plw * prompt_tokens
+    total_w = prompt_w + completion_tokens
+    return round(prompt_w / total_w, 6) if total_w else 0.0
+
+
 def _flatten(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
     flat = np.fromiter((t for ids in lists for t in ids), dtype=np.int32, count=int(lengths.sum()))
@@ -115,7 +136,7 @@ def build_weights(
     offsets = np.concatenate(([0], np.cumsum(kept_len))).astype(np.int64)
     within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], kept_len)
     ids = ids_all[np.repeat(starts[keep], kept_len) + within]
-    weights = np.where(within < np.repeat(kept_prompt, kept_len), np.float32(plw), np.float32(1.0))
+    weights = prompt_weights(kept_len, kept_prompt, plw)
     source = np.flatnonzero(keep).astype(np.int64)
     truncated = np.flatnonzero(keep & (seq_len > max_length)).tolist()
     skipped = [

@@ -1,10 +1,15 @@
 """The PLW grid of a sweep and its weights datasets, tokenized once.
 
-Every PLW's weights follow from one tokenization: token ids and prompt lengths do not depend on
-PLW, so a run's `loss_weight` column is PLW for the first `prompt_length` tokens of each record and
-1.0 after (the rule `alpaca-plw weights` applies). Deriving them never re-tokenizes:
+Every PLW's weights follow from one tokenization, by the rule `alpaca-plw weights` applies (the
+same functions): token ids, prompt lengths and (for conversations) role codes do not depend on
+PLW, so deriving a PLW's `loss_weight` column never re-tokenizes:
 
-    prompt_length 3, ids [1, 50, 51, 60, 2]  ->  loss_weight at PLW 0.1: [0.1, 0.1, 0.1, 1, 1]
+    Alpaca: prompt_length 3, ids [1, 50, 51, 60, 2]  ->  PLW 0.1: [0.1, 0.1, 0.1, 1, 1]
+    conversations: role [0, 2, 0, 4, 5]               ->  PLW 0.1: [0.1, 0.1, 0.1, 1, 1]
+                   (with --role-weights markup=0:         [0, 0.1, 0, 1, 1])
+
+The metadata is rewritten as `weights --plw V` writes it (`plw`, `plw_choice`, `role_weights`,
+`prompt_weight_share`), so a derived folder equals the one `weights` makes at that PLW.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.weights import check_plw
-from alpaca_plw.data.weights_store import (ARROW_FILE, META_KEY, WeightsData, read_weights_dir,
-                                           schema, write_weights_dir)
+from alpaca_plw.data.chat_weights import LEARNED, ChatOptions
+from alpaca_plw.data.weights import check_plw, prompt_weight_share, prompt_weights
+from alpaca_plw.data.weights_store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
+                                           read_weights_dir, schema, write_weights_dir)
 from alpaca_plw.errors import ConfigError
 
 # REFERENCE.md section 5: the ten PLW values the paper trained.
@@ -55,56 +61,116 @@ def is_weights_dir(path) -> bool:
     return Path(path).is_dir() and (Path(path) / ARROW_FILE).is_file()
 
 
-def reweight(data: WeightsData, plw: float, origin: str) -> pa.Table:
-    """`data`'s table with every prompt token weighing `plw` and every completion token 1.0."""
+def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> pa.Table:
+    """`data`'s table weighed at `plw` by the rule of `alpaca-plw weights`: Alpaca records by
+    their `prompt_length`, conversations by their role codes (with `chat`'s `--role-weights`)."""
     plw = check_plw(plw)
     ids = data.table.column("input_ids").combine_chunks()
-    offsets = ids.offsets.to_numpy().astype(np.int64)
-    lengths = np.diff(offsets)
-    prompt = data.table.column("prompt_length").to_numpy().astype(np.int64)
-    within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-    weights = np.where(within < np.repeat(prompt, lengths), np.float32(plw), np.float32(1.0))
+    lengths = np.diff(ids.offsets.to_numpy().astype(np.int64))
+    meta = dict(data.meta)
+    if ROLE_COLUMN in data.table.column_names:
+        chat = chat or ChatOptions()
+        roles = data.table.column(ROLE_COLUMN).combine_chunks().values.to_numpy()
+        weights = chat.weigh(roles, plw)
+        from alpaca_plw.data.chat_pipeline import chat_prompt_share
+
+        learned = int(np.isin(roles, LEARNED).sum())
+        meta.update(role_weights=chat.role_weights_at(plw),
+                    prompt_weight_share=chat_prompt_share(weights, learned))
+    else:
+        if chat is not None and not chat.is_default():
+            raise ConfigError(f"--chat-template, --role-weights and --assistant-turns apply to "
+                              f"conversations; {data.path} holds Alpaca records")
+        prompt = data.table.column("prompt_length").to_numpy().astype(np.int64)
+        weights = prompt_weights(lengths, prompt, plw)
+        prompt_tokens = int(prompt.sum())
+        meta.update(prompt_weight_share=prompt_weight_share(plw, prompt_tokens,
+                                                            int(lengths.sum()) - prompt_tokens))
+    meta.update(plw=plw, plw_choice={"mode": "given"})
     list_type = pa.ListArray if ids.type == pa.list_(pa.int32()) else pa.LargeListArray
     column = list_type.from_arrays(ids.offsets, pa.array(weights, pa.float32()))
-    meta = dict(data.meta)
-    prompt_tokens = int(prompt.sum())
-    completion_tokens = int(offsets[-1]) - prompt_tokens
-    total = plw * prompt_tokens + completion_tokens
-    meta.update(plw=plw, plw_choice={"mode": "sweep", "derived_from": origin},
-                prompt_weight_share=round(plw * prompt_tokens / total, 6) if total else 0.0)
     table = data.table.set_column(data.table.column_names.index("loss_weight"), "loss_weight",
                                   column)
-    return table.replace_schema_metadata(schema(meta).metadata)
+    return table.replace_schema_metadata(
+        schema(meta, ROLE_COLUMN in data.table.column_names).metadata)
+
+
+def folder_chat(data: WeightsData, chat: ChatOptions | None) -> ChatOptions | None:
+    """The chat options a given weights folder is swept with: `chat`'s `--role-weights`, after
+    checking that they keep the folder's own (a role weighed apart from its PLW there must be
+    named again, or the sweep would silently weigh it by PLW)."""
+    if ROLE_COLUMN not in data.table.column_names:
+        return chat
+    chat = chat or ChatOptions()
+    if chat.chat_template is not None:
+        raise ConfigError(f"--chat-template: {data.path} is already tokenized (a weights folder); "
+                          "pass the dataset to render it with another template")
+    turns = data.meta.get("assistant_turns", "all")
+    if chat.assistant_turns != turns:
+        raise ConfigError(f"--assistant-turns {chat.assistant_turns}: {data.path} was made with "
+                          f"--assistant-turns {turns}; give that, or pass the dataset")
+    own = data.meta.get("role_weights") or {}
+    apart = {k: v for k, v in own.items() if v != data.meta.get("plw")}
+    lost = sorted(k for k, v in apart.items() if chat.role_weights.get(k) != v)
+    if lost:
+        given = ",".join(f"{k}={apart[k]:g}" for k in sorted(apart))
+        raise ConfigError(f"--role-weights: {data.path} weighs {', '.join(lost)} apart from its "
+                          f"PLW ({given}); pass --role-weights {given} to keep that in the sweep")
+    return chat
 
 
 def _same_tokens(a: WeightsData, b: WeightsData) -> bool:
-    keys = ("tokenizer", "source", "max_length", "tokens", "template")
-    return all(a.meta.get(k) == b.meta.get(k) for k in keys)
+    keys = ("tokenizer", "source", "max_length", "tokens", "template", "chat_template",
+            "assistant_turns")
+    return all(a.meta.get(k) == b.meta.get(k) for k in keys) and \
+        a.table.column("input_ids").equals(b.table.column("input_ids"))
 
 
-def prepare_weights(source, plws: list[float], weights_root: Path, make_base) -> dict[float, Path]:
+def _weighs_as(held: WeightsData, table: pa.Table) -> bool:
+    """`held` has `table`'s columns and metadata (how its PLW was chosen aside: a sweep of an
+    earlier version recorded it otherwise)."""
+    import json
+
+    def meta(m: dict) -> dict:
+        return {k: v for k, v in m.items() if k != "plw_choice"}
+
+    return held.table.column_names == table.column_names and all(
+        held.table.column(n).equals(table.column(n)) for n in table.column_names) and \
+        meta(held.meta) == meta(json.loads(table.schema.metadata[META_KEY]))
+
+
+def prepare_weights(source, plws: list[float], weights_root: Path, make_base,
+                    chat: ChatOptions | None = None) -> dict[float, Path]:
     """A weights folder per PLW under `weights_root`, from one tokenization.
 
-    `source` is a weights folder (read as is) or a dataset; for a dataset `make_base(plw, out)`
-    tokenizes it once into the first PLW's folder. Folders already there from an earlier call are
-    reused when they hold the same tokens at their PLW.
+    `source` is a weights folder (read as is) or a dataset. For a dataset, a folder an earlier
+    call left under `weights_root` is the base (a PLW added to a sweep is derived from it);
+    without one, `make_base(plw, out)` tokenizes it once into the first PLW's folder. A folder
+    already there is kept when it holds exactly what the rule gives at its PLW; one that does not
+    (another dataset, or weights made by an older, wrong derivation) is refused.
     """
     folders = {plw: weights_root / run_name(plw) for plw in plws}
     if is_weights_dir(source):
-        base, origin = read_weights_dir(Path(source)), str(source)
+        base = read_weights_dir(Path(source))
+        chat = folder_chat(base, chat)
     else:
-        first = folders[plws[0]]
-        if not is_weights_dir(first):
+        existing = sorted(p for p in weights_root.glob("plw-*") if is_weights_dir(p)) \
+            if weights_root.is_dir() else []
+        first = existing[0] if existing else folders[plws[0]]
+        if not existing:
             make_base(plws[0], first)
-        base, origin = read_weights_dir(first), str(source)
+        base = read_weights_dir(first)
     for plw, folder in folders.items():
+        table = reweight(base, plw, chat)
         if is_weights_dir(folder):
-            existing = read_weights_dir(folder)
-            if existing.meta.get("plw") == plw and _same_tokens(existing, base):
+            held = read_weights_dir(folder)
+            if held.meta.get("plw") == plw and _same_tokens(held, base) \
+                    and _weighs_as(held, table):
                 continue
-            raise ConfigError(f"{folder}: holds weights of another dataset or PLW; this output "
-                              "folder belongs to another sweep, choose another --output-dir")
-        table = reweight(base, plw, origin)
+            raise ConfigError(f"{folder}: holds weights other than this sweep's at PLW {plw:g} "
+                              "(another dataset or options, or weights derived by an older "
+                              "version); move it and its run folder away, or choose another "
+                              "--output-dir")
         write_weights_dir(folder, table, force=False)
     return folders
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alpaca_plw.data.weights_store import WeightsData, read_weights_dir, to_table
 from alpaca_plw.study.fit import to_wp
-from alpaca_plw.study.grid import is_weights_dir, run_name
+from alpaca_plw.study.grid import folder_chat, is_weights_dir, reweight, run_name
 from alpaca_plw.study.sweep import SweepConfig, _check_folder, run_state, train_config
 
 
@@ -38,17 +38,24 @@ class SweepPlan:
         return sum(r.tokens for r in self.runs if r.state != "done")
 
 
-def tokenized(source, options, max_length: int) -> WeightsData:
+def tokenized(source, options, max_length: int, chat=None) -> WeightsData:
     """The sweep's tokens without writing anything: a weights folder read, or a dataset tokenized
-    in memory (at PLW 0; the weights do not matter for the plan)."""
+    in memory at PLW 0 as `weights` would (Alpaca records or conversations; each PLW's weights
+    are derived from it, `grid.reweight`)."""
     if is_weights_dir(source):
         return read_weights_dir(Path(source))
+    from alpaca_plw.data.conversations import Conversations
     from alpaca_plw.data.sources import load_records
     from alpaca_plw.data.tokenizer import load_tokenizer
     from alpaca_plw.data.weights import build_weights
 
     tokenizer = load_tokenizer(options.tokenizer)
     records = load_records(source, options.columns, options.split, options.max_record_chars)
+    if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
+        from alpaca_plw.data.chat_pipeline import chat_weights
+
+        tw, meta = chat_weights(records, tokenizer, options.tokenizer, 0.0, chat, max_length)
+        return WeightsData(Path(str(source)), to_table(tw, meta), meta)
     tw = build_weights(records, tokenizer, 0.0, max_length)
     if tw.source_index.size == 0:
         from alpaca_plw.errors import InputError
@@ -81,17 +88,20 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
     from alpaca_plw.train.plan import make_plan
 
     _check_folder(cfg)
+    chat = folder_chat(data, cfg.chat) if is_weights_dir(cfg.source) else cfg.chat
     store = SequenceStore.from_weights(data)
-    prompt_targets = float(store.target_prompt_counts().sum())
-    all_targets = float(store.target_counts().sum())
+    learned_targets = float((store.target_counts() - store.target_prompt_counts()).sum())
     runs, plan = [], None
     for plw in cfg.plws:
         tc = train_config(cfg, plw, Path(data.path), resume=False, force=False)
         device = tc.device or ("cuda" if torch.cuda.is_available() else "cpu")
         d = Dist(0, cfg.nproc_per_node, 0, torch.device(device))
         plan = make_plan(tc, store, {**data.meta, "plw": plw}, d)
-        weight = plw * prompt_targets + (all_targets - prompt_targets)
-        share = round(plw * prompt_targets / weight, 6) if weight else 0.0
+        # the targets' weight at this PLW, by the rule the sweep writes (role weights included)
+        derived = reweight(data, plw, chat)
+        weight = float(SequenceStore.from_weights(
+            WeightsData(data.path, derived, data.meta)).target_weight_sums().sum())
+        share = round((weight - learned_targets) / weight, 6) if weight else 0.0
         tokens = run_tokens(store, tc.seed, tc.micro_batch_size, plan.grad_accum, d.world,
                             plan.steps)
         runs.append(PlannedRun(plw, float(to_wp(plw)), run_name(plw),

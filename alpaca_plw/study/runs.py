@@ -43,18 +43,38 @@ def is_adapter(run_dir: Path) -> bool:
 
 
 def has_final_model(run_dir: Path) -> bool:
-    """True when the run's final model (full weights or a peft adapter) sits in the folder itself."""
+    """True when the run's final model files (full weights or a peft adapter) sit in the folder
+    itself; `run_finished` also asks that none is still staged."""
     run_dir = Path(run_dir)
     names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
              "adapter_model.safetensors", "adapter_model.bin")
     return any((run_dir / name).is_file() for name in names)
 
 
+def final_staged(run_dir: Path) -> bool:
+    """True when the trainer's `.final/` staging folder is there: the final model was written
+    complete but not all of its files were moved into the run folder (`train --resume`, or the
+    sweep run again, places them)."""
+    from alpaca_plw.train.checkpoint import FINAL_STAGE
+
+    return (Path(run_dir) / FINAL_STAGE).is_dir()
+
+
+def run_finished(run_dir: Path) -> bool:
+    """Whether a run is finished: the one test `sweep`, `eval` and `analyze` share, by the
+    trainer's own rule (`save_final`): its final model is in the folder and `.final/` is gone."""
+    return has_final_model(run_dir) and not final_staged(run_dir)
+
+
 def check_run(run_dir: Path) -> Path:
-    """`run_dir` as a Path, or an InputError when it holds no final model."""
+    """`run_dir` as a Path, or an InputError when it is not a finished run."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: no such run folder")
+    if final_staged(run_dir):
+        raise InputError(f"{run_dir}: its final model is still staged in .final/ (the run was "
+                         "stopped while placing it); run `alpaca-plw train ... --resume` (or the "
+                         "sweep) again to complete it")
     if not has_final_model(run_dir):
         hint = " (it has checkpoints: the run did not finish; resume it)" \
             if any(run_dir.glob("checkpoint-*")) else ""

@@ -7,8 +7,12 @@ Layout of OUT:
     OUT/launch/plw-<v>.json  the TrainConfig a torchrun worker reads (with --launcher torchrun)
     OUT/plw-<v>/             the trainer's output folder: final model, checkpoint-*/, log.jsonl
 
-Resumable: a run whose final model is there is skipped; one with a checkpoint resumes from it;
-one that stopped before its first checkpoint (only log.jsonl written) starts again.
+Resumable: a finished run (`runs.run_finished`) is skipped; one with a checkpoint, or with its
+final model still staged in `.final/`, resumes (`train --resume`); one that stopped before its
+first checkpoint (only log.jsonl written) starts again. Runs checkpoint by default (every
+`DEFAULT_SAVE_STEPS` steps, the newest `DEFAULT_SAVE_TOTAL_LIMIT` kept) unless `--save-steps`
+or `--save-total-limit` says otherwise. PLW values may be added to a sweep: the same command
+with more values derives their weights from the stored tokens and trains only those.
 """
 
 from __future__ import annotations
@@ -21,15 +25,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alpaca_plw.data.chat_weights import ChatOptions
 from alpaca_plw.data.output import atomic_write, text_writer
 from alpaca_plw.errors import ConfigError, InputError, PLWError
 from alpaca_plw.study.grid import prepare_weights, run_name
-from alpaca_plw.study.runs import LOG_FILE, final_losses, has_final_model, read_log
+from alpaca_plw.study.runs import LOG_FILE, final_losses, final_staged, read_log, run_finished
 
 SWEEP_FILE = "sweep.json"
 LAUNCHERS = ("none", "torchrun")
 # TrainConfig fields the sweep owns: never taken from the user's train options.
 _OWNED = ("weights_dir", "model", "output_dir", "resume", "force", "dry_run")
+# Checkpoints by default, so a crash late in a long run does not restart it from zero; rotation
+# keeps disk bounded (one checkpoint of a 7B full fine-tune with Adam is ~80 GB).
+DEFAULT_SAVE_STEPS = 200
+DEFAULT_SAVE_TOTAL_LIMIT = 1
 
 Event = Callable[[str, dict], None]
 
@@ -48,6 +57,7 @@ class SweepConfig:
     max_length: int = 512
     tokenizer: str | None = None
     dry_run: bool = False
+    chat: ChatOptions | None = None  # conversations: --chat-template, --role-weights, ...
 
     def __post_init__(self):
         if self.launcher not in LAUNCHERS:
@@ -63,29 +73,37 @@ class SweepConfig:
             raise ConfigError("--plw: no values given")
 
     def record(self) -> dict:
-        """What must match when a sweep folder is reused (resume) - everything but the launcher."""
-        return {"source": str(self.source), "model": self.model, "plws": self.plws,
+        """What must match when a sweep folder is reused (resume, or PLWs added) - everything but
+        the launcher and the PLW values (`plws` is written as the union of every call's)."""
+        body = {"source": str(self.source), "model": self.model, "plws": self.plws,
                 "max_length": self.max_length, "tokenizer": self.tokenizer,
                 "train": {k: str(v) if isinstance(v, Path) else v
                           for k, v in sorted(self.train.items())}}
+        if self.chat is not None and not self.chat.is_default():
+            body["chat"] = {"chat_template": self.chat.chat_template,
+                            "role_weights": dict(sorted(self.chat.role_weights.items())),
+                            "assistant_turns": self.chat.assistant_turns}
+        return body
 
 
 def train_config(cfg: SweepConfig, plw: float, weights_dir: Path, resume: bool, force: bool):
     from alpaca_plw.train.config import TrainConfig
 
+    defaults = {} if "save_steps" in cfg.train or "save_total_limit" in cfg.train else \
+        {"save_steps": DEFAULT_SAVE_STEPS, "save_total_limit": DEFAULT_SAVE_TOTAL_LIMIT}
     return TrainConfig(weights_dir=weights_dir, model=cfg.model,
                        output_dir=cfg.output_dir / run_name(plw), resume=resume, force=force,
-                       **{"tokenizer": cfg.tokenizer, **cfg.train})
+                       **{"tokenizer": cfg.tokenizer, **defaults, **cfg.train})
 
 
 def run_state(run_dir: Path) -> str:
-    """`done`, `resume` (a checkpoint to continue from), `restart` (stopped before its first
-    checkpoint) or `new`."""
+    """`done` (finished, `runs.run_finished`), `resume` (a checkpoint to continue from, or a final
+    model still staged in `.final/`), `restart` (stopped before its first checkpoint) or `new`."""
     from alpaca_plw.train.checkpoint import latest_checkpoint
 
-    if has_final_model(run_dir):
+    if run_finished(run_dir):
         return "done"
-    if latest_checkpoint(run_dir) is not None:
+    if final_staged(run_dir) or latest_checkpoint(run_dir) is not None:
         return "resume"
     if run_dir.is_dir() and any(run_dir.iterdir()):
         # what a run writes before its first checkpoint: its log, markers (dotfiles), JSON records
@@ -122,7 +140,7 @@ def _check_folder(cfg: SweepConfig) -> dict | None:
         raise InputError(f"{path}: not a sweep record written by alpaca-plw (expected an object "
                          "with 'config' and 'runs'); move it away or use another --output-dir")
     old, new = previous.get("config", {}), cfg.record()
-    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    differ = sorted(k for k in set(old) | set(new) if k != "plws" and old.get(k) != new.get(k))
     if differ:
         raise ConfigError(f"--output-dir {cfg.output_dir}: a sweep with other settings lives there "
                           f"(differs in {', '.join(differ)}); use another --output-dir")
@@ -130,7 +148,8 @@ def _check_folder(cfg: SweepConfig) -> dict | None:
 
 
 def _write_sweep(cfg: SweepConfig, runs: list[dict]) -> None:
-    body = {"config": cfg.record(), "runs": runs}
+    runs = sorted(runs, key=lambda r: r["plw"])
+    body = {"config": {**cfg.record(), "plws": [r["plw"] for r in runs]}, "runs": runs}
     atomic_write(cfg.output_dir / SWEEP_FILE,
                  text_writer(json.dumps(body, indent=2, sort_keys=True) + "\n"))
 
@@ -173,13 +192,25 @@ def sweep(cfg: SweepConfig, make_base, on_event: Event | None = None) -> list[di
         return _sweep(cfg, make_base, on_event or (lambda kind, info: None), train)
 
 
+def _earlier_runs(previous: dict | None, plws: list[float]) -> dict[float, dict]:
+    """Entries of sweep.json for PLWs an earlier call trained that this call does not name."""
+    found = {}
+    for entry in (previous or {}).get("runs", []):
+        if isinstance(entry, dict) and isinstance(entry.get("plw"), (int, float)) \
+                and run_name(entry["plw"]) not in {run_name(p) for p in plws}:
+            found[float(entry["plw"])] = entry
+    return found
+
+
 def _sweep(cfg: SweepConfig, make_base, emit: Event, train) -> list[dict]:
-    _check_folder(cfg)
+    previous = _check_folder(cfg)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    folders = prepare_weights(cfg.source, cfg.plws, cfg.output_dir / "weights", make_base)
+    folders = prepare_weights(cfg.source, cfg.plws, cfg.output_dir / "weights", make_base,
+                              cfg.chat)
     states = {plw: run_state(cfg.output_dir / run_name(plw)) for plw in cfg.plws}
-    entries = {plw: _entry(plw, "done" if s == "done" else "pending",
-                           cfg.output_dir / run_name(plw)) for plw, s in states.items()}
+    entries = _earlier_runs(previous, cfg.plws)
+    entries.update({plw: _entry(plw, "done" if s == "done" else "pending",
+                                cfg.output_dir / run_name(plw)) for plw, s in states.items()})
     _write_sweep(cfg, list(entries.values()))
     for plw in cfg.plws:
         run_dir = cfg.output_dir / run_name(plw)
@@ -202,4 +233,4 @@ def _sweep(cfg: SweepConfig, make_base, emit: Event, train) -> list[dict]:
             raise
         entries[plw] = _entry(plw, "done", run_dir)
         _write_sweep(cfg, list(entries.values()))
-    return list(entries.values())
+    return sorted(entries.values(), key=lambda r: r["plw"])

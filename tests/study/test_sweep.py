@@ -35,12 +35,11 @@ def test_derived_weights_equal_weights_tokenized_at_that_plw(source, tmp_path, p
     make_weights(str(source), 0.0, options, tmp_path / "base", max_length=96)
     make_weights(str(source), plw, options, tmp_path / "direct", max_length=96)
     base, direct = read_weights_dir(tmp_path / "base"), read_weights_dir(tmp_path / "direct")
-    derived = reweight(base, plw, "base")
+    derived = reweight(base, plw)
     for column in ("input_ids", "loss_weight", "prompt_length", "source_index"):
         assert derived.column(column).to_pylist() == direct.table.column(column).to_pylist()
     meta = json.loads(derived.schema.metadata[b"alpaca_plw"])
-    assert meta["plw"] == plw and meta["prompt_weight_share"] == direct.meta["prompt_weight_share"]
-    assert meta["plw_choice"] == {"mode": "sweep", "derived_from": "base"}
+    assert meta == direct.meta  # plw, plw_choice, prompt_weight_share rewritten as `weights` does
 
 
 def test_a_dataset_is_tokenized_once_for_the_whole_grid(source, tmp_path):
@@ -105,7 +104,7 @@ def test_a_weights_folder_as_source_is_read_not_tokenized(source, tmp_path):
         assert data.table.column("input_ids").to_pylist() == given.table.column("input_ids").to_pylist()
         assert data.meta["plw"] == plw
         assert data.table.column("loss_weight").to_pylist() == \
-            reweight(given, plw, "x").column("loss_weight").to_pylist()
+            reweight(given, plw).column("loss_weight").to_pylist()
 
 
 def test_run_states_say_what_a_rerun_will_do(tmp_path):
@@ -127,3 +126,34 @@ def test_run_states_say_what_a_rerun_will_do(tmp_path):
     (other / "notes.txt").write_text("someone's")
     with pytest.raises(ConfigError, match="notes.txt"):
         run_state(other)
+
+
+def test_a_final_model_still_staged_is_not_finished_for_sweep_eval_or_analyze(tmp_path):
+    from alpaca_plw.errors import InputError
+    from alpaca_plw.study.runs import check_run, run_finished
+    from alpaca_plw.study.sweep import run_state
+
+    run = tmp_path / "plw-0.1"
+    (run / ".final").mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"")  # moved already; the tokenizer is still staged
+    (run / ".final" / "tokenizer.json").write_text("{}")
+    assert not run_finished(run)
+    assert run_state(run) == "resume"  # train --resume places the rest (run_record._complete_final)
+    with pytest.raises(InputError, match="still staged in .final/"):
+        check_run(run)
+    (run / ".final" / "tokenizer.json").rename(run / "tokenizer.json")
+    (run / ".final").rmdir()
+    assert run_finished(run) and run_state(run) == "done" and check_run(run) == run
+
+
+def test_sweep_runs_checkpoint_by_default_with_rotation_unless_told(tmp_path):
+    from alpaca_plw.study.sweep import (DEFAULT_SAVE_STEPS, DEFAULT_SAVE_TOTAL_LIMIT, SweepConfig,
+                                        train_config)
+
+    cfg = SweepConfig(source="s", model="m", output_dir=tmp_path, plws=[0.0])
+    tc = train_config(cfg, 0.0, tmp_path / "w", resume=False, force=False)
+    assert (tc.save_steps, tc.save_total_limit) == (DEFAULT_SAVE_STEPS, DEFAULT_SAVE_TOTAL_LIMIT)
+    cfg = SweepConfig(source="s", model="m", output_dir=tmp_path, plws=[0.0],
+                      train={"save_steps": 7})
+    tc = train_config(cfg, 0.0, tmp_path / "w", resume=False, force=False)
+    assert (tc.save_steps, tc.save_total_limit) == (7, None)
