@@ -22,6 +22,7 @@ from alpaca_plw.train.batches import SequenceStore, collate
 from alpaca_plw.train.checks import check_speed_paths
 from alpaca_plw.train.model import WeightedCausalLM
 from alpaca_plw.train.packing import collate_packed
+from test_packing import _store  # four records of 7, 4, 9 and 3 tokens, prompts weighted 0.3
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,16 +104,6 @@ def test_flash_adapter_passes_the_kernel_what_it_needs(monkeypatch, style, dim):
                                atol=1e-6, rtol=1e-6)
     assert seen["dim"] == -(-dim // 8) * 8  # padded with zero columns, sliced back
     assert seen["kv_heads"] == (2 if style == "2.11" else 4)  # repeated only where the kernel must
-
-
-def _store():
-    rng = np.random.default_rng(3)
-    lengths, prompts = [7, 4, 9, 3], [3, 2, 4, 1]
-    ids = rng.integers(3, 50, size=sum(lengths)).astype(np.int64)
-    weights = np.concatenate([np.where(np.arange(n) < p, 0.3, 1.0) for n, p in zip(lengths, prompts)])
-    return SequenceStore(ids=ids, weights=weights.astype(np.float32),
-                         offsets=np.concatenate(([0], np.cumsum(lengths))),
-                         prompt_length=np.array(prompts))
 
 
 def _model(impl, kv_heads=2):
