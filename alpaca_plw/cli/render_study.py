@@ -44,10 +44,11 @@ def sweep_plan_table(plan) -> Group:
 
 
 def scores_table(rows: list[dict]) -> Table:
-    table = _table("Scores (primary metric per task)", ["Run", "PLW", "Task", "Metric", "Value"])
+    table = _table("Scores (primary metric per task)",
+                   ["Run", "Model", "PLW", "Task", "Metric", "Value"])
     for r in rows:
-        table.add_row(r["run"], "-" if r["plw"] is None else f"{r['plw']:g}", r["task"],
-                      r["metric"], f"{r['value']:.4f}")
+        table.add_row(r["run"], r.get("model") or "-", "-" if r["plw"] is None else f"{r['plw']:g}",
+                      r["task"], r["metric"], f"{r['value']:.4f}")
     return table
 
 

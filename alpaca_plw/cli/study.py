@@ -127,14 +127,16 @@ def sweep(
 
 def evaluate(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (a sweep's OUT/plw-*/ or any train output).")],
-    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval task names.")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval tasks, groups or tags; 'paper' is the paper's benchmarks with their shots and metrics.")],
     include_path: Annotated[Optional[list[Path]], typer.Option("--include-path", help="Folder of lm-eval YAML tasks (repeatable). A task folder is code: lm-eval imports the Python files its YAML names (!function) and renders its templates unsandboxed; needs --trust-tasks.")] = None,
     trust_tasks: Annotated[bool, typer.Option("--trust-tasks", help="Run the --include-path task folders, whose code you have read and trust.")] = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate the first N documents of each task.")] = None,
-    num_fewshot: Annotated[Optional[int], typer.Option("--num-fewshot", help="Few-shot examples [default: the task's].", show_default=False)] = None,
+    num_fewshot: Annotated[Optional[str], typer.Option("--num-fewshot", help="Few-shot examples: N for every task and/or TASK=N per task, e.g. 0,arc_challenge=25 [default: the task's].", show_default=False)] = None,
+    metric: Annotated[Optional[str], typer.Option("--metric", help="The metric scored per task, e.g. arc_challenge=acc_norm [default: the first of the task's metric list].", show_default=False)] = None,
+    model_name: Annotated[Optional[str], typer.Option("--model-name", help="The -o CSV's model column [default: the base model in each run's run.json].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     device: Annotated[Optional[str], typer.Option("--device", help="cuda or cpu [default: cuda when available].", show_default=False)] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the scores CSV (run, plw, task, metric, value).")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the scores CSV (run, model, plw, task, metric, value).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing -o file.")] = False,
 ) -> None:
     """Score run folders with lm-evaluation-harness; each gets eval.json.
@@ -148,13 +150,20 @@ def evaluate(
         from alpaca_plw.data.output_claim import file_output
         from alpaca_plw.study.evaluate import EvalOptions, evaluate_runs, scores_csv
 
+        from alpaca_plw.data.publish import reason
+        from alpaca_plw.errors import InputError
+
         options = EvalOptions(tasks=[t.strip() for t in tasks.split(",") if t.strip()],
                               include_path=include_path, limit=limit, batch_size=batch_size,
-                              device=device, num_fewshot=num_fewshot, trust_tasks=trust_tasks)
+                              device=device, num_fewshot=num_fewshot, trust_tasks=trust_tasks,
+                              metric=metric, model_name=model_name)
         inputs = [("run folder", r) for r in runs]
         inputs += [("--include-path folder", p) for p in include_path or []]
         with file_output(output, inputs, force):  # -o never overlaps an input; locked
-            rows = evaluate_runs(runs, options, on_run=lambda r: err.print(f"evaluating {r}"))
+            try:
+                rows = evaluate_runs(runs, options, on_run=lambda r: err.print(f"evaluating {r}"))
+            except OSError as exc:  # reading runs, tasks or models: not an output error
+                raise InputError(f"{exc.filename or 'eval'}: cannot read it ({reason(exc)})") from None
             if output is not None:
                 atomic_write(output, text_writer(scores_csv(rows)))
                 err.print(f"wrote {output}")

@@ -91,7 +91,10 @@ def train_config(cfg: SweepConfig, plw: float, weights_dir: Path, resume: bool, 
 
     defaults = {} if "save_steps" in cfg.train or "save_total_limit" in cfg.train else \
         {"save_steps": DEFAULT_SAVE_STEPS, "save_total_limit": DEFAULT_SAVE_TOTAL_LIMIT}
-    return TrainConfig(weights_dir=weights_dir, model=cfg.model,
+    local = Path(cfg.model).expanduser()
+    # absolute, so a LoRA run's adapter_config.json names a base that `eval` finds from anywhere
+    model = str(local.resolve()) if local.is_dir() else cfg.model
+    return TrainConfig(weights_dir=weights_dir, model=model,
                        output_dir=cfg.output_dir / run_name(plw), resume=resume, force=force,
                        **{"tokenizer": cfg.tokenizer, **defaults, **cfg.train})
 

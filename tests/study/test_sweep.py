@@ -157,3 +157,14 @@ def test_sweep_runs_checkpoint_by_default_with_rotation_unless_told(tmp_path):
                       train={"save_steps": 7})
     tc = train_config(cfg, 0.0, tmp_path / "w", resume=False, force=False)
     assert (tc.save_steps, tc.save_total_limit) == (7, None)
+
+
+def test_a_sweep_gives_its_runs_the_base_model_as_an_absolute_path(tmp_path, monkeypatch):
+    from alpaca_plw.study.sweep import SweepConfig, train_config
+
+    (tmp_path / "base").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = SweepConfig(source="s", model="base", output_dir=tmp_path / "o", plws=[0.0])
+    assert train_config(cfg, 0.0, tmp_path / "w", False, False).model == str(tmp_path / "base")
+    cfg = SweepConfig(source="s", model="org/hub-model", output_dir=tmp_path / "o", plws=[0.0])
+    assert train_config(cfg, 0.0, tmp_path / "w", False, False).model == "org/hub-model"
