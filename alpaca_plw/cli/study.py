@@ -173,7 +173,7 @@ def evaluate(
 
 
 def fit(
-    scores: Annotated[Path, typer.Argument(help="CSV with plw, task, score (or value, as eval -o writes) and optionally model.")],
+    scores: Annotated[list[Path], typer.Argument(help="Scores: CSVs with plw, task, score (or value, as eval -o writes) and optionally model; run or sweep folders (their eval.json); lm-eval results JSON.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw scaled scores, the fitted curve and the optimum to this PNG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
@@ -185,9 +185,10 @@ def fit(
 
     def run() -> None:
         from alpaca_plw.data.output_claim import file_output
-        from alpaca_plw.study.fit import fit_scores, read_scores
+        from alpaca_plw.study.fit import fit_scores
+        from alpaca_plw.study.scores import read_scores
 
-        with file_output(plot, [("scores file", scores)], force):  # never over an input; locked
+        with file_output(plot, [("scores", s) for s in scores], force):  # never over an input
             result = fit_scores(read_scores(scores), engine=engine)
             if plot is not None:
                 from alpaca_plw.study.plots import plot_fit
