@@ -22,11 +22,15 @@ def _table(title: str, columns: list[str]) -> Table:
 
 def sweep_table(runs: list[dict], output_dir: Path) -> Table:
     """One row per run of a sweep, as sweep.json holds it."""
-    table = _table(f"Sweep in {output_dir} (sweep.json)",
-                   ["Folder", "PLW", "w_p", "Status", "Steps", "Train loss", "Eval loss"])
+    table = _table(f"Sweep in {output_dir} (sweep.json; last step's losses: weighted by each "
+                   "run's PLW, and completion and token losses, which compare across PLW)",
+                   ["Folder", "PLW", "w_p", "Status", "Steps", "Weighted loss",
+                    "Completion loss", "Token loss", "Eval loss"])
     for r in runs:
         table.add_row(r["folder"], f"{r['plw']:g}", f"{r['plw'] ** 0.30103:.3f}", r["status"],
-                      _num(r["steps"], "d"), _num(r["train_loss"]), _num(r["eval_loss"]))
+                      _num(r["steps"], "d"), _num(r["train_loss"]),
+                      _num(r.get("completion_loss")), _num(r.get("token_loss")),
+                      _num(r["eval_loss"]))
     return table
 
 
@@ -78,13 +82,16 @@ def fit_table(fit) -> Group:
 
 def analysis_table(results) -> Table:
     with_distance = any(r.distance is not None for r in results)
-    columns = ["Run", "PLW", "Steps", "Train loss", "Prompt loss", "Completion loss", "Eval loss",
-               "Stability (RSD)"] + (["Distance", "Relative"] if with_distance else [])
-    table = _table("Runs (stability: mean std/mean of the loss over 5-step windows)", columns)
+    columns = ["Run", "PLW", "Steps", "Weighted loss", "Prompt loss", "Completion loss",
+               "Token loss", "Eval loss", "Stability (RSD)"] + \
+        (["Distance", "Relative"] if with_distance else [])
+    table = _table("Runs (last step; the weighted loss is weighted by each run's PLW, completion "
+                   "and token losses compare across PLW; stability: mean std/mean of the loss "
+                   "over 5-step windows)", columns)
     for r in results:
         cells = [r.run, "-" if r.plw is None else f"{r.plw:g}", _num(r.steps, "d"),
                  _num(r.train_loss), _num(r.prompt_loss), _num(r.completion_loss),
-                 _num(r.eval_loss), _num(r.stability)]
+                 _num(r.token_loss), _num(r.eval_loss), _num(r.stability)]
         if with_distance:
             cells += [_num(r.distance, ".4g"), _num(r.relative_distance, ".3e")]
         table.add_row(*cells)

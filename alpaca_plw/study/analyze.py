@@ -47,6 +47,7 @@ class RunAnalysis:
     completion_loss: float | None
     eval_loss: float | None
     stability: float | None
+    token_loss: float | None = None  # unweighted, over every target of the last step (losses.py)
     distance: float | None = None
     relative_distance: float | None = None
 
@@ -153,7 +154,10 @@ def analyze_run(run_dir: Path, base: str | None = None) -> RunAnalysis:
         raise InputError(f"{run_dir}: no log.jsonl; not a folder written by `alpaca-plw train`")
     losses = final_losses(log)
     stability = loss_stability(r["loss"] for r in step_records(log))
-    result = RunAnalysis(run=run_dir.name, plw=run_plw(run_dir), stability=stability, **losses)
+    from alpaca_plw.study.losses import final_token_loss
+
+    result = RunAnalysis(run=run_dir.name, plw=run_plw(run_dir), stability=stability,
+                         token_loss=final_token_loss(run_dir, losses), **losses)
     if base is not None:
         result.distance, result.relative_distance = weight_distance(run_dir, base)
     return result

@@ -158,9 +158,15 @@ def _write_sweep(cfg: SweepConfig, runs: list[dict]) -> None:
 
 
 def _entry(plw: float, status: str, run_dir: Path) -> dict:
+    """A run's sweep.json entry: its last step's weighted loss (by its own PLW) and the losses
+    that compare across PLW (`losses.py`): completion loss and unweighted token loss."""
+    from alpaca_plw.study.losses import final_token_loss
+
     losses = final_losses(read_log(run_dir)) if run_dir.is_dir() else {}
     return {"plw": plw, "folder": run_name(plw), "status": status,
             "steps": losses.get("steps"), "train_loss": losses.get("train_loss"),
+            "completion_loss": losses.get("completion_loss"),
+            "token_loss": final_token_loss(run_dir, losses) if losses else None,
             "eval_loss": losses.get("eval_loss")}
 
 

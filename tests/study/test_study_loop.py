@@ -163,3 +163,23 @@ def test_torchrun_launcher_runs_the_worker_on_the_same_config(study, monkeypatch
     direct = load_file(str(study["out"] / "plw-0.1" / "model.safetensors"))
     for name in direct:
         torch.testing.assert_close(launched[name], direct[name], rtol=0, atol=1e-6)
+
+
+def test_token_loss_replays_each_steps_targets_as_the_trainer_weighed_them(study):
+    """P and C replayed from run.json make the logged weighted loss: (plw pl P + cl C) / (plw P + C)
+    at every step, so the token loss (pl P + cl C) / (P + C) is over the targets the step read."""
+    from alpaca_plw.study.losses import step_targets
+
+    for plw in (0.1, 1.0):
+        run = study["out"] / f"plw-{plw:g}"
+        for record in (json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()):
+            prompt, completion = step_targets(run, record["step"])
+            weighted = (plw * record["prompt_loss"] * prompt + record["completion_loss"] * completion) \
+                / (plw * prompt + completion)
+            assert record["loss"] == pytest.approx(weighted, rel=1e-5)
+    body = {r["folder"]: r for r in json.loads((study["out"] / "sweep.json").read_text())["runs"]}
+    assert body["plw-1"]["token_loss"] == pytest.approx(body["plw-1"]["train_loss"], rel=1e-6)
+    assert body["plw-0"]["token_loss"] is None  # prompt targets of weight 0 are not computed
+    assert body["plw-0"]["completion_loss"] is not None
+    assert body["plw-0.1"]["token_loss"] != pytest.approx(body["plw-0.1"]["train_loss"], rel=1e-4)
+    assert "Token loss" in study["stdout"] and "Completion loss" in study["stdout"]
