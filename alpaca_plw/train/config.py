@@ -8,6 +8,12 @@ from pathlib import Path
 from alpaca_plw.errors import ConfigError
 
 LOSS_NORMS = ("weight", "tokens")
+# --optim: torch's AdamW (fused on CUDA, foreach elsewhere), either form forced, transformers'
+# Adafactor (fixed learning rate, as the Hugging Face Trainer's "adafactor"), torch's SGD
+OPTIMIZERS = ("adamw", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd")
+# --lr-scheduler-type: transformers' scheduler names (transformers.get_scheduler), warmup first
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                 "polynomial", "inverse_sqrt")
 BASE_DTYPES = ("auto", "float32", "bfloat16")  # --base-dtype, LoRA's frozen base
 ATTN_IMPLEMENTATIONS = ("torch_varlen", "sdpa", "eager", "flex_attention", "flash_attention_2",
                         "flash_attention_3")
@@ -30,6 +36,8 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    optim: str = "adamw"
+    lr_scheduler_type: str = "cosine"
     seed: int = 42
     loss_norm: str = "weight"
     save_steps: int | None = None
@@ -72,6 +80,9 @@ class TrainConfig:
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (self.max_grad_norm >= 0, "--max-grad-norm must be >= 0 (0 turns clipping off)"),
             (self.loss_norm in LOSS_NORMS, f"--loss-norm must be one of {', '.join(LOSS_NORMS)}"),
+            (self.optim in OPTIMIZERS, f"--optim must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_scheduler_type in LR_SCHEDULERS,
+             f"--lr-scheduler-type must be one of {', '.join(LR_SCHEDULERS)}"),
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
             (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
             (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),

@@ -141,7 +141,8 @@ def model_card(facts: dict) -> str:
         ("optimizer steps", f"{p['steps']:,} ({p['epochs']:g} epochs of {p['steps_per_epoch']:,})"),
         ("effective batch", f"{p['effective_batch']} = {p['micro_batch_size']} micro x "
                             f"{p['grad_accum']} accum x {p['world_size']} processes"),
-        ("learning rate", f"{c['lr']:g} AdamW, {p['warmup_steps']} warmup steps, cosine"),
+        ("learning rate", f"{c['lr']:g} {c.get('optim', 'adamw')}, {p['warmup_steps']} warmup "
+                          f"steps, {c.get('lr_scheduler_type', 'cosine')}"),
         ("weight decay, grad clipping, seed", f"{c['weight_decay']:g}, {c['max_grad_norm']:g}, "
                                               f"{c['seed']}"),
         ("device, precision", f"{p['device']}, {p['precision']}"),

@@ -92,6 +92,10 @@ def check_model(cfg) -> None:
         return
     from transformers import AutoConfig
 
+    name = str(cfg.model)
+    if not Path(name).expanduser().exists() and (name.startswith((".", "/", "~"))
+                                                 or name.count("/") > 1):
+        raise ConfigError(f"--model {name}: no such directory")  # a path, not a hub id
     try:
         config = AutoConfig.from_pretrained(cfg.model)
     except Exception as exc:  # noqa: BLE001 - a missing or corrupt config raises many types
@@ -141,6 +145,9 @@ def weights_digest(data) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+ADDED_LATER = {"--optim": "adamw", "--lr-scheduler-type": "cosine"}  # and their defaults
+
+
 def trajectory(cfg, plan, digest: str) -> dict[str, object]:
     """What decides the sequence of updates, keyed by the option a user would change."""
     values = {
@@ -155,6 +162,8 @@ def trajectory(cfg, plan, digest: str) -> dict[str, object]:
         "warmup steps (--warmup-ratio)": plan.warmup_steps,
         "--weight-decay": cfg.weight_decay,
         "--max-grad-norm": cfg.max_grad_norm,
+        "--optim": cfg.optim,
+        "--lr-scheduler-type": cfg.lr_scheduler_type,
         "--seed": cfg.seed,
         "--loss-norm": cfg.loss_norm,
         "precision": plan.precision,
@@ -196,6 +205,7 @@ def check_resume(cfg, plan, data) -> bool:
                           f"start a new run with --model {out}")
     now = trajectory(cfg, plan, weights_digest(data))
     then = record["trajectory"]
+    then = {**ADDED_LATER, **then}  # a run recorded before an option existed ran its default
     diffs = [f"{key} {_show(value)} (the run has {_show(then.get(key))})"
              for key, value in now.items() if _norm(value) != _norm(then.get(key))]
     if diffs:

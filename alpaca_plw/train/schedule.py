@@ -8,7 +8,9 @@ The factor applied to the peak learning rate at optimizer step s (0-based; step 
     s >= warmup:  0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))
 
 with `warmup = ceil(warmup_ratio * total)`. The state of the schedule is the step count alone, so
-`--resume` restores it exactly.
+`--resume` restores it exactly. `--lr-scheduler-type` names another of transformers' schedules
+(linear, constant, constant_with_warmup, cosine_with_restarts, polynomial, inverse_sqrt), built by
+`transformers.get_scheduler` with the same warmup and length.
 """
 
 from __future__ import annotations
@@ -28,8 +30,13 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress)))
 
 
-def make_scheduler(optimizer, warmup: int, total: int):
-    """A `LambdaLR` over `optimizer` following `lr_factor` (its state dict is the step count)."""
+def make_scheduler(optimizer, warmup: int, total: int, name: str = "cosine"):
+    """The schedule over `optimizer` (its state dict is the step count): `lr_factor` for "cosine",
+    else `transformers.get_scheduler(name, ...)` with the same warmup and length."""
     import torch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    from transformers import get_scheduler
+
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)

@@ -39,6 +39,7 @@ from alpaca_plw.train.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.roles import RoleTally
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
+from alpaca_plw.train.optim import make_optimizer
 from alpaca_plw.train.schedule import make_scheduler
 from alpaca_plw.train.wrap import wrap_model as _wrap
 
@@ -140,9 +141,8 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
         fallback="sdpa" if chosen else None)
     plan.attention = attention.current(loaded)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=d.device.type == "cuda")
-    scheduler = make_scheduler(optimizer, plan.warmup_steps, plan.steps)
+    optimizer = make_optimizer(model.parameters(), cfg.optim, cfg.lr, cfg.weight_decay, d.device)
+    scheduler = make_scheduler(optimizer, plan.warmup_steps, plan.steps, cfg.lr_scheduler_type)
     start = load_checkpoint(Path(plan.resume_from), model, optimizer, scheduler, d) \
         if plan.resume_from else 0
     denominators = store.denominators(cfg.loss_norm)
