@@ -157,6 +157,7 @@ def test_torchrun_launcher_runs_the_worker_on_the_same_config(study, monkeypatch
     result = _runner_invoke([*args, "--launcher", "torchrun", "--nproc-per-node", "2"])
     assert result.exit_code == 0, result.stderr
     [command] = commands
+    assert "plw-0.1: step      1  loss" in result.stderr  # the worker's progress, rank 0
     assert command[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--nproc-per-node=2" in command and command[-3:-1] == ["-m", "alpaca_plw.study.worker"]
     launched = load_file(str(out / "plw-0.1" / "model.safetensors"))
@@ -183,3 +184,32 @@ def test_token_loss_replays_each_steps_targets_as_the_trainer_weighed_them(study
     assert body["plw-0"]["completion_loss"] is not None
     assert body["plw-0.1"]["token_loss"] != pytest.approx(body["plw-0.1"]["train_loss"], rel=1e-4)
     assert "Token loss" in study["stdout"] and "Completion loss" in study["stdout"]
+
+
+def test_a_run_stopped_while_placing_its_final_model_is_completed_by_the_sweep(study):
+    """`.final/` still holding files: not finished for sweep, eval or analyze; the sweep run again
+    resumes it, and the trainer's own staging rule places the rest."""
+    import shutil
+
+    out = study["root"] / "staged"
+    shutil.copytree(study["out"], out)
+    run = out / "plw-1"
+    (run / ".final").mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):
+        (run / name).rename(run / ".final" / name)
+    code, _, stderr = _cli(["eval", run, "--tasks", "plw_tiny_mc", "--include-path", TASKS,
+                            "--trust-tasks"])
+    assert code == 2 and "still staged in .final/" in stderr
+    args = [a if a != str(study["out"]) else str(out) for a in study["args"]]
+    result = _runner_invoke(args)
+    assert result.exit_code == 0, result.stderr
+    assert "plw-1: PLW 1, resume" in result.stderr.replace(str(out) + "/", "")
+    assert not (run / ".final").exists() and (run / "model.safetensors").is_file()
+    assert (run / "tokenizer.json").is_file()
+    assert all(r["status"] == "done" for r in json.loads((out / "sweep.json").read_text())["runs"])
+
+
+def _cli(args):
+    from cli_invoke import invoke_cli
+
+    return invoke_cli(args)
