@@ -3,33 +3,53 @@
 For each model shape (LLaMA architecture, random init, the same saved model for both sides) and the
 same loss-weights data, both sides run the same optimizer steps on the same records:
 
-  (a) baseline (`baseline_recipe` in the JSON): a hand loop written to what the Hugging Face
-      `Trainer` does by default with a model that computes its own loss: right-padded
-      micro-batches of --micro sequences (the collator pads to the longest row), bf16 autocast on
-      CUDA, the full-vocabulary logits upcast to fp32 (as `ForCausalLMLoss` does), per-token
-      cross-entropy, AdamW (fused on CUDA), a cosine schedule without warm-up, gradient clipping
-      at 1.0, no gradient checkpointing unless --gradient-checkpointing (then on both sides).
-      The prompt loss weights make it the common PLW recipe: a weighted mean per micro-batch,
-      divided by the accumulation steps. It is NOT TRL's `SFTTrainer`: TRL is not on the GPU image,
-      it cannot be made to take the same records per step without its own sampler, and its
-      defaults differ (gradient checkpointing on, a fused chunked LM head instead of full logits,
-      a step-level token mean, two `.item()` metric reads per micro-batch). The loss normalisation
-      does not change the work done, so the timing compares the same computation either way.
+  (a) baseline, the common recipe (`--baseline`, default auto: TRL where `trl` and `datasets`
+      import, the hand loop otherwise; the JSON names the one that ran in `baseline`,
+      `baseline_recipe` and `baseline_settings`, and why auto fell back in `baseline_fallback`):
+      trl   TRL's `SFTTrainer` with the defaults of the installed trl, fed the same records: the
+            saved model loaded by TRL from its path (float32, TRL's default), the records
+            pre-tokenized from the same weights store (identical tokens) with labels -100 on the
+            prompt, as TRL builds them for prompt-completion data (completion-only loss); TRL's
+            collator right-pads each micro-batch; its fused LM head scores the labelled positions
+            only, in chunks; the loss is the token mean over the step's completion tokens; AdamW
+            (TRL's `adamw_torch_fused`), lr 2e-5, clipping at 1.0, gradient checkpointing ON (TRL's
+            default, kept), bf16 autocast on CUDA. Changed from TRL's defaults, because the
+            side-by-side contract needs it (`baseline_settings.changed`): the sampler (the common
+            order instead of random), the geometry (--micro, --batch/--micro, --steps), the
+            schedule (cosine instead of linear), `max_length` None (the records are already cut at
+            --max-length; TRL's cut at 1024 would shorten longer ones and drop those it leaves
+            without a completion token), bf16 off on CPU, no checkpoint saving, no progress bar
+            (nor its log lines on stdout). TRL HAS NO PROMPT LOSS WEIGHT: it optimises PLW 0 (the
+            prompt left out), so `loss_baseline` is a completion-only loss; compare it with
+            `loss_step1_plw_completion` / `loss_plw_completion`, the trainer's completion loss on
+            the same records (the plw side still trains at the weights' PLW).
+      hand  a hand loop written to what the Hugging Face `Trainer` does by default with a model
+            that computes its own loss: right-padded micro-batches of --micro sequences (the
+            collator pads to the longest row), bf16 autocast on CUDA, the full-vocabulary logits
+            upcast to fp32 (as `ForCausalLMLoss` does), per-token cross-entropy, AdamW (fused on
+            CUDA), a cosine schedule without warm-up, gradient clipping at 1.0, no gradient
+            checkpointing unless --gradient-checkpointing (then on both sides). The prompt loss
+            weights make it the common PLW recipe: a weighted mean per micro-batch, divided by the
+            accumulation steps. It reads its losses once per step.
+      The loss normalisation does not change the work done; TRL's gradient checkpointing (a second
+      forward) and its LM head over completion positions only do (both are TRL's defaults).
   (b) alpaca-plw: `alpaca_plw.train.trainer.train` (packing by --max-tokens, chunked weighted CE,
       exact step mean; the same optimizer, schedule and clipping; the attention the trainer
       chooses, recorded as `plw_attention`).
 
 Same on both sides, by construction and checked at run time:
   - records per optimizer step: one `DataOrder` (seed 42, --micro x --batch/--micro), so both sides
-    see equal real tokens per optimizer step (`tokens_per_step`);
+    see equal real tokens per optimizer step (`tokens_per_step`); the real tokens each baseline
+    step fed its model are counted and must equal the order's (`step_real_tokens`);
   - order: the sides alternate (baseline, plw, plw, baseline, ... over --rounds; the first side
     alternates per shape), so warm caches or clock boosts favour neither; `run_order` records it
     and `*_tok_s_rounds` each run, the headline figures being the median per side;
   - throughput: real tokens (padding excluded) of the timed steps / wall time of the timed steps,
     timed from the end of the last warm-up step to the end of the last step (`torch.cuda.synchronize`
     at every step end); the first --warmup steps are excluded on both sides;
-  - host reads: one per optimizer step on both sides (the baseline accumulates its loss sums on
-    the device and reads them once, after the step);
+  - host reads: one per optimizer step on the trainer and the hand loop (it accumulates its loss
+    sums on the device and reads them once, after the run); TRL reads its metrics per micro-batch
+    (entropy, token accuracy, token count) and checks each loss for NaN, as it ships;
   - FLOPs: per token 6 N + 12 x layers x hidden x l, where l is the REAL length of the token's own
     record on both sides (the baseline's padding and any cross-record attention are not credited;
     not halved for causality). N = all parameters except the input embedding matrix; the LM head
@@ -59,14 +79,19 @@ mixing a host tensor (more than 0-dim) with a device tensor raises `DeviceMismat
 Both sides run end to end under it (loading, start-up checks, every micro-batch, the optimizer),
 so a tensor left on the host while the model is on the GPU fails on a machine without one.
 Not covered: the CUDA-only branches (pinned memory, the trainer's background collation, autocast).
+The TRL side runs under it too, but there the inputs are moved by accelerate's data loader and
+the loss is TRL's: the check then tests TRL and accelerate, not code of this file, except the
+token and loss sums the bench keeps on the device.
 
 Paths are flags (the GPU machine has no ../shared): --data (an Alpaca JSON, made into weights here
 with PLW --plw, cut at --max-length) or --weights (a folder written by `alpaca-plw weights`), and
 --tokenizer (a LLaMA tokenizer folder, copied into each model folder). Defaults: ../shared beside the
-checkout when it exists. Nothing here imports `datasets` or `trl`.
+checkout when it exists. `datasets` and `trl` are imported only for the TRL side (the GPU image
+has neither: auto falls back to the hand loop and says so). Nothing is downloaded.
 
 GPU:        python benchmarks/bench_train.py --shapes 1.1b,3b --data D/alpaca_data.json --tokenizer D/llama
 CPU smoke:  python benchmarks/bench_train.py --shapes tiny --records 256 --steps 4 --warmup 1 --batch 16 --micro 4 --device-check
+            (add --baseline hand or --baseline trl to choose the common recipe's side)
 Writes JSON (a list, one object per shape, rewritten after every shape) to --out, default
 benchmarks/results/train_<cuda|cpu>.json. A shape that fails (out of memory, say) is written as
 {"shape", "error"} and the next shape still runs; the exit status is then 1.
@@ -86,6 +111,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,6 +135,11 @@ SEED = 42
 SIDES = ("baseline", "plw")
 BASELINE_RECIPE = ("hand loop, Hugging Face Trainer defaults (right padding, fp32 logits, bf16 "
                    "autocast on CUDA, AdamW, cosine, clip 1.0), PLW-weighted mean per micro-batch")
+TRL_RECIPE = ("TRL SFTTrainer with its defaults (right padding, -100 labels on the prompt: "
+              "completion-only loss, i.e. PLW 0; fused chunked LM head; token mean over the step; "
+              "gradient checkpointing; AdamW fused; clip 1.0; bf16 on CUDA), fed the common order, "
+              "cosine schedule")
+BASELINES = ("auto", "trl", "hand")
 PACKED_ONLY = ("torch_varlen",)  # the baseline pads; it keeps the model's default for these
 SHAPES = {  # see the module docstring for what each one stands for
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
@@ -141,6 +172,7 @@ class BenchOptions:
     gradient_checkpointing: bool = False  # both sides
     rounds: int = 1  # runs per side, alternating
     device_check: bool = False  # CPU run under HostTensorCheck
+    baseline: str = "auto"  # the common recipe's side: trl, hand, or auto (trl when importable)
 
     def __post_init__(self):
         checks = [
@@ -153,6 +185,7 @@ class BenchOptions:
             (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
              f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
             (not (self.device_check and self.compile), "--device-check cannot run with --compile"),
+            (self.baseline in BASELINES, f"--baseline must be one of {', '.join(BASELINES)}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -376,11 +409,12 @@ def baseline(model_dir: Path, store: SequenceStore, order: DataOrder, opts: Benc
 
 def alpaca_plw(model_dir: Path, weights: Path, work: Path, opts: BenchOptions, device: str) -> dict:
     """The trainer on the same data and steps. Returns step-end times, losses, its plan."""
-    ends, losses = [], []
+    ends, losses, completion = [], [], []
 
     def on_step(record: dict) -> None:
         ends.append(step_end(device))  # the trainer synchronises CUDA before returning a step
         losses.append(record["loss"])
+        completion.append(record["completion_loss"])  # what TRL's side optimises (PLW 0)
 
     cfg = TrainConfig(weights_dir=weights, model=str(model_dir), output_dir=work / "run",
                       micro_batch_size=opts.micro, grad_accum=opts.accum, max_steps=opts.steps,
@@ -391,8 +425,209 @@ def alpaca_plw(model_dir: Path, weights: Path, work: Path, opts: BenchOptions, d
         plan = train(cfg, on_step=on_step)
     finally:
         shutil.rmtree(work / "run", ignore_errors=True)
-    return {"ends": ends, "losses": losses, "plan": plan,
+    return {"ends": ends, "losses": losses, "completion_losses": completion, "plan": plan,
             "attention": getattr(plan, "attention", None)}
+
+
+# --- the TRL side ---------------------------------------------------------------------------------
+
+def trl_missing() -> str | None:
+    """Why TRL's side cannot run in this environment (None when it can): `trl` or `datasets`
+    (which `SFTTrainer` needs) does not import."""
+    try:
+        import datasets  # noqa: F401
+        from trl import SFTConfig, SFTTrainer  # noqa: F401
+    except ImportError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def trl_obstacle(store: SequenceStore, order: DataOrder, opts: BenchOptions) -> str | None:
+    """Why TRL's side cannot take the common records here (None when it can)."""
+    missing = trl_missing()
+    if missing:
+        return missing
+    if store.roles is not None:
+        return ("conversation weights: TRL's completion-only labels need one prompt per record; "
+                "these records interleave roles")
+    for step in range(opts.steps):
+        sizes = {len(m) for m in order.micro_batches(step, 0)}
+        if sizes != {opts.micro}:
+            return (f"step {step + 1} crosses the end of an epoch ({len(store)} records, --batch "
+                    f"{opts.batch}) and has micro-batches of {sorted(sizes)} records: TRL's "
+                    f"sampler batches by --micro {opts.micro}; use fewer --steps")
+    return None
+
+
+def choose_baseline(requested: str, store: SequenceStore, order: DataOrder,
+                    opts: BenchOptions) -> tuple[str, str | None]:
+    """The baseline that runs ("trl" or "hand") and, when auto fell back to the hand loop, why.
+
+    `requested` "hand" runs the hand loop, "trl" TRL's side or BenchError saying why it cannot,
+    "auto" TRL's side where it can run, the hand loop otherwise."""
+    if requested == "hand":
+        return "hand", None
+    obstacle = trl_obstacle(store, order, opts)
+    if obstacle is None:
+        return "trl", None
+    if requested == "trl":
+        raise BenchError(f"--baseline trl: {obstacle}; pass --baseline hand (or auto)")
+    return "hand", f"auto: TRL's side cannot run here ({obstacle}); ran the hand loop"
+
+
+def trl_dataset(store: SequenceStore):
+    """Every record of `store` as a `datasets.Dataset` of `input_ids` and `labels` (int64 lists):
+    the same tokens, labels -100 on the prompt, which is what TRL builds from prompt-completion
+    data (its default completion-only loss); TRL passes a tokenized dataset with labels as is.
+
+        ids [1, 50, 51, 60, 2], prompt_length 3  ->  labels [-100, -100, -100, 60, 2]
+    """
+    import datasets
+    import pyarrow as pa
+
+    if store.offsets[-1] >= 2**31:
+        raise BenchError(f"{store.offsets[-1]:,} tokens: too many for one Arrow list column; "
+                         "pass fewer --records")
+    start = np.repeat(store.offsets[:-1], store.lengths)
+    prompt = np.repeat(store.prompt_length, store.lengths)
+    labels = np.where(np.arange(store.ids.size) - start >= prompt, store.ids, -100)
+    offsets = pa.array(store.offsets, pa.int32())
+    schema = pa.schema([("input_ids", pa.list_(pa.int64())), ("labels", pa.list_(pa.int64()))])
+    table = pa.Table.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(store.ids, pa.int64())),
+         pa.ListArray.from_arrays(offsets, pa.array(labels, pa.int64()))], schema=schema)
+    return datasets.Dataset(table)
+
+
+class FixedOrder(torch.utils.data.Sampler):
+    """The record indices of every micro-batch of the run, in order: the trainer's data loader
+    batches them by --micro, so micro-batch j of step s holds `order.micro_batches(s, 0)[j]`."""
+
+    def __init__(self, order: DataOrder, steps: int):
+        self.indices = np.concatenate(
+            [m for s in range(steps) for m in order.micro_batches(s, 0)]).tolist()
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# SFTConfig fields set here, and why (everything else is the installed trl's default)
+TRL_CHANGED = {
+    "train sampler": "the common DataOrder (seed 42) instead of TRL's random sampler",
+    "per_device_train_batch_size, gradient_accumulation_steps, max_steps": "--micro, --batch / "
+    "--micro, --steps",
+    "lr_scheduler_type": "cosine, the common schedule (TRL's default: linear)",
+    "max_length": "None (TRL's default: 1024): the records are already cut at --max-length; a "
+    "second cut at 1024 would shorten longer records and drop those it leaves without a completion "
+    "token, changing what a step holds",
+    "bf16": "on CUDA only (TRL's default: on); the CPU run is fp32 on every side",
+    "save_strategy": "no: no checkpoint inside the timed steps",
+    "disable_tqdm": "true: no progress bar (display only)",
+}
+
+
+def trl_config(run_dir: Path, opts: BenchOptions, device: str):
+    """TRL's `SFTConfig` for the common geometry: its defaults but for `TRL_CHANGED`."""
+    from trl import SFTConfig
+
+    attn = None if opts.attn_implementation in PACKED_ONLY else opts.attn_implementation
+    with warnings.catch_warnings():  # TRL's own default field, renamed in transformers 5.25
+        warnings.filterwarnings("ignore", "`gradient_checkpointing` is deprecated", FutureWarning)
+        return SFTConfig(
+            output_dir=str(run_dir), per_device_train_batch_size=opts.micro,
+            gradient_accumulation_steps=opts.accum, max_steps=opts.steps,
+            lr_scheduler_type="cosine", max_length=None, bf16=device == "cuda",
+            save_strategy="no", disable_tqdm=True, seed=SEED,
+            model_init_kwargs={"attn_implementation": attn} if attn else None)
+
+
+def trl_baseline(model_dir: Path, store: SequenceStore, order: DataOrder, opts: BenchOptions,
+                 device: str, work: Path) -> dict:
+    """TRL's `SFTTrainer` on the common order. Returns step-end times, its own loss per step (the
+    completion-only token mean), the real tokens each step fed the model, the attention it ran and
+    its effective settings (`baseline_settings`)."""
+    import trl
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import SFTTrainer
+
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        raise BenchError("the TRL side runs on one GPU: set CUDA_VISIBLE_DEVICES to one device")
+    ends: list[float] = []
+    sums = torch.zeros(opts.steps, 2, dtype=torch.float64, device=device)  # loss, real tokens
+
+    class StepEnds(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            ends.append(step_end(device))  # after the optimizer step, as on the other sides
+
+    class OrderedSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return FixedOrder(order, opts.steps)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            tokens = inputs["attention_mask"].sum()  # what reaches the model; read after the run
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            sums[self.state.global_step] += torch.stack([loss.double(), tokens.double()])
+            return loss
+
+    run_dir = work / "trl-run"
+    try:  # TRL seeds itself (`set_seed(args.seed)`, 42)
+        trainer = OrderedSFTTrainer(model=str(model_dir), args=trl_config(run_dir, opts, device),
+                                    train_dataset=trl_dataset(store), callbacks=[StepEnds()])
+        trainer.remove_callback(PrinterCallback)  # its logs would go to stdout, the table's
+        trainer.train()
+        settings = _trl_settings(trainer, trl.__version__)
+        del trainer
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    losses, tokens = zip(*sums.tolist())  # the one read of the run
+    return {"ends": ends, "losses": list(losses), "tokens": [int(t) for t in tokens],
+            "attention": settings["attn_implementation"], "settings": settings}
+
+
+def _trl_settings(trainer, version: str) -> dict:
+    """The settings TRL's side ran with, read back from the trainer (not restated)."""
+    a, model = trainer.args, trainer.model
+    value = lambda v: getattr(v, "value", v)  # noqa: E731 - enums as their strings
+    checkpointing = bool(model.is_activation_checkpointing  # transformers >= 5.25's name
+                         if hasattr(type(model), "is_activation_checkpointing")
+                         else model.is_gradient_checkpointing)
+    return {
+        "trl_version": version,
+        "per_device_train_batch_size": a.per_device_train_batch_size,
+        "gradient_accumulation_steps": a.gradient_accumulation_steps, "max_steps": a.max_steps,
+        "learning_rate": a.learning_rate, "lr_scheduler_type": value(a.lr_scheduler_type),
+        "warmup_steps": a.warmup_steps, "optim": value(a.optim), "weight_decay": a.weight_decay,
+        "max_grad_norm": a.max_grad_norm, "bf16": a.bf16,
+        "gradient_checkpointing": checkpointing,
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "max_length": a.max_length, "packing": a.packing, "padding_free": trainer.padding_free,
+        "pad_to_multiple_of": a.pad_to_multiple_of, "loss_type": a.loss_type,
+        "completion_only_loss": "labels -100 on the prompt (TRL's default for prompt-completion "
+                                "data): PLW 0, the prompt is not trained",
+        "loss": "sum of completion-token NLL / completion tokens of the whole step (TRL's fused "
+                "LM head over the labelled positions, in chunks)",
+        "use_liger_kernel": a.use_liger_kernel, "activation_offloading": a.activation_offloading,
+        "dataloader_pin_memory": a.dataloader_pin_memory, "logging_steps": a.logging_steps,
+        "seed": a.seed, "changed": TRL_CHANGED,
+    }
+
+
+def hand_settings(opts: BenchOptions, device: str) -> dict:
+    """The hand loop's settings, in the keys of `_trl_settings` where they mean the same."""
+    return {
+        "per_device_train_batch_size": opts.micro, "gradient_accumulation_steps": opts.accum,
+        "max_steps": opts.steps, "learning_rate": 2e-5, "lr_scheduler_type": "cosine",
+        "warmup_steps": 0, "optim": "adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": device == "cuda",
+        "gradient_checkpointing": opts.gradient_checkpointing, "model_dtype": "float32",
+        "padding": "right, to the longest row of each micro-batch",
+        "loss": "PLW-weighted cross-entropy over full fp32 logits, mean per micro-batch / "
+                "accumulation steps",
+    }
 
 
 # --- one shape ------------------------------------------------------------------------------------
@@ -425,6 +660,7 @@ def run_shape(shape: str, weights: Path, tokenizer: Path, options: BenchOptions 
     sequence = run_order(first, opts.rounds)
     store = SequenceStore.from_weights(read_weights_dir(weights))
     order = DataOrder(len(store), SEED, opts.micro, opts.accum, 1)
+    recipe, fallback = choose_baseline(opts.baseline, store, order, opts)
     owned = work is None
     work = Path(tempfile.mkdtemp(prefix="bench-train-")) if owned else Path(work)
     model_dir = work / f"model-{shape}"
@@ -432,14 +668,21 @@ def run_shape(shape: str, weights: Path, tokenizer: Path, options: BenchOptions 
     try:
         build_model_dir(shape, model_dir, Path(tokenizer), device)
         for side in sequence:
-            runs[side].append(_run_side(side, model_dir, store, order, Path(weights), work, opts,
-                                        device))
+            runs[side].append(_run_side(side if side == "plw" else recipe, model_dir, store,
+                                        order, Path(weights), work, opts, device))
     finally:  # a 7B model folder is 13 GB: never left behind
         shutil.rmtree(work if owned else model_dir, ignore_errors=True)
-    return _summarise(shape, store, order, opts, device, runs, sequence)
+    row = _summarise(shape, store, order, opts, device, runs, sequence)
+    settings = runs["baseline"][0].get("settings") or hand_settings(opts, device)
+    named = {"shape": row.pop("shape"), "device": row.pop("device"), "baseline": recipe,
+             "baseline_requested": opts.baseline, "baseline_fallback": fallback,
+             "baseline_recipe": TRL_RECIPE if recipe == "trl" else BASELINE_RECIPE,
+             "baseline_settings": settings}
+    return {**named, **row}
 
 
 def _run_side(side: str, model_dir, store, order, weights, work, opts, device) -> dict:
+    """One run of `side`: "hand" or "trl" (the baseline) or "plw"."""
     if device == "cuda":  # the previous side's memory back, and a fresh peak
         gc.collect()
         torch.cuda.empty_cache()
@@ -448,8 +691,12 @@ def _run_side(side: str, model_dir, store, order, weights, work, opts, device) -
     if check:
         check.__enter__()
     try:
-        result = (baseline(model_dir, store, order, opts, device) if side == "baseline"
-                  else alpaca_plw(model_dir, weights, work, opts, device))
+        if side == "plw":
+            result = alpaca_plw(model_dir, weights, work, opts, device)
+        elif side == "trl":
+            result = trl_baseline(model_dir, store, order, opts, device, work)
+        else:
+            result = baseline(model_dir, store, order, opts, device)
     finally:
         if check:
             check.__exit__(None, None, None)
@@ -466,8 +713,9 @@ def _summarise(shape, store, order, opts, device, runs, sequence) -> dict:
     padded = [sum(len(m) * int(lengths[m].max()) for m in order.micro_batches(s, 0) if len(m))
               for s in range(steps)]
     for b in runs["baseline"]:
-        if b["tokens"] != step_tokens:
-            raise BenchError("the baseline saw other records than the common order")
+        if b["tokens"] != step_tokens or len(b["ends"]) != steps:
+            raise BenchError(f"the baseline saw other records than the common order: real tokens "
+                             f"per step {b['tokens']}, the order's {step_tokens}")
     for p in runs["plw"]:
         plan = p["plan"]
         if not (plan.grad_accum == opts.accum and plan.micro_batch_size == opts.micro
@@ -489,7 +737,6 @@ def _summarise(shape, store, order, opts, device, runs, sequence) -> dict:
     b, p = runs["baseline"][0], runs["plw"][0]
     return {
         "shape": shape, "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "baseline_recipe": BASELINE_RECIPE,
         "baseline_tok_s": round(median["baseline"], 1), "plw_tok_s": round(median["plw"], 1),
         "speedup": round(median["plw"] / median["baseline"], 3),
         "mfu": mfu("plw", PEAK_SPEC), "mfu_measured_peak": mfu("plw", PEAK_MEASURED),
@@ -499,11 +746,14 @@ def _summarise(shape, store, order, opts, device, runs, sequence) -> dict:
         "baseline_peak_gib": peak("baseline"), "plw_peak_gib": peak("plw"),
         "loss_baseline": round(b["losses"][-1], 5), "loss_plw": round(p["losses"][-1], 5),
         "loss_step1_baseline": round(b["losses"][0], 5), "loss_step1_plw": round(p["losses"][0], 5),
+        "loss_step1_plw_completion": _round(p["completion_losses"][0], 5),
+        "loss_plw_completion": _round(p["completion_losses"][-1], 5),
         "run_order": sequence,
         "baseline_tok_s_rounds": [round(v, 1) for v in tok_s["baseline"]],
         "plw_tok_s_rounds": [round(v, 1) for v in tok_s["plw"]],
         "steps": steps, "warmup_steps": w, "timed_steps": steps - w,
         "tokens_per_step": round(float(np.mean(step_tokens)), 1),
+        "step_real_tokens": step_tokens,
         "sequences_per_step": opts.batch,
         "forwards_per_step": {"baseline": opts.accum, "plw": round(float(np.mean(packed)), 2)},
         "baseline_padded_tokens_per_step": round(float(np.mean(padded)), 1),
@@ -516,6 +766,10 @@ def _summarise(shape, store, order, opts, device, runs, sequence) -> dict:
         "plw_compile": opts.compile, "gradient_checkpointing": opts.gradient_checkpointing,
         "device_check": opts.device_check,
     }
+
+
+def _round(value, digits: int):
+    return None if value is None else round(value, digits)
 
 
 def prepare_weights(data: Path, tokenizer: Path, out_dir: Path, records: int = 0,
@@ -566,6 +820,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gradient-checkpointing", action="store_true", help="both sides (7b needs it)")
     p.add_argument("--rounds", type=int, default=1,
                    help="runs per side, alternating baseline/plw (the medians are reported)")
+    p.add_argument("--baseline", choices=BASELINES, default="auto",
+                   help="the common recipe's side: TRL's SFTTrainer (trl), the hand loop (hand), "
+                        "or auto: trl when trl and datasets import, hand otherwise "
+                        "[default: auto]")
     p.add_argument("--device-check", action="store_true",
                    help="CPU run with the model on a stand-in device: a host tensor reaching "
                         "it fails")
@@ -592,7 +850,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         max_length=args.max_length, max_tokens=args.max_tokens,
         attn_implementation=args.attn_implementation, compile=args.compile,
         gradient_checkpointing=args.gradient_checkpointing, rounds=args.rounds,
-        device_check=args.device_check)
+        device_check=args.device_check, baseline=args.baseline)
+    if args.baseline == "trl" and (missing := trl_missing()):
+        p.error(f"--baseline trl: {missing}; install trl and datasets, or pass --baseline hand "
+                "(or auto)")
     return args
 
 
@@ -617,6 +878,10 @@ def _table(results: list[dict]) -> None:
               f"{fmt(r['mfu_measured_peak'], '.1%'):>8} {fmt(r['baseline_mfu'], '.1%'):>9} "
               f"{fmt(r['baseline_peak_gib'], '.1f'):>9} {fmt(r['plw_peak_gib'], '.1f'):>8} "
               f"{r['loss_baseline']:>10.4f} {r['loss_plw']:>9.4f}")
+    for r in results:
+        if "baseline" in r:
+            note = f" ({r['baseline_fallback']})" if r.get("baseline_fallback") else ""
+            print(f"{r['shape']:>6} baseline: {r['baseline']}{note}")
 
 
 def _one_line(exc: BaseException) -> str:

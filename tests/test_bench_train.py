@@ -1,5 +1,6 @@
 """benchmarks/bench_train.py on the CPU: the reduced end-to-end run, the device check that stands in
-for a GPU (and catches a tensor left on the host), alternation, shapes, and one-line errors.
+for a GPU (and catches a tensor left on the host), TRL's side on the common records and the fall
+back to the hand loop without trl, alternation, shapes, and one-line errors.
 
 Timing is not checked here (it belongs to the benchmark); each test takes a few seconds.
 """
@@ -23,7 +24,10 @@ SAMPLE = REPO / "data" / "sample.json"
 KEYS = {"shape", "baseline_tok_s", "plw_tok_s", "speedup", "mfu", "mfu_measured_peak",
         "baseline_mfu", "baseline_peak_gib", "plw_peak_gib", "loss_baseline", "loss_plw", "steps",
         "tokens_per_step", "baseline_recipe", "run_order", "loss_step1_baseline", "loss_step1_plw"}
-SMALL = dict(steps=2, warmup=1, batch=4, micro=2, max_length=128, device_check=True)
+SMALL = dict(steps=2, warmup=1, batch=4, micro=2, max_length=128, device_check=True,
+             baseline="hand")
+TINY_RUN = ["--shapes", "tiny", "--steps", "2", "--warmup", "1", "--batch", "4", "--micro", "2",
+            "--max-length", "128"]
 
 
 def _load_bench():
@@ -55,15 +59,16 @@ def _old_move(batch, device):
 
 def test_cpu_run_writes_every_key_and_step1_losses_agree(weights, tmp_path, capsys):
     out = tmp_path / "train.json"
-    code = bench.main(["--shapes", "tiny", "--weights", str(weights), "--tokenizer", str(LLAMA),
-                       "--steps", "2", "--warmup", "1", "--batch", "4", "--micro", "2",
-                       "--max-length", "128", "--device-check", "--out", str(out)])
+    code = bench.main([*TINY_RUN, "--weights", str(weights), "--tokenizer", str(LLAMA),
+                       "--baseline", "hand", "--device-check", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     (result,) = json.loads(out.read_text())
     assert KEYS <= set(result)
     assert result["shape"] == "tiny" and result["steps"] == 2 and result["device_check"] is True
     assert result["run_order"] == ["baseline", "plw"]
+    assert result["baseline"] == "hand" and result["baseline_fallback"] is None
     assert result["baseline_recipe"] == bench.BASELINE_RECIPE
+    assert result["baseline_settings"]["lr_scheduler_type"] == "cosine"
     assert result["mfu"] is None and result["baseline_peak_gib"] is None  # CUDA-only fields
     assert result["baseline_tok_s"] > 0 and result["plw_tok_s"] > 0
     # step 1 runs before any update: both sides compute the same weighted mean
@@ -136,6 +141,110 @@ def test_host_tensor_check_follows_cuda_device_rules():
     assert torch.from_numpy(np.zeros(1)).__dict__.get("_bench_on_host") is None  # unpatched after
 
 
+TRL_MISSING = bench.trl_missing()
+needs_trl = pytest.mark.skipif(TRL_MISSING is not None, reason=f"TRL's side: {TRL_MISSING}")
+
+
+def _order(weights, opts):
+    store = bench.SequenceStore.from_weights(bench.read_weights_dir(weights))
+    return store, bench.DataOrder(len(store), bench.SEED, opts.micro, opts.accum, 1)
+
+
+@needs_trl
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # TRL's default, on CPU
+def test_trl_side_takes_the_common_records_per_step_and_names_its_settings(weights, tmp_path,
+                                                                           monkeypatch, capsys):
+    import trl
+
+    runs, real = [], bench.trl_baseline
+
+    def kept(*args, **kwargs):  # the TRL side's own result, before the JSON summarises it
+        runs.append(real(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(bench, "trl_baseline", kept)
+    out = tmp_path / "trl.json"
+    code = bench.main([*TINY_RUN, "--weights", str(weights), "--tokenizer", str(LLAMA),
+                       "--baseline", "trl", "--device-check", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    (result,) = json.loads(out.read_text())
+    assert (result["baseline"], result["baseline_requested"]) == ("trl", "trl")
+    assert result["baseline_fallback"] is None and result["baseline_recipe"] == bench.TRL_RECIPE
+    # the real tokens TRL fed its model at each step are the common order's, which the trainer takes
+    store, order = _order(weights, bench.BenchOptions(**SMALL))
+    expected = [int(store.lengths[order.step_records(s)].sum()) for s in range(2)]
+    (run,) = runs
+    assert run["tokens"] == expected == result["step_real_tokens"] and len(run["ends"]) == 2
+    settings = result["baseline_settings"]
+    assert settings["trl_version"] == trl.__version__
+    assert (settings["per_device_train_batch_size"], settings["gradient_accumulation_steps"],
+            settings["max_steps"]) == (2, 2, 2)
+    assert (settings["learning_rate"], settings["lr_scheduler_type"], settings["warmup_steps"],
+            settings["max_grad_norm"]) == (2e-5, "cosine", 0, 1.0)
+    assert settings["gradient_checkpointing"] is True  # TRL's default, kept
+    assert settings["max_length"] is None and settings["bf16"] is False  # CPU: fp32
+    assert not settings["padding_free"] and not settings["packing"]
+    assert settings["model_dtype"] == "float32"
+    assert set(settings["changed"]) == set(bench.TRL_CHANGED)
+    # TRL optimises PLW 0: before any update its loss is the trainer's completion loss
+    assert result["loss_step1_baseline"] == pytest.approx(result["loss_step1_plw_completion"],
+                                                          abs=1e-4)
+    assert "tiny baseline: trl" in capsys.readouterr().out
+
+
+@needs_trl
+def test_trl_refuses_an_order_with_partial_micro_batches_and_auto_falls_back(weights):
+    opts = bench.BenchOptions(steps=2, warmup=1, batch=12, micro=4)  # 15 records: step 2 holds 3
+    store, order = _order(weights, opts)
+    recipe, why = bench.choose_baseline("auto", store, order, opts)
+    assert recipe == "hand" and "step 2 crosses the end of an epoch" in why
+    with pytest.raises(bench.BenchError, match="--baseline trl: step 2 crosses"):
+        bench.choose_baseline("trl", store, order, opts)
+    full = bench.BenchOptions(**SMALL)  # 2 steps of 4 records: every micro-batch is full
+    assert bench.choose_baseline("auto", store, _order(weights, full)[1], full) == ("trl", None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs datasets")
+def test_trl_dataset_holds_the_store_tokens_with_the_prompt_labelled_minus_100(weights):
+    store = bench.SequenceStore.from_weights(bench.read_weights_dir(weights))
+    data = bench.trl_dataset(store)
+    assert len(data) == len(store)
+    for i in range(len(store)):
+        ids = store.ids[store.offsets[i]:store.offsets[i + 1]].tolist()
+        prompt = int(store.prompt_length[i])
+        assert data[i]["input_ids"] == ids
+        assert data[i]["labels"] == [-100] * prompt + ids[prompt:]
+
+
+def test_auto_without_trl_falls_back_to_the_hand_loop_and_says_why(weights, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` now raises ImportError
+    out = tmp_path / "auto.json"
+    code = bench.main([*TINY_RUN, "--weights", str(weights), "--tokenizer", str(LLAMA),
+                       "--device-check", "--out", str(out)])  # --baseline auto, the default
+    assert code == 0, capsys.readouterr().err
+    (result,) = json.loads(out.read_text())
+    assert (result["baseline"], result["baseline_requested"]) == ("hand", "auto")
+    assert result["baseline_recipe"] == bench.BASELINE_RECIPE
+    assert result["baseline_fallback"] == ("auto: TRL's side cannot run here (ModuleNotFoundError: "
+                                           "import of trl halted; None in sys.modules); ran the "
+                                           "hand loop")
+    assert result["loss_step1_baseline"] == pytest.approx(result["loss_step1_plw"], abs=1e-4)
+    assert "tiny baseline: hand (auto: TRL's side cannot run here" in capsys.readouterr().out
+    # asked for by name, a missing trl is one error line before any work
+    code = bench.main([*TINY_RUN, "--weights", str(weights), "--tokenizer", str(LLAMA),
+                       "--baseline", "trl", "--out", str(tmp_path / "trl.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: --baseline trl: ModuleNotFoundError: import of trl halted")
+    assert not (tmp_path / "trl.json").exists()
+
+
+def test_trl_missing_names_datasets_when_only_datasets_is_absent(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    assert "datasets" in bench.trl_missing()
+
+
 def test_sides_alternate_over_rounds_and_shapes():
     assert bench.run_order("baseline", 1) == ["baseline", "plw"]
     assert bench.run_order("plw", 1) == ["plw", "baseline"]
@@ -185,6 +294,7 @@ def test_json_is_written_after_every_shape_and_a_failed_shape_keeps_the_rest(wei
     (["--batch", "10", "--micro", "4"], "--batch must be a positive multiple of --micro"),
     (["--data", "/nonexistent.json"], "--data /nonexistent.json: no such file"),
     (["--steps", "many"], "argument --steps: invalid int value"),
+    (["--baseline", "tf"], "argument --baseline: invalid choice: 'tf'"),
     (["--weights", str(REPO / "data")], "error: reading the weights: "),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(argv, message, tmp_path, capsys):
