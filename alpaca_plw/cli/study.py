@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from alpaca_plw.cli.config_file import TRAIN_ARGS, SweepConfigFile
 from alpaca_plw.cli.options import Columns, Split, data_options, err, guard, out, progress_bar
 
 SWEEP_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -76,6 +77,7 @@ def sweep(
     chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: a Jinja chat template file [default: the tokenizer's own], as for `weights`.", show_default=False)] = None,
     role_weights: Annotated[Optional[str], typer.Option("--role-weights", help="Conversations: per-role weights overriding each run's PLW, e.g. system=0,markup=0, as for `weights`.", show_default=False)] = None,
     assistant_turns: Annotated[str, typer.Option("--assistant-turns", help="Conversations: learn 'all' assistant turns, or only the 'last', as for `weights`.")] = "all",
+    config: SweepConfigFile = None,
 ) -> None:
     """Train one run per PLW value (same seed, data and options); any `train` option may follow.
     Each PLW's weights are those `alpaca-plw weights` writes at that PLW, from one tokenization."""
@@ -96,7 +98,8 @@ def sweep(
                            parse_role_weights(role_weights), assistant_turns)
         chat = None if chat.is_default() else chat
         cfg = SweepConfig(source=source, model=model, output_dir=output_dir, plws=parse_plws(plw),
-                          train=train_options(list(ctx.args)), launcher=launcher,
+                          train=train_options(ctx.meta.get(TRAIN_ARGS, []) + list(ctx.args)),
+                          launcher=launcher,
                           nproc_per_node=nproc_per_node, max_length=max_length,
                           tokenizer=tokenizer, dry_run=dry_run, chat=chat)
         if dry_run:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from alpaca_plw.cli.config_file import TrainConfigFile
 from alpaca_plw.cli.options import Force, err, guard, out
 
 
@@ -54,6 +55,7 @@ def train(
     report_to: Annotated[str, typer.Option("--report-to", help="none, or comma-separated trackers: tensorboard, wandb, mlflow.", rich_help_panel="Evaluation and tracking")] = "none",
     save_total_limit: Annotated[Optional[int], typer.Option("--save-total-limit", help="Keep only the newest N checkpoints.")] = None,
     force: Force = False,
+    config: TrainConfigFile = None,
 ) -> None:
     """Train a causal LM with per-token loss weights (prompt = PLW, completion = 1)."""
     from alpaca_plw.cli.render import plan_table
