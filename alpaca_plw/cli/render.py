@@ -175,7 +175,7 @@ def plan_table(plan) -> Table:
     if memory:
         rows.append(("memory per GPU (estimate)",
                      f"{memory['total']:.1f} GiB = weights {memory['parameters']:.1f} + grads "
-                     f"{memory['gradients']:.1f} + AdamW {memory['optimizer']:.1f} + bf16 copies "
+                     f"{memory['gradients']:.1f} + optimizer {memory['optimizer']:.1f} + bf16 copies "
                      f"{memory['autocast_copies']:.1f} + activations {memory['activations']:.1f} "
                      f"+ logits {memory['logits']:.1f}"))
         gpu = memory.get("gpu_memory")

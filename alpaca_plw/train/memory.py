@@ -3,7 +3,7 @@
 It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The terms, in bytes:
 
 - *State.* Full fine-tune: fp32 weights 4 + fp32 gradients 4 + AdamW's two fp32 moments 8 per
-  parameter (7B: 100 GiB). DDP's gradients are views of its buckets (no second copy). FSDP
+  parameter (7B: 100 GiB; `--optim sgd` keeps no state, `adafactor` 4 bytes per row and column). DDP's gradients are views of its buckets (no second copy). FSDP
   divides weights, gradients and optimizer state by the number of processes and holds two layers'
   bf16 parameters gathered; `--cpu-offload` moves the sharded state to host memory. FSDP with
   gradient accumulation (more than one micro-batch per step and process, more than one process)
@@ -77,7 +77,9 @@ def shape_of(model) -> dict:
                                 or getattr(text, "ffn_dim", None) or 4 * hidden),
             "vocab": int(text.vocab_size),
             "linear_params": sum(i * o for _, i, o in linear),
-            "linear": linear}
+            "linear": linear,
+            "factored": sum(p.shape[-2] + p.shape[-1] if p.dim() >= 2 else p.numel()
+                            for p in model.parameters())}  # Adafactor's row + column moments
 
 
 def meta_model(model: str):
@@ -122,7 +124,7 @@ def activation_bytes(shape: dict, tokens: int, bf16_weights: bool, checkpointing
 def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, cpu_offload: bool,
                    checkpointing: bool, loss_chunk: int, *, grad_accum: int = 1,
                    lora_r: int | None = None, adapter_params: int = 0, lora_dropout: bool = True,
-                   base_dtype: str = "float32") -> dict:
+                   base_dtype: str = "float32", optim: str = "adamw") -> dict:
     """Bytes per GPU of each term: parameters, gradients, optimizer, autocast_copies, activations,
     logits (the terms of the module docstring), for a CUDA run with bf16 autocast."""
     n, layers, vocab = shape["params"], shape["layers"], shape["vocab"]
@@ -141,12 +143,25 @@ def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, c
     if not bf16_weights:
         copies += 2 * shape["linear_params"]
     positions = min(loss_chunk, tokens_per_micro) if loss_chunk else tokens_per_micro
-    return {"parameters": params, "gradients": grads, "optimizer": 8 * trainable * share,
+    return {"parameters": params, "gradients": grads,
+            "optimizer": optimizer_bytes(shape, optim, trainable, lora_r) * share,
             "autocast_copies": copies,
             "activations": activation_bytes(shape, tokens_per_micro, bf16_weights, checkpointing,
                                             lora_r, lora_dropout),
             "logits": positions * vocab * (LOGIT_BYTES + (0 if loss_chunk else FULL_LOGIT_EXTRA)),
             "host_offload": 16 * trainable + (base_bytes * n if lora else 0) if cpu_offload else 0.0}
+
+
+def optimizer_bytes(shape: dict, optim: str, trainable: int, lora_r: int | None) -> float:
+    """`--optim`'s fp32 state: AdamW's two moments (8 bytes per trained parameter), none for SGD
+    (no momentum), Adafactor's row and column second moments (4 bytes per row and column of each
+    matrix, per element of a vector; for a LoRA adapter r x (in + out) parameters have about
+    in + out of them)."""
+    if optim == "sgd":
+        return 0.0
+    if optim == "adafactor":
+        return 4.0 * (trainable / lora_r if lora_r else shape["factored"])
+    return 8.0 * trainable
 
 
 def estimate(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, cpu_offload: bool,
@@ -175,7 +190,7 @@ def plan_memory(cfg, plan, longest: int) -> dict | None:
     except (OSError, ValueError, AttributeError, TypeError):
         return None
     tokens = plan.max_tokens if plan.packing else cfg.micro_batch_size * longest
-    options = {"grad_accum": plan.grad_accum}
+    options = {"grad_accum": plan.grad_accum, "optim": getattr(cfg, "optim", "adamw")}
     if cfg.lora_r is not None:
         pattern = target_pattern(meta, cfg.lora_target)
         options.update(lora_r=cfg.lora_r, lora_dropout=cfg.lora_dropout > 0,
