@@ -38,6 +38,8 @@ def event_line(name: str, info: dict) -> str | None:
         return f"saved the merged model to {info['path']}"
     if name == "card_written":
         return f"wrote the model card {info['path']}"
+    if name == "warning":
+        return f"warning: {info['message']}"
     return None  # final_saved: the command's closing line says it
 
 

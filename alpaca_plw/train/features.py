@@ -11,7 +11,7 @@ on rank 0 only, with these names and info keys:
     evaluated {step, eval_loss, eval_prompt_loss, eval_completion_loss}
     checkpoint_saved {path, step}           checkpoint_removed {path}   (--save-total-limit)
     final_saved {path, what}                merging {path}    merged_saved {path}   (--merge-lora)
-    card_written {path}
+    card_written {path}                 warning {message}   (e.g. every step at lr 0)
 """
 
 from __future__ import annotations

@@ -40,3 +40,20 @@ def make_scheduler(optimizer, warmup: int, total: int, name: str = "cosine"):
     from transformers import get_scheduler
 
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def learns_nothing(warmup: int, total: int, name: str = "cosine") -> bool:
+    """True when every one of the `total` steps runs at learning rate 0 (e.g. one step that is all
+    warmup: `--max-steps 1` with any warmup), checked on the schedule itself."""
+    import torch
+
+    if total > warmup + 1:  # past the warmup every schedule here has a positive rate at first
+        return False
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = make_scheduler(optimizer, warmup, total, name)
+    for _ in range(total):
+        if optimizer.param_groups[0]["lr"] > 0:
+            return False
+        optimizer.step()
+        scheduler.step()
+    return True

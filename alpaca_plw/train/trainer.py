@@ -40,7 +40,7 @@ from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.roles import RoleTally
 from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
 from alpaca_plw.train.optim import make_optimizer
-from alpaca_plw.train.schedule import make_scheduler
+from alpaca_plw.train.schedule import learns_nothing, make_scheduler
 from alpaca_plw.train.wrap import wrap_model as _wrap
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
@@ -93,6 +93,11 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         plan.memory = plan_memory(cfg, plan, int(store.lengths.max()))  # per-GPU estimate
     if on_plan and d.is_main:
         on_plan(plan)
+    if learns_nothing(plan.warmup_steps, plan.steps, cfg.lr_scheduler_type):
+        features.event("warning", message=(
+            f"all {plan.steps} optimizer steps run at learning rate 0 ({plan.warmup_steps} warmup "
+            f"steps of {plan.steps}): the model will not change. Lower --warmup-ratio or train "
+            "more steps"))
     if cfg.dry_run:
         return plan
     run_record.check_model(cfg)  # --force: what loading would refuse, before the old run is moved

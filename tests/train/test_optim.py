@@ -173,3 +173,18 @@ def test_cli_takes_the_options_and_refuses_unknown_names(train_weights, tiny_lla
     assert (trajectory["--optim"], trajectory["--lr-scheduler-type"]) == ("sgd", "constant")
     card = (tmp_path / "c" / "README.md").read_text()
     assert "sgd" in card and "constant" in card
+
+
+def test_a_run_that_learns_nothing_says_so(run_cli, train_weights, tiny_llama, tmp_path):
+    """--max-steps 1 with the default warmup ratio: its one step is all warmup, at lr 0."""
+    from alpaca_plw.train.schedule import learns_nothing
+
+    base = ["train", train_weights, "--model", tiny_llama, "--device", "cpu", "--max-steps", "1",
+            "--micro-batch-size", "2", "--batch-size", "2"]
+    code, _, err = run_cli(base + ["--output-dir", tmp_path / "a", "--dry-run"])
+    assert code == 0 and "warning: all 1 optimizer steps run at learning rate 0" in err, err
+    code, _, err = run_cli(base + ["--output-dir", tmp_path / "b", "--warmup-ratio", "0",
+                                   "--dry-run"])
+    assert code == 0 and "learning rate 0" not in err
+    assert learns_nothing(1, 1) and learns_nothing(3, 1) and not learns_nothing(1, 2)
+    assert not learns_nothing(0, 1, "constant") and learns_nothing(2, 2, "linear") is False
