@@ -112,12 +112,14 @@ def current(model) -> str | None:
 
 def supported(config) -> str | None:
     """None when `config`'s attention is plain causal softmax attention this path reproduces; else
-    the reason it is not (sliding window, soft-capping)."""
+    the reason it is not (sliding window, soft-capping, attention dropout)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
         return "it uses sliding-window attention"
     if getattr(text, "attn_logit_softcapping", None):
         return "it soft-caps attention logits"
+    if getattr(text, "attention_dropout", 0) or getattr(text, "attn_pdrop", 0):
+        return "it trains with attention dropout"  # the probes run without it (eval mode)
     return None
 
 
