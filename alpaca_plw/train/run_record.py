@@ -145,7 +145,15 @@ def weights_digest(data) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-ADDED_LATER = {"--optim": "adamw", "--lr-scheduler-type": "cosine"}  # and their defaults
+ADDED_LATER = {"--optim": "adamw", "--lr-scheduler-type": "cosine",  # and what runs before them
+               "--base-dtype (resolved)": "float32"}                   # trained with
+
+
+def _base_dtype(cfg) -> str:
+    """The dtype the model is loaded in (LoRA's frozen base: --base-dtype, auto resolved)."""
+    from alpaca_plw.train.lora import load_dtype
+
+    return str(load_dtype(cfg)).removeprefix("torch.")
 
 
 def trajectory(cfg, plan, digest: str) -> dict[str, object]:
@@ -164,6 +172,7 @@ def trajectory(cfg, plan, digest: str) -> dict[str, object]:
         "--max-grad-norm": cfg.max_grad_norm,
         "--optim": cfg.optim,
         "--lr-scheduler-type": cfg.lr_scheduler_type,
+        "--base-dtype (resolved)": _base_dtype(cfg),
         "--seed": cfg.seed,
         "--loss-norm": cfg.loss_norm,
         "precision": plan.precision,

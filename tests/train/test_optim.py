@@ -188,3 +188,25 @@ def test_a_run_that_learns_nothing_says_so(run_cli, train_weights, tiny_llama, t
     assert code == 0 and "learning rate 0" not in err
     assert learns_nothing(1, 1) and learns_nothing(3, 1) and not learns_nothing(1, 2)
     assert not learns_nothing(0, 1, "constant") and learns_nothing(2, 2, "linear") is False
+
+
+def test_resume_refuses_another_lora_base_dtype(train_weights, tiny_llama, tiny_config, tmp_path):
+    """A LoRA run on an fp32 base cannot be continued on a bf16 one (the frozen weights differ)."""
+    class Stop(Exception):
+        pass
+
+    def stop_at_three(record):
+        if record["step"] == 3:
+            raise Stop
+
+    run = tmp_path / "run"
+    lora = dict(lora_r=2, lora_dropout=0.0, max_steps=4, save_steps=2)
+    with pytest.raises(Stop):
+        train(tiny_config(train_weights, tiny_llama, run, base_dtype="float32", **lora),
+              on_step=stop_at_three)
+    trajectory = json.loads((run / "run.json").read_text())["trajectory"]
+    assert trajectory["--base-dtype (resolved)"] == "float32"
+    with pytest.raises(ConfigError, match="--base-dtype"):
+        train(tiny_config(train_weights, tiny_llama, run, base_dtype="bfloat16", resume=True,
+                          **lora))
+    train(tiny_config(train_weights, tiny_llama, run, base_dtype="auto", resume=True, **lora))
