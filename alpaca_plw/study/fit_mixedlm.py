@@ -58,11 +58,17 @@ def _quiet_fit(make, label: str, notes: list[str]):
 
 
 def _ml_fit(model, label: str, notes: list[str]):
-    """The ML fit of `model` with the highest likelihood of two routes: statsmodels' default
-    (BFGS, then L-BFGS and CG when one fails) and Powell polished by L-BFGS. The default alone
-    stops short of the maximum on some designs (tests/study/test_fit.py pins the likelihood
-    against an independent fit); the warnings of the fit kept go to the note."""
+    """The ML fit of `model`: statsmodels' default (BFGS, then L-BFGS and CG when one fails) and,
+    when it reports any trouble beyond an estimate on the boundary, also Powell polished by
+    L-BFGS; the higher likelihood is kept. The default alone stops short of the maximum on some
+    designs (tests/study/test_fit.py pins the likelihood against an independent fit); the
+    warnings of the fit kept go to the note."""
     first, lines = _caught(lambda: model.fit(reml=False), label)
+    clean = (first is not None and getattr(first, "converged", False)
+             and all("boundary of the parameter space" in line for line in lines))
+    if clean:  # no trouble reported: the second route has never found more here
+        notes.extend(line for line in lines if line not in notes)
+        return first
     powell, _ = _caught(lambda: model.fit(reml=False, method="powell"), label)
     second, more = (None, []) if powell is None else _caught(
         lambda: model.fit(reml=False, method="lbfgs", start_params=powell.params_object), label)
