@@ -3,9 +3,10 @@ loads.
 
 Names are looked up in lm-eval's own task registry (its `TaskManager` index: tasks, groups such as
 `mmlu`, and tags), with the `--include-path` folders added. A group or tag is expanded to its
-tasks to learn where their data lives: offline, every task whose data comes from the Hugging Face
-hub is named in one error line with the local route (a task YAML with `dataset_path: json`
-passed with `--include-path DIR --trust-tasks`).
+tasks to learn where their data lives: when the Hugging Face hub is out of reach (offline mode
+set, or its host not answering within 3 s), every task whose data comes from the hub is named in
+one error line with the local route (a task YAML with `dataset_path: json` passed with
+`--include-path DIR --trust-tasks`), instead of lm-eval's half a minute of retries per dataset.
 
 Per-task options read `DEFAULT,TASK=VALUE,...`: `--num-fewshot 0,arc_challenge=25` gives ARC 25
 shots and every other task 0; `--metric arc_challenge=acc_norm` scores ARC by `acc_norm`.
@@ -133,6 +134,25 @@ def offline() -> bool:
                for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is set, or the hub's host ($HF_ENDPOINT, default huggingface.co)
+    does not resolve or accept a connection within `timeout` seconds (lm-eval would otherwise
+    retry for about half a minute per dataset before failing)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if offline():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co",
+                                       url.port or (80 if url.scheme == "http" else 443)),
+                                      timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 _MANAGERS: dict[tuple, object] = {}
 
 
@@ -215,24 +235,23 @@ def resolve(plan: TaskPlan, include_path: list[Path] | None):
         wanted, known = plan.metrics[task], _metric_names(manager, task)
         if wanted is not None and known and wanted not in known:
             raise ConfigError(f"--metric {task}={wanted}: {task} reports {', '.join(known)}")
-    if offline():
-        hub = []
-        for task in plan.tasks:
-            leaves = [(leaf, _needs_hub(cfg)) for leaf, cfg in _leaves(manager, task)]
-            remote = [(leaf, ds) for leaf, ds in leaves if ds is not None]
-            if [leaf for leaf, _ in remote] == [task]:
-                hub.append(f"{task} ({remote[0][1]})")
-            elif remote:  # a group or tag: how many of its tasks, and which datasets
-                datasets = sorted({ds for _, ds in remote})
-                hub.append(f"{task}: {len(remote)} of its {len(leaves)} tasks "
-                           f"({', '.join(datasets[:3])}{', ...' if len(datasets) > 3 else ''})")
-        if hub:
-            raise InputError(
-                f"offline, and these tasks read their data from the Hugging Face hub: "
-                f"{'; '.join(hub)}; evaluate them locally: "
-                "copy each task's YAML, set dataset_path: json and data_files to a local copy of "
-                "the data, and pass its folder with --include-path DIR --trust-tasks")
+    hub = []
+    for task in plan.tasks:
+        leaves = [(leaf, _needs_hub(cfg)) for leaf, cfg in _leaves(manager, task)]
+        remote = [(leaf, ds) for leaf, ds in leaves if ds is not None]
+        if [leaf for leaf, _ in remote] == [task]:
+            hub.append(f"{task} ({remote[0][1]})")
+        elif remote:  # a group or tag: how many of its tasks, and which datasets
+            datasets = sorted({ds for _, ds in remote})
+            hub.append(f"{task}: {len(remote)} of its {len(leaves)} tasks "
+                       f"({', '.join(datasets[:3])}{', ...' if len(datasets) > 3 else ''})")
+    if hub and not hub_reachable():
+        raise InputError(
+            f"the Hugging Face hub is unreachable (offline), and these tasks read their data "
+            f"from it: {'; '.join(hub)}; evaluate them locally: "
+            "copy each task's YAML, set dataset_path: json and data_files to a local copy of "
+            "the data, and pass its folder with --include-path DIR --trust-tasks")
     return manager
 
 
-__all__ = ["PAPER_TASKS", "TaskPlan", "offline", "parse_tasks", "resolve", "task_plan"]
+__all__ = ["PAPER_TASKS", "TaskPlan", "hub_reachable", "offline", "parse_tasks", "resolve", "task_plan"]

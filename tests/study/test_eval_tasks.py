@@ -119,3 +119,14 @@ def test_an_oserror_while_reading_is_not_called_an_output_error(run_cli, run_dir
     code, _, stderr = run_cli(["eval", run_dir, "--tasks", "plw_tiny_mc", *LOCAL])
     assert code == 2 and "/data/task.jsonl: cannot read it (permission denied)" in stderr
     assert "output" not in stderr
+
+
+def test_a_hub_that_does_not_answer_counts_as_offline_without_the_env_flags(monkeypatch):
+    from alpaca_plw.study.tasks import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    assert hub_reachable(timeout=1.0) is False
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert hub_reachable() is False
