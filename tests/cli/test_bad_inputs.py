@@ -272,7 +272,7 @@ CASES = [
     ("stats-plot-inside-the-tokenizer", lambda ws, t: ["stats", str(ws / "records.json"), "--tokenizer", _tok(t), "--plot", str(t / "tok" / "x.png")],
      3, "is inside the tokenizer", ()),
     ("fit-plot-over-the-scores", lambda ws, t: ["fit", _json(t, "plw,task,score\n", "s.csv"), "--plot", str(t / "s.csv"), "--force"],
-     3, "is the scores file", ()),
+     3, "is the scores ", ()),
     ("analyze-plot-inside-a-run", lambda ws, t: ["analyze", str(_copy(ws, t, "run")), "--plot", str(t / "run" / "x.png")],
      3, "is inside the run folder", ()),
     ("eval-output-inside-a-run", lambda ws, t: ["eval", str(_copy(ws, t, "run")), "--tasks", "x", "-o", str(t / "run" / "s.csv")],
