@@ -96,7 +96,8 @@ def _plw_text(w: dict) -> str:
     if choice.get("mode") == "auto":
         rg = choice.get("rg")
         return (f"{w['plw']:g}, chosen by `--plw auto` from the paper's guide ('all' column) at "
-                f"R_g {rg:.3f}" + (f" ({choice['guide']['note']})" if choice.get("guide") else ""))
+                f"the data's R_g {rg:.3f} (the paper's definition: each field tokenized alone, no "
+                f"template)" + (f" ({choice['guide']['note']})" if choice.get("guide") else ""))
     return f"{w['plw']:g}, given with `--plw`"
 
 
@@ -129,7 +130,7 @@ def model_card(facts: dict) -> str:
         ("template, max length", f"{w.get('template')}, {w.get('max_length')} tokens"),
         ("tokens", f"{w['tokens'].get('total', 0):,} ({w['tokens'].get('prompt', 0):,} prompt, "
                    f"{w['tokens'].get('completion', 0):,} completion)"),
-        ("R_g (completion / prompt tokens)", _fmt(w.get("rg"), 3)),
+        ("completion / prompt tokens as trained (template included)", _fmt(w.get("rg"), 3)),
         ("PLW", _plw_text(w)),
         ("prompt share of the loss weight", f"{p['prompt_share_of_weight']:.2%}"),
         ("tokenizer", f"{w['tokenizer'].get('name')} (vocab {w['tokenizer'].get('vocab_sha256')})"),

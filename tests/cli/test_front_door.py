@@ -71,9 +71,26 @@ def test_train_without_torch_is_one_line_naming_the_extra(tmp_path):
                               str(tmp_path / "out")], tmp_path)
     lines = [line for line in done.stderr.splitlines() if not line.startswith("TORCH_MODULES=")]
     assert done.returncode == 5
+    from alpaca_plw.extras import has_nvidia_gpu
+
+    cpu_hint = ("" if has_nvidia_gpu() else "; this machine shows no NVIDIA GPU, so install torch's "
+                "CPU build first (the CPU wheel index in PyTorch's install instructions), or pip "
+                "fetches the multi-GB CUDA build")
     assert lines == ["error: alpaca-plw train needs torch, which is not installed: "
-                     "pip install 'alpaca-plw[train]'"]
+                     "pip install 'alpaca-plw[train]'" + cpu_hint]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_torch_hint_names_the_cpu_build_only_without_a_gpu(monkeypatch):
+    from alpaca_plw import extras
+    from alpaca_plw.errors import MissingExtraError
+
+    monkeypatch.setattr(extras.importlib.util, "find_spec", lambda name: None)
+    for gpu, expected in ((True, False), (False, True)):
+        monkeypatch.setattr(extras, "has_nvidia_gpu", lambda gpu=gpu: gpu)
+        with pytest.raises(MissingExtraError) as caught:
+            extras.require("torch", "alpaca-plw train")
+        assert ("CPU build" in str(caught.value)) is expected
 
 
 def test_public_api_is_importable_from_the_top_without_torch():

@@ -73,7 +73,8 @@ def test_cli_run_rotates_checkpoints_and_writes_a_model_card(run_cli, train_weig
     assert meta["source"]["sha256"] in card
     assert f"| records in the weights folder | {meta['counts']['written']} |" in card
     rg = meta["tokens"]["completion"] / meta["tokens"]["prompt"]
-    assert f"| R_g (completion / prompt tokens) | {rg:.3f} |" in card
+    assert f"| completion / prompt tokens as trained (template included) | {rg:.3f} |" in card
+    assert "| R_g" not in card  # the paper's R_g is named only where a PLW was chosen from it
     assert "| PLW | 0.1, given with `--plw` |" in card
     assert "sum(w x loss) / sum(w)" in card
     assert f"| final train loss (step 4) | {last['loss']:.4f} |" in card
