@@ -146,8 +146,9 @@ class Test:
     p_value: float
 
     def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "statistic": self.statistic, "df": self.df1,
-                "df_denominator": self.df2, "p_value": self.p_value}
+        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
+        return {"name": self.name, "statistic": finite(self.statistic), "df": self.df1,
+                "df_denominator": self.df2, "p_value": finite(self.p_value)}
 
 
 @dataclass

@@ -59,7 +59,7 @@ out <- list(
   model_intercept = if (several) unname(as.matrix(vc$model)[1, 1]) else NULL,
   pdhess = isTRUE(full$sdr$pdHess) && isTRUE(null$sdr$pdHess),
   warnings = unique(warns), glmmTMB = as.character(packageVersion("glmmTMB")))
-cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA, null = "null"))
+cat(jsonlite::toJSON(out, auto_unbox = TRUE, digits = NA, null = "null", na = "null"))
 """
 
 
@@ -97,6 +97,12 @@ def run_r(frame, rscript: str | None = None, timeout: float = 600.0) -> dict:
                        f"{proc.stdout.strip()[-200:]!r}") from None
 
 
+def _numbers(value) -> np.ndarray:
+    """R's numbers from JSON, its NA (null) as nan."""
+    return np.array(np.nan if value is None else
+                    [_numbers(v) for v in value] if isinstance(value, list) else value, float)
+
+
 def fit_glmmtmb(frame) -> EngineResult:
     """The paper's beta GLMM; coefficients on the logit scale (the optimum is the same: the link is
     monotone)."""
@@ -110,9 +116,10 @@ def fit_glmmtmb(frame) -> EngineResult:
     frame["score"] = squeeze(frame["score"].to_numpy())
     out = run_r(frame)
     several = frame["model"].nunique() > 1
-    b = np.array(out["coef"], float)
-    cov = np.array(out["cov"], float)
-    w, lr = float(out["wald"]), max(0.0, 2.0 * (out["llf"] - out["llf_null"]))
+    b = _numbers(out["coef"])
+    cov = _numbers(out["cov"])
+    w, llf, llf_null = (float(_numbers(out[k])) for k in ("wald", "llf", "llf_null"))
+    lr = max(0.0, 2.0 * (llf - llf_null)) if np.isfinite(llf - llf_null) else float("nan")
     fstat = w * (k - 2) / (2.0 * k)
     notes = [f"glmmTMB: {m}" for m in out["warnings"]]
     if not out["pdhess"]:
@@ -125,9 +132,11 @@ def fit_glmmtmb(frame) -> EngineResult:
     }
     formula = ("score ~ poly(wp, 2, raw = TRUE) + (0 + poly(wp, 2, raw = TRUE) | task)"
                + (" + (1 | model)" if several else "") + ", beta family (logit)")
+    if not np.isfinite(llf) or not np.isfinite(llf_null):
+        notes.append("glmmTMB: a log-likelihood is NA (the fit did not converge)")
     variance = {"groups": k, "slopes_cov": out["slopes_cov"],
-                "model_intercept": out.get("model_intercept"), "llf": out["llf"],
-                "llf_null": out["llf_null"], "glmmTMB": out["glmmTMB"]}
+                "model_intercept": out.get("model_intercept"), "llf": llf,
+                "llf_null": llf_null, "glmmTMB": out["glmmTMB"]}
     return EngineResult("glmmtmb", formula,
                         {"intercept": float(b[0]), "wp": float(b[1]), "wp2": float(b[2])},
                         cov * k / (k - 2), k - 2, tests, variance, notes)

@@ -405,3 +405,30 @@ def test_unknown_engine_is_refused(run_cli, tmp_path):
     csv = _write(tmp_path / "s.csv", _synthetic(8))
     code, _, stderr = run_cli(["fit", csv, "--engine", "lme4"])
     assert code == 2 and "--engine 'lme4'" in stderr
+
+
+def test_glmmtmb_engine_reads_rs_answer_and_passes_its_warnings_and_nas_on(run_cli, tmp_path,
+                                                                          monkeypatch):
+    """R's JSON (here from a stand-in Rscript) becomes the result: NA log-likelihoods stay NaN
+    with a note, every glmmTMB warning reaches the note, the headline F uses W and K."""
+    answer = {"coef": [-1.0, 5.59, -4.284], "cov": [[0.4, -0.3], [-0.3, 0.3]], "wald": 120.0,
+              "llf": None, "llf_null": -50.0, "slopes_cov": [[1, 0], [0, 1]],
+              "model_intercept": 0.1, "pdhess": False, "glmmTMB": "1.1.8",
+              "warnings": ["score ~ 1: Model convergence problem; singular convergence (7)."]}
+    fake = tmp_path / "bin" / "Rscript"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ncat <<'JSON'\n{json.dumps(answer)}\nJSON\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    csv = _write(tmp_path / "s.csv", _benchmarks(20, k=8), "plw,task,score,model")
+    code, stdout, stderr = run_cli(["fit", csv, "--engine", "glmmtmb", "--json"])
+    assert code == 0, stderr
+    body = json.loads(stdout)
+    assert body["coef"] == {"intercept": -1.0, "wp": 5.59, "wp2": -4.284}
+    assert round(body["lambda"], 3) == 0.242
+    assert body["tests"]["wald_chi2"]["p_value"] == pytest.approx(chi2.sf(120.0, 2))
+    assert body["tests"]["headline"]["statistic"] == pytest.approx(120.0 * 6 / 16)
+    assert body["tests"]["lrt"]["p_value"] is None  # NaN is not JSON
+    assert "NaN" not in stdout
+    assert "glmmTMB: score ~ 1: Model convergence problem; singular convergence (7)." in body["note"]
+    assert "log-likelihood is NA" in body["note"] and "pdHess FALSE" in body["note"]
