@@ -1,5 +1,6 @@
-"""Losses that compare across PLW: a run's weighted training loss is weighted by its own PLW, so PLW 1
-always looks "best"; the completion loss and the unweighted token loss do not depend on the weights.
+"""Losses that compare across PLW: a run's weighted training loss is weighted by its own PLW, so
+PLW 1 always looks "best"; the completion loss and the unweighted token loss do not depend on the
+weights.
 
 - completion loss: the plain mean token loss over completion (learned) targets, as logged;
 - token loss: the plain mean token loss over every target of the step,

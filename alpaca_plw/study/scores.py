@@ -8,9 +8,9 @@ Each source is one of:
   its PLW and base model from the file (else the run's sweep or folder name, and `run.json`);
 - a folder of run folders (a sweep's OUT): every `plw-*/eval.json` in it;
 - an lm-eval results JSON (`lm_eval --output_path`, or `simple_evaluate`'s result saved): one row
-  per task with its first listed metric; the PLW comes from the evaluated model's path
-  (`pretrained=` / `peft=` in `config.model_args`: a run folder) or from a `plw-<v>` folder above
-  the file.
+  per task (a group by its aggregate, not its subtasks) with its first listed metric; the PLW comes
+  from the evaluated model's path (`pretrained=` / `peft=` in `config.model_args`: a run folder)
+  or from a `plw-<v>` folder above the file.
 
 Rows of several sources are fitted together; `model` (a base model label) may be given for sources
 that do not name one. A metric where lower is better (lm-eval's `higher_is_better` false, or a
@@ -137,11 +137,12 @@ def read_lm_eval_json(path: Path, body: dict | None = None) -> list[dict]:
                          f"({model_dir or 'not named'}) and the folders above the file are not "
                          "run folders named plw-<value>; write a scores CSV with a plw column")
     model = _run_model(model_dir) if model_dir is not None and model_dir.is_dir() else None
-    groups = set((body.get("groups") or {}))
+    members = {t for group, tasks in (body.get("group_subtasks") or {}).items()
+               if group in results and isinstance(tasks, list) for t in tasks}
     rows = []
     for task in sorted(results):
-        if task in groups and any(t in results for t in body.get("group_subtasks", {}).get(task, [])):
-            continue  # a group's aggregate beside its own tasks would count them twice
+        if task in members:
+            continue  # a group (mmlu) is one benchmark, scored by its aggregate, as `eval` does
         metric, value = primary_metric(results, configs, task)
         higher = ((body.get("higher_is_better") or {}).get(task) or {}).get(metric)
         rows.append(_row(f"{path}: task {task}", plw, task, value, model, metric, higher))
@@ -187,8 +188,8 @@ def read_scores(paths, model: str | None = None) -> Scores:
                          "a model column (eval -o writes one) or none")
     negated = set()
     for row in rows:
-        lower = row["higher"] is False or (row["higher"] is None and row["metric"] in LOWER_IS_BETTER)
-        if lower:
+        named = row["higher"] is None and row["metric"] in LOWER_IS_BETTER
+        if row["higher"] is False or named:
             row["score"] = -row["score"]
             negated.add(row["metric"] or "?")
     return Scores(np.array([r["plw"] for r in rows]), [r["task"] for r in rows],

@@ -72,8 +72,9 @@ def parse_per_task(text: str | None, option: str, convert, tasks: list[str]):
         try:
             converted = convert(value)
         except ValueError:
+            expected = "an integer" if convert is int else "a metric name"
             raise ConfigError(f"{option}: {value!r} in {part!r} is not valid "
-                              f"(expected {'an integer' if convert is int else 'a metric name'})") from None
+                              f"(expected {expected})") from None
         if not sep:
             if default is not None:
                 raise ConfigError(f"{option}: two values for every task ({default}, {converted})")
@@ -254,4 +255,5 @@ def resolve(plan: TaskPlan, include_path: list[Path] | None):
     return manager
 
 
-__all__ = ["PAPER_TASKS", "TaskPlan", "hub_reachable", "offline", "parse_tasks", "resolve", "task_plan"]
+__all__ = ["PAPER_TASKS", "TaskPlan", "hub_reachable", "offline", "parse_tasks", "resolve",
+           "task_plan"]

@@ -100,6 +100,12 @@ def test_an_lm_eval_results_json_gives_its_primary_metrics_at_the_models_plw(tmp
     assert scores.task == ["arc_challenge", "plw_tiny_mc"] and list(scores.plw) == [0.25, 0.25]
     assert list(scores.score) == [0.41, -0.5] and scores.negated == ["brier_score"]
     assert scores.model == ["/models/llama-7b"] * 2
+    # a group is one benchmark (its aggregate), not its subtasks too
+    body = _lm_eval_results(run)
+    body["results"].update({"mmlu": {"acc,none": 0.3}, "mmlu_stem": {"acc,none": 0.2}})
+    body["group_subtasks"] = {"mmlu": ["mmlu_stem"], "arc_challenge": [], "plw_tiny_mc": []}
+    path.write_text(json.dumps(body))
+    assert read_scores(path).task == ["arc_challenge", "mmlu", "plw_tiny_mc"]
     # the PLW of a folder above the file, when the model path says none
     nested = tmp_path / "plw-0.5" / "hf_model"
     nested.mkdir(parents=True)
