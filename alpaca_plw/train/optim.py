@@ -26,7 +26,14 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float,
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                                  **({"fused": True} if fused else {"foreach": True}))
     if name == "adafactor":
+        from torch.distributed.tensor import DTensor
         from transformers.optimization import Adafactor
+
+        if any(isinstance(p, DTensor) for p in params):  # its factored state is plain tensors
+            from alpaca_plw.errors import ConfigError
+
+            raise ConfigError("--optim adafactor cannot update FSDP's sharded parameters "
+                              "(--fsdp, --cpu-offload); use adamw or sgd with them")
 
         return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False,
                          relative_step=False, warmup_init=False)
