@@ -135,8 +135,9 @@ def fit_glmmtmb(frame) -> EngineResult:
     if not np.isfinite(llf) or not np.isfinite(llf_null):
         notes.append("glmmTMB: a log-likelihood is NA (the fit did not converge)")
     variance = {"groups": k, "slopes_cov": out["slopes_cov"],
-                "model_intercept": out.get("model_intercept"), "llf": llf,
-                "llf_null": llf_null, "glmmTMB": out["glmmTMB"]}
+                "model_intercept": out.get("model_intercept"),
+                "llf": llf if np.isfinite(llf) else None,
+                "llf_null": llf_null if np.isfinite(llf_null) else None, "glmmTMB": out["glmmTMB"]}
     return EngineResult("glmmtmb", formula,
                         {"intercept": float(b[0]), "wp": float(b[1]), "wp2": float(b[2])},
                         cov * k / (k - 2), k - 2, tests, variance, notes)
