@@ -130,3 +130,22 @@ def test_a_hub_that_does_not_answer_counts_as_offline_without_the_env_flags(monk
     assert hub_reachable(timeout=1.0) is False
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub_reachable() is False
+
+
+def test_a_local_group_is_scored_by_its_aggregate(run_cli, run_dir, tmp_path):
+    import shutil
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(TASKS, tasks)
+    (tasks / "plw_tiny_group.yaml").write_text(
+        "group: plw_tiny_group\ntask:\n  - plw_tiny_mc\n  - plw_tiny_mc2\n"
+        "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\nmetadata:\n"
+        "  version: 1.0\n")
+    code, _, stderr = run_cli(["eval", run_dir, "--tasks", "plw_tiny_group", "--include-path",
+                               tasks, "--trust-tasks", "--limit", "2", "--device", "cpu",
+                               "--metric", "plw_tiny_group=acc"], cwd=tasks)
+    assert code == 0, stderr
+    body = json.loads((run_dir / "eval.json").read_text())
+    entry = body["tasks"]["plw_tiny_group"]
+    assert entry["metric"] == "acc" and 0.0 <= entry["value"] <= 1.0
+    (run_dir / "eval.json").unlink()
