@@ -18,7 +18,6 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     import dataclasses
 
-    from alpaca_plw.cli.render import step_line
     from alpaca_plw.errors import PLWError
     from alpaca_plw.train.config import TrainConfig
     from alpaca_plw.train.trainer import train
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> int:
     name = Path(values.get("output_dir") or "run").name
 
     def progress(record: dict) -> None:  # train calls it on rank 0 only
-        print(f"{name}: {step_line(record)}", file=sys.stderr, flush=True)
+        print(f"{name}: {step_text(record)}", file=sys.stderr, flush=True)
 
     try:
         train(TrainConfig(**values), on_step=progress)
@@ -38,6 +37,15 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     return 0
+
+
+def step_text(record: dict) -> str:
+    """One progress line per optimizer step (the trainer's log record)."""
+    def fmt(value):
+        return "-" if value is None else f"{value:.4f}"
+
+    return (f"step {record['step']:>6}  loss {fmt(record['loss'])}  prompt "
+            f"{fmt(record.get('prompt_loss'))}  completion {fmt(record.get('completion_loss'))}")
 
 
 if __name__ == "__main__":
