@@ -71,7 +71,9 @@ def fit_table(fit) -> Group:
             df = f"{t.df1}" if t.df2 is None else f"{t.df1}, {t.df2:g}"
             stat = "F" if t.df2 is not None else "chi2"
             rows.append((f"p-value: {t.name}", f"{t.p_value:.4g} ({stat} {t.statistic:.3f}, df {df})"))
-    ci = lambda v: "" if v is None else f" [{v[0]:.3f}, {v[1]:.3f}]"  # noqa: E731
+    def ci(v) -> str:
+        return "" if v is None else f" [{v[0]:.3f}, {v[1]:.3f}]"
+
     label = "" if fit.significant else " (unsupported estimate)"
     rows += [(f"optimum w_p*{label}", _num(fit.wp_opt, ".3f") + ci(fit.wp_ci)),
              (f"optimum PLW (lambda){label}", _num(fit.lam, ".3f") + ci(fit.lam_ci))]

@@ -135,6 +135,15 @@ def scale(scores: Scores) -> Scores:
                   scores.negated)
 
 
+def _pair(value: tuple[float, float] | None) -> list[float] | None:
+    return None if value is None else [value[0], value[1]]
+
+
+def _finite(value: float) -> float | None:
+    """`value`, or None where it is not finite (JSON has no NaN)."""
+    return value if math.isfinite(value) else None
+
+
 @dataclass
 class Test:
     """One joint test of the two PLW terms: a chi-square (df2 None) or an F statistic."""
@@ -146,9 +155,8 @@ class Test:
     p_value: float
 
     def to_json(self) -> dict[str, object]:
-        finite = lambda v: v if math.isfinite(v) else None  # noqa: E731  (JSON has no NaN)
-        return {"name": self.name, "statistic": finite(self.statistic), "df": self.df1,
-                "df_denominator": self.df2, "p_value": finite(self.p_value)}
+        return {"name": self.name, "statistic": _finite(self.statistic), "df": self.df1,
+                "df_denominator": self.df2, "p_value": _finite(self.p_value)}
 
 
 @dataclass
@@ -207,11 +215,10 @@ class Fit:
         return f"optimum PLW {self.lam:.3g}{ci}, w_p* {self.wp_opt:.3f} ({p})"
 
     def to_json(self) -> dict[str, object]:
-        pair = lambda v: None if v is None else [v[0], v[1]]  # noqa: E731
         return {"n": self.n, "coef": self.coef, "p_value": self.p_value, "wp_opt": self.wp_opt,
                 "lambda": self.lam, "note": self.note, "test": self.test,
                 "tests": {k: t.to_json() for k, t in self.tests.items()},
-                "wp_ci": pair(self.wp_ci), "lambda_ci": pair(self.lam_ci),
+                "wp_ci": _pair(self.wp_ci), "lambda_ci": _pair(self.lam_ci),
                 "significant": self.significant, "headline": self.headline,
                 "engine": self.engine, "formula": self.formula, "variance": self.variance}
 

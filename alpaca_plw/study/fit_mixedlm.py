@@ -80,9 +80,9 @@ def _ml_fit(model, label: str, notes: list[str]):
                          f"{'; '.join(lines) or 'no finite likelihood'}")
     best, kept = max(good, key=lambda rw: float(rw[0].llf))
     if best is second and first is not None and np.isfinite(first.llf):
-        kept = kept + [f"statsmodels, {label}: its default optimizer stopped at log-likelihood "
-                       f"{float(first.llf):.6g}; Powell then L-BFGS reached {float(best.llf):.6g}, "
-                       "the fit kept"]
+        kept = [*kept, (f"statsmodels, {label}: its default optimizer stopped at log-likelihood "
+                         f"{float(first.llf):.6g}; Powell then L-BFGS reached "
+                         f"{float(best.llf):.6g}, the fit kept")]
     notes.extend(line for line in kept if line not in notes)
     return best
 

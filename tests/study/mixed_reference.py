@@ -37,7 +37,7 @@ def _blocks(wp, task, model, y, fixed):
         w = wp[idx]
         X = np.column_stack([np.ones_like(w), w, w ** 2][: 1 if fixed == "null" else 3])
         Z = np.column_stack([w, w ** 2])
-        labels = sorted(set(model[i] for i in idx))
+        labels = sorted({model[i] for i in idx})
         D = np.array([[1.0 if model[i] == m else 0.0 for m in labels] for i in idx])
         out.append((X, Z, D, y[idx]))
     return out

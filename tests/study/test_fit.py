@@ -12,8 +12,7 @@ import pytest
 from mixed_reference import ml_fit
 from scipy.stats import chi2, f, t
 
-from alpaca_plw.study.fit import (Scores, fit_scores, optimum, optimum_interval, scale, to_plw,
-                                  to_wp)
+from alpaca_plw.study.fit import Scores, fit_scores, optimum, optimum_interval, scale, to_plw, to_wp
 from alpaca_plw.study.grid import PAPER_PLWS
 
 
@@ -325,8 +324,8 @@ def test_lower_is_better_metrics_are_turned_around_before_the_fit(tmp_path):
 def _has_glmmtmb() -> bool:
     if shutil.which("Rscript") is None:
         return False
-    probe = subprocess.run(["Rscript", "-e", "quit(status = !(requireNamespace('glmmTMB', "
-                            "quietly = TRUE) && requireNamespace('jsonlite', quietly = TRUE)))"],
+    probe = subprocess.run(["Rscript", "-e", ("quit(status = !(requireNamespace('glmmTMB', "
+                            "quietly = TRUE) && requireNamespace('jsonlite', quietly = TRUE)))")],
                            capture_output=True, check=False)
     return probe.returncode == 0
 
@@ -338,8 +337,8 @@ needs_r = pytest.mark.skipif(not _has_glmmtmb(), reason="R with glmmTMB is not i
 def _r(code: str, csv: Path) -> list[float]:
     """Run R `code` on data frame `d` read from `csv`; it must cat() numbers separated by spaces."""
     proc = subprocess.run(["Rscript", "--vanilla", "-e",
-                           f"d <- read.csv('{csv}'); d$task <- factor(d$task); "
-                           f"d$model <- factor(d$model); {code}"],
+                           (f"d <- read.csv('{csv}'); d$task <- factor(d$task); "
+                            f"d$model <- factor(d$model); {code}")],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return [float(x) for x in proc.stdout.split()]
