@@ -1,5 +1,5 @@
-"""The data commands: `stats`, the builders (`build-short`, `build-medium`, `build-tiny`, `build`)
-and `weights`. Each parses its options, calls one library function and renders the result."""
+"""The data commands: `stats`, the builders (`build-short`, `build-medium`, `build-tiny`, `build`),
+`weights` and `inspect`. Each parses its options, calls one library function and renders the result."""
 
 from __future__ import annotations
 
@@ -159,5 +159,41 @@ def weights(
                                    _options(tokenizer, columns, split, max_record_chars), output,
                                    max_length, force, progress, chat)
         out().print(weights_summary(summary))
+        from alpaca_plw.data.chat_markup import markup_notes
+
+        for note in markup_notes(summary.meta):  # split chat markup: once, on stderr
+            err.print(f"warning: {note}", markup=False)
+
+    guard(run)
+
+
+def inspect(
+    weights_dir: Annotated[Path, typer.Argument(help="A weights folder written by `alpaca-plw weights`.")],
+    first: Annotated[int, typer.Option("-n", help="Show the first N records.")] = 3,
+    record: Annotated[Optional[int], typer.Option("--record", help="Show only record I (0-based row of the folder).", show_default=False)] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write the same view as one self-contained HTML file.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --html file.")] = False,
+    tokenizer: Tokenizer = None,
+) -> None:
+    """Show what the model will learn: each token with its loss weight and role (colour-coded),
+    and the weight mass by role over the whole folder."""
+    from alpaca_plw.cli.render_inspect import inspection_html, inspection_view
+
+    def run() -> None:
+        from alpaca_plw.data.inspect import inspect_weights
+        from alpaca_plw.data.output import atomic_write, text_writer
+        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.tokenizer import resolve_spec
+
+        inputs = [("weights folder", weights_dir), ("tokenizer", resolve_spec(tokenizer))]
+        with file_output(html, inputs, force):  # never over an input; no overwrite without --force
+            result = inspect_weights(weights_dir, tokenizer, first, record)
+            if html is not None:
+                atomic_write(html, text_writer(inspection_html(result)))
+        for note in result.notes:
+            err.print(f"warning: {note}", markup=False)
+        out().print(inspection_view(result))
+        if html is not None:
+            err.print(f"wrote {html}", markup=False)
 
     guard(run)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alpaca_plw import __version__
 from alpaca_plw.errors import ConfigError, InputError
+from alpaca_plw.data.chat_markup import split_markers
 from alpaca_plw.data.chat_stats import compute_chat_stats, measure_conversations
 from alpaca_plw.data.chat_template import load_template
 from alpaca_plw.data.chat_weights import (LEARNED, ROLE_CODES, ChatOptions,
@@ -39,8 +40,9 @@ def chat_prompt_share(weights, learned_tokens: int) -> float:
 
 
 def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, template, options: ChatOptions,
-                      identity: dict, max_length: int) -> dict[str, object]:
-    """The metadata written with conversation weights (and shown by `weights`)."""
+                      identity: dict, max_length: int, split_markup=()) -> dict[str, object]:
+    """The metadata written with conversation weights (and shown by `weights`); `split_markup`
+    lists the template's markers the tokenizer splits (`chat_markup.split_markers`)."""
     counts = tw.role_counts()
     learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
     src = conv.source
@@ -65,6 +67,7 @@ def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, templat
         "prompt_weight_share": chat_prompt_share(tw.weights, learned),
         "truncated": tw.truncated,
         "skipped": tw.skipped,
+        "split_markup": list(split_markup),
     }
 
 
@@ -87,5 +90,6 @@ def chat_weights(conv: Conversations, tokenizer: Tokenizer, tokenizer_spec: str 
         reasons = sorted({s["reason"].split(";")[0] for s in tw.skipped})
         raise InputError(f"{conv.source.path}: every conversation was skipped ({'; '.join(reasons)}); "
                          "nothing to write")
-    return tw, chat_weights_meta(conv, tw, plw, choice, template, options, identity, max_length)
+    split = split_markers(tokenizer, tw.markers)
+    return tw, chat_weights_meta(conv, tw, plw, choice, template, options, identity, max_length, split)
 

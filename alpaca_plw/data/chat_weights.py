@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alpaca_plw.errors import ConfigError
+from alpaca_plw.data.chat_markup import markup_markers
 from alpaca_plw.data.chat_template import MARKUP, ChatTemplate, trace
 from alpaca_plw.data.chat_tokens import special_texts, tokens_with_chars
 from alpaca_plw.data.conversations import Conversations
@@ -101,6 +102,7 @@ class ChatWeights(TokenizedWeights):
     """`TokenizedWeights` plus a role code per token (int8, same length as `ids`)."""
 
     roles: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    markers: list[str] = field(default_factory=list)  # special-token-shaped markup (chat_markup)
 
     def role_counts(self) -> dict[str, int]:
         counts = np.bincount(self.roles, minlength=len(ROLE_CODES))
@@ -136,11 +138,13 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
         raise ConfigError(f"--max-length must be at least 2, got {max_length}")
     bos, eos = special_texts(tokenizer)
     ids_out, roles_out, lengths, prompt_len, source, truncated, skipped = [], [], [], [], [], [], []
+    markers: set[str] = set()
     n = len(conv)
     for i in range(n):
         where = f"{conv.source.path}: record {i}"
         traced = trace(template, conv.roles[i], conv.contents[i], bos, eos, where)
         codes = char_roles(conv.roles[i], traced, options.assistant_turns)
+        markers |= markup_markers(traced.text, traced.owner)
         ids, chars = tokens_with_chars(tokenizer, traced.text, traced.owner)
         roles = codes[chars] if chars.size else np.zeros(0, dtype=np.int8)
         learned = np.isin(roles, LEARNED)
@@ -168,4 +172,4 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
         offsets=np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int64),
         prompt_length=np.array(prompt_len, dtype=np.int32),
         source_index=np.array(source, dtype=np.int64),
-        truncated=truncated, skipped=skipped, roles=roles_flat)
+        truncated=truncated, skipped=skipped, roles=roles_flat, markers=sorted(markers))
