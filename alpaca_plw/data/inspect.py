@@ -176,7 +176,8 @@ def inspect_weights(directory: Path, tokenizer: str | None = None, first: int = 
     roles, offsets, names = token_roles(table, meta)
     rows = [record] if record is not None else list(range(min(first, n)))
     shown = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows])
-    pieces, special = piece_texts(weights_tokenizer(meta, tokenizer), ids[shown])
+    tok = weights_tokenizer(meta, tokenizer)
+    pieces, special = piece_texts(tok, ids[shown])
     views, at = [], 0
     source = table.column("source_index").to_numpy()
     for r in rows:
@@ -186,6 +187,22 @@ def inspect_weights(directory: Path, tokenizer: str | None = None, first: int = 
                                 special[at:at + size], weights[span], roles[span]))
         at += size
     kind = "conversations" if "role" in table.column_names else "alpaca"
+    if kind == "conversations" and "split_markup" not in meta:  # written before it was recorded
+        meta = {**meta, "split_markup": _split_markup_shown(tok, views, names)}
     mass = role_mass(weights, roles, offsets, names)
     return Inspection(Path(directory), kind, meta, names, views, mass, n, int(ids.size),
                       markup_notes(meta))
+
+
+def _split_markup_shown(tokenizer: Tokenizer, views: list[RecordView], names) -> list[dict]:
+    """`split_markup` found in the markup tokens of the shown records (for weights folders whose
+    metadata predates the key): their decoded text, content blanked, searched for markers."""
+    from alpaca_plw.data.chat_markup import MARKER, split_markers
+
+    markup = [names.index(r) for r in ("markup", "assistant_end") if r in names]
+    markers: set[str] = set()
+    for view in views:
+        keep = np.isin(view.roles, markup)
+        text = "".join(p if k else "\n" for p, k in zip(view.pieces, keep.tolist()))
+        markers.update(MARKER.findall(text))
+    return split_markers(tokenizer, markers)

@@ -236,9 +236,26 @@ def test_split_markup_warning_for_chatml_with_the_llama_tokenizer(folders):
     assert "--role-weights markup=" in line
     _, meta = read_arrow(folders["chatml"])
     assert [s["marker"] for s in meta["split_markup"]] == ["<|im_end|>", "<|im_start|>"]
-    code, _, err = cli("inspect", folders["chatml"], "-n", 1)  # `inspect`, once
+    page = folders["tmp"] / "chatml.html"
+    code, _, err = cli("inspect", folders["chatml"], "-n", 1, "--html", page)  # `inspect`, once
     assert code == 0
     assert warnings_in(err) == [line]
+    assert "warning: chat template chatml.jinja: its markup &lt;|im_end|&gt;" in page.read_text()
+
+
+def test_split_markup_is_found_in_a_folder_whose_metadata_predates_the_record(folders, tmp_path):
+    table, meta = read_arrow(folders["chatml"])
+    del meta["split_markup"]
+    old = tmp_path / "old"
+    old.mkdir()
+    table = table.replace_schema_metadata({**table.schema.metadata,
+                                           b"alpaca_plw": json.dumps(meta).encode()})
+    with pa.OSFile(str(old / "data-00000-of-00001.arrow"), "wb") as sink, \
+            pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    code, _, err = cli("inspect", old, "-n", 1)
+    assert code == 0, err
+    assert warnings_in(err) == warnings_in(folders["chat_err"])
 
 
 def test_no_split_markup_warning_when_the_markup_is_special_tokens(folders, tmp_path):
