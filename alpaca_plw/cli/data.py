@@ -173,7 +173,7 @@ def inspect(
     record: Annotated[Optional[int], typer.Option("--record", help="Show only record I (0-based row of the folder).", show_default=False)] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write the same view as one self-contained HTML file.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --html file.")] = False,
-    tokenizer: Tokenizer = None,
+    tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer to decode the pieces [default: $ALPACA_PLW_TOKENIZER, else the one named in the weights metadata]; its vocabulary must be the recorded one.", show_default=False)] = None,
 ) -> None:
     """Show what the model will learn: each token with its loss weight and role (colour-coded),
     and the weight mass by role over the whole folder."""
