@@ -161,7 +161,9 @@ def weights(
         out().print(weights_summary(summary))
         from alpaca_plw.data.chat_markup import markup_notes
 
-        for note in markup_notes(summary.meta):  # split chat markup: once, on stderr
+        from alpaca_plw.data.notes import count_notes
+
+        for note in markup_notes(summary.meta) + count_notes(summary.meta):  # once, on stderr
             err.print(f"warning: {note}", markup=False)
 
     guard(run)

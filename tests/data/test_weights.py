@@ -589,3 +589,23 @@ if __name__ == "__main__":
         raise SystemExit("usage: python tests/data/test_weights.py --regen")
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     regenerate_golden()
+
+
+@pytest.mark.parametrize("max_length,kind", [(50, "skipped"), (80, "cut")])
+def test_weights_warns_when_most_records_are_skipped_or_cut(run_cli, tmp_path, max_length, kind):
+    """On the sample, --max-length 50 leaves most prompts filling it (skipped) and 80 cuts most
+    completions; the command still succeeds and says so once on stderr. At 512 nothing is said."""
+    from alpaca_plw.data.weights_store import read_weights_dir
+
+    sample = Path(__file__).resolve().parents[2] / "data" / "sample.json"
+    code, _, err = run_cli(["weights", sample, "--plw", "0.1", "--max-length", max_length, "-o",
+                            tmp_path / "short"])
+    assert code == 0, err
+    counts = read_weights_dir(tmp_path / "short").meta["counts"]
+    n = counts["skipped" if kind == "skipped" else "truncated"]
+    assert n > counts["source"] / 2  # the case is what it claims
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [line for line in warnings if f"were {kind}" in line] and len(warnings) == 1
+    assert f"{n:,} of {counts['source']:,} records" in warnings[0]
+    code, _, err = run_cli(["weights", sample, "--plw", "0.1", "-o", tmp_path / "full"])
+    assert code == 0 and "warning:" not in err
