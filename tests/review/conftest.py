@@ -4,11 +4,13 @@ Llama, small weights folders), loaded from tests/train/conftest.py rather than c
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
     "train_fixtures", Path(__file__).resolve().parents[1] / "train" / "conftest.py")
 train_fixtures = importlib.util.module_from_spec(_spec)
+sys.modules["train_fixtures"] = train_fixtures  # `from train_fixtures import make_weights_dir`
 _spec.loader.exec_module(train_fixtures)
 
 make_tiny_llama = train_fixtures.make_tiny_llama
