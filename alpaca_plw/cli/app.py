@@ -35,9 +35,26 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(version: Annotated[bool, typer.Option(
         "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+          verbose: Annotated[bool, typer.Option(
+        "--verbose", help="Also show other libraries' warnings and log messages (hidden by "
+        "default; alpaca-plw's own notes and warnings always show).")] = False,
 ) -> None:
     """Prompt-loss-weight tools: dataset statistics and R_g, short-completion builders, per-token
     loss weights and a weighted-loss trainer."""
+    if not verbose:
+        quiet_other_libraries()
+
+
+def quiet_other_libraries() -> None:
+    """Hide the warnings other libraries raise (deprecations inside transformers or peft, which the
+    user cannot act on) and their info logging; alpaca-plw's own lines are not warnings and stay."""
+    import os
+    import warnings
+
+    warnings.filterwarnings("ignore", module=r"(?!alpaca_plw)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 app.command()(data.stats)
