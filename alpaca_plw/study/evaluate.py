@@ -22,6 +22,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,9 +159,10 @@ def evaluate_model(run_dir: Path, options: EvalOptions, manager, log_samples: bo
     merged: dict = {}
     for shots, tasks in options.plan.by_shots():
         try:
-            raw = simple_evaluate(model=model, tasks=tasks, task_manager=manager,
-                                  limit=options.limit, num_fewshot=shots,
-                                  log_samples=log_samples, bootstrap_iters=0)
+            with _quiet_git_lookup():
+                raw = simple_evaluate(model=model, tasks=tasks, task_manager=manager,
+                                      limit=options.limit, num_fewshot=shots,
+                                      log_samples=log_samples, bootstrap_iters=0)
         except ConnectionError as exc:
             raise InputError(f"{run_dir}: lm-eval could not reach the hub for {','.join(tasks)} "
                              f"({str(exc).splitlines()[0] if str(exc) else 'ConnectionError'}); "
@@ -173,6 +176,32 @@ def evaluate_model(run_dir: Path, options: EvalOptions, manager, log_samples: bo
             else:
                 merged.setdefault(key, value)
     return merged
+
+
+@contextmanager
+def _quiet_git_lookup():
+    """lm-eval records the git commit of the working directory by running `git describe`, whose
+    "fatal: not a git repository" lands on the user's terminal outside a checkout; run the same
+    lookup with git's stderr discarded while lm-eval evaluates."""
+    import lm_eval.evaluator as evaluator
+
+    original = getattr(evaluator, "get_git_commit_hash", None)
+    if original is None:
+        yield
+        return
+
+    def quiet() -> str | None:
+        try:
+            return subprocess.check_output(["git", "describe", "--always"],
+                                           stderr=subprocess.DEVNULL).strip().decode()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 
 def evaluate_runs(run_dirs: list[Path], options: EvalOptions, on_run=None) -> list[dict]:

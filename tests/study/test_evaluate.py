@@ -159,3 +159,24 @@ def test_eval_help_says_a_task_folder_is_code(run_cli):
     code, stdout, _ = run_cli(["eval", "--help"])
     text = " ".join(stdout.replace("│", " ").split())
     assert code == 0 and "A task folder is code" in text and "--trust-tasks" in text
+
+
+def test_evaluating_outside_a_git_checkout_prints_nothing_from_git(model_dir, tmp_path,
+                                                                   monkeypatch, capfd):
+    """lm-eval looks up the working directory's git commit; outside a checkout git's "fatal: not
+    a git repository" went straight to the terminal (file descriptor 2)."""
+    import shutil
+    import subprocess
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(TASKS, tasks)
+    monkeypatch.chdir(tasks)
+    outside = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True)
+    if shutil.which("git") is None or outside.returncode == 0:
+        pytest.skip("needs git and a temporary folder outside any checkout")
+    options = EvalOptions(tasks=["plw_tiny_mc"], include_path=[tasks], limit=1, device="cpu",
+                          trust_tasks=True)
+    capfd.readouterr()
+    raw = evaluate_model(model_dir, options, task_manager(options))
+    assert "plw_tiny_mc" in raw["results"]
+    assert "not a git repository" not in capfd.readouterr().err
