@@ -88,16 +88,23 @@ def old_fit_p(scores) -> float:
     return float(chi2.sf(max(0.0, 2 * (full.llf - null.llf)), 2))
 
 
-def one(job: tuple[int, int, int, float]) -> dict:
-    seed, k, models, effect = job
+def one(job: tuple[int, int, int, float, str, bool]) -> dict:
+    seed, k, models, effect, engine, baseline = job
     from alpaca_plw.study.fit import fit_scores
 
+    from alpaca_plw.errors import PLWError
+
     scores = simulate(seed, k, models, effect)
-    fit = fit_scores(scores)
+    try:
+        fit = fit_scores(scores, engine=engine)
+    except PLWError as exc:  # counted as "no rejection" and reported
+        nan = float("nan")
+        return {"k": k, "effect": effect, "p": nan, "p_wald": nan, "p_lrt": nan, "lam": None,
+                "ci": None, "boundary": False, "failed": str(exc)}
     out = {"k": k, "effect": effect, "p": fit.p_value, "p_wald": fit.tests["wald_chi2"].p_value,
            "p_lrt": fit.tests["lrt"].p_value, "lam": fit.lam, "ci": fit.lam_ci,
            "boundary": "singular" in fit.note}
-    if effect == 0.0:
+    if effect == 0.0 and baseline:
         out["p_old"] = old_fit_p(scores)
     return out
 
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmarks", default="8,13", help="K values, comma-separated")
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--effect", type=float, default=0.1, help="common curve's depth")
+    parser.add_argument("--engine", default="mixedlm", choices=["mixedlm", "glmmtmb"],
+                        help="fit's engine (glmmtmb needs R; about 2 s a dataset)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the old fit")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=str, default=None, help="write the figures here")
@@ -124,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for k in ks:
         base = args.seed * 1_000_000 + k * 10_000
-        jobs += [(base + i, k, args.models, 0.0) for i in range(args.datasets)]
-        jobs += [(base + 5_000 + i, k, args.models, args.effect)
+        extra = (args.engine, not args.no_baseline)
+        jobs += [(base + i, k, args.models, 0.0, *extra) for i in range(args.datasets)]
+        jobs += [(base + 5_000 + i, k, args.models, args.effect, *extra)
                  for i in range(args.optimum_datasets)]
     start = time.perf_counter()
     with Pool(args.jobs) as pool:
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     figures, ok = {"command": " ".join(["python", "benchmarks/bench_fit_calibration.py",
                                         *(argv if argv is not None else sys.argv[1:])]),
                    "wall_s": round(wall, 1), "per_k": {}}, True
-    print(f"{len(jobs)} datasets in {wall:.0f} s on {args.jobs} process(es); nominal {ALPHA:.0%}, "
+    print(f"{len(jobs)} datasets, engine {args.engine}, in {wall:.0f} s on {args.jobs} "
+          f"process(es); nominal {ALPHA:.0%}, "
           f"goal <= {GOAL:.0%} type-I error")
     for k in ks:
         null = [r for r in results if r["k"] == k and r["effect"] == 0.0]
@@ -142,10 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         row = {}
         for key, label in (("p", "default (Wald F, small-sample)"), ("p_wald", "Wald chi2 (paper)"),
                            ("p_lrt", "likelihood ratio"), ("p_old", "old fit (baseline)")):
+            if key not in null[0]:
+                continue
             r, se = rate([x[key] for x in null])
             row[key] = {"rate": r, "mc_se": se}
             print(f"K={k:2d} null, {label:32s} rejects {r:6.1%} +- {se:.1%} "
                   f"(ratio to nominal {r / ALPHA:.2f})")
+        failed = sum("failed" in x for x in null + alt)
+        if failed:
+            print(f"K={k:2d} {failed} fit(s) failed (counted as not rejecting); first: "
+                  f"{next(x['failed'] for x in null + alt if 'failed' in x)}")
         lams = sorted(x["lam"] for x in alt if x["lam"] is not None)
         median = lams[len(lams) // 2] if lams else float("nan")
         covered = [x["ci"] is not None and x["ci"][0] <= LAMBDA <= x["ci"][1] for x in alt]
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update({"power": power, "lambda_median": median,
                     "lambda_iqr": [lams[len(lams) // 4], lams[(3 * len(lams)) // 4]] if lams else None,
                     "ci_coverage": sum(covered) / len(alt), "boundary_share":
-                    sum(x["boundary"] for x in null) / len(null), "null": len(null), "alt": len(alt)})
+                    sum(x["boundary"] for x in null) / len(null), "null": len(null), "alt": len(alt), "failed": failed})
         print(f"K={k:2d} known optimum (lambda {LAMBDA}): power {power:.1%}, median lambda "
               f"{median:.3f} (IQR {row['lambda_iqr'][0]:.3f} to {row['lambda_iqr'][1]:.3f}), "
               f"95% CI covers {LAMBDA} in {row['ci_coverage']:.1%}")

@@ -431,3 +431,16 @@ def test_glmmtmb_engine_reads_rs_answer_and_passes_its_warnings_and_nas_on(run_c
     assert "NaN" not in stdout
     assert "glmmTMB: score ~ 1: Model convergence problem; singular convergence (7)." in body["note"]
     assert "log-likelihood is NA" in body["note"] and "pdHess FALSE" in body["note"]
+
+
+def test_an_r_error_is_one_line_naming_rs_error(run_cli, tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "Rscript"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Error in optim(): non-finite value' >&2\n"
+                    "echo 'Execution halted' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    csv = _write(tmp_path / "s.csv", _benchmarks(21), "plw,task,score,model")
+    code, stdout, stderr = run_cli(["fit", csv, "--engine", "glmmtmb"])
+    assert code == 1 and stdout == "" and stderr.count("\n") == 1
+    assert "R failed: Error in optim(): non-finite value" in stderr
