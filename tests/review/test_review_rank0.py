@@ -27,7 +27,13 @@ RUNS = {  # name: (2-process overrides, single-process reference, weights file)
     "fsdp-tied": (dict(fsdp=True, model="TIED"), "tied", "model.safetensors"),
     "offload-tied": (dict(cpu_offload=True, model="TIED"), "tied", "model.safetensors"),
     "offload-lora": (dict(cpu_offload=True, **LORA), "lora", "adapter_model.safetensors"),
+    "fsdp-lora-bf16": (dict(fsdp=True, base_dtype="bfloat16", **LORA), "lora-bf16",
+                       "adapter_model.safetensors"),
+    "offload-resumed": (dict(cpu_offload=True, save_steps=2, resume=True), "full",
+                        "model.safetensors"),
 }
+STOPPED = {"offload-stopped": dict(cpu_offload=True, save_steps=2, _crash_at=2,
+                                   _dir="offload-resumed")}  # runs before offload-resumed
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,9 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(twelve_train_weights, models, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rank0-single")
-    for name, model, extra in (("lora", models["plain"], LORA), ("tied", models["tied"], {})):
+    for name, model, extra in (("lora", models["plain"], LORA), ("tied", models["tied"], {}),
+                               ("lora-bf16", models["plain"], dict(base_dtype="bfloat16", **LORA)),
+                               ("full", models["plain"], {})):
         train(TrainConfig(weights_dir=twelve_train_weights, model=str(model),
                           output_dir=root / name, grad_accum=4, **COMMON, **extra))
     return root
@@ -49,8 +57,11 @@ def single(twelve_train_weights, models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two(twelve_train_weights, models, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rank0-two")
+    ordered = {name: o for name, (o, _, _) in RUNS.items() if name != "offload-resumed"}
+    ordered.update(STOPPED)
+    ordered["offload-resumed"] = RUNS["offload-resumed"][0]
     runs = {name: {k: (str(models["tied"]) if v == "TIED" else v) for k, v in o.items()}
-            for name, (o, _, _) in RUNS.items()}
+            for name, o in ordered.items()}
     base = dict(weights_dir=str(twelve_train_weights), model=str(models["plain"]),
                 output_dir=str(root), grad_accum=2, **COMMON)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
