@@ -1,0 +1,39 @@
+"""Review of --resume against a checkpoint whose trainer state disagrees with its folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from alpaca_plw.errors import InputError
+from alpaca_plw.train.trainer import train
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_three(record):  # checkpoint-2 is written after step 2's record
+    if record["step"] == 3:
+        raise _Stop
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a trainer_state.pt whose 'step' is not its folder's (checkpoint-2 saying step 10**9) passes "
+    "read_state's checks; --resume then runs no step, saves the checkpoint's model as the final "
+    "one and run.json says finished (exit 0), instead of refusing the checkpoint with one line"))
+def test_a_checkpoint_whose_step_is_not_its_name_is_refused(
+        train_weights, tiny_llama, tiny_config, tmp_path):
+    run = tmp_path / "run"
+    options = dict(max_steps=4, save_steps=2)
+    with pytest.raises(_Stop):
+        train(tiny_config(train_weights, tiny_llama, run, **options), on_step=_stop_at_three)
+    state_file = run / "checkpoint-2" / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=True)
+    state["step"] = 10**9
+    torch.save(state, state_file)
+    with pytest.raises(InputError, match="checkpoint-2"):
+        train(tiny_config(train_weights, tiny_llama, run, resume=True, **options))
+    assert not json.loads((run / "run.json").read_text()).get("finished")
