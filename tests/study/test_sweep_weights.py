@@ -25,6 +25,11 @@ def _assert_same_folder(swept, direct):
     for name in b.column_names:
         assert a.column(name).to_pylist() == b.column(name).to_pylist(), name
     assert json.loads(a.schema.metadata[META_KEY]) == json.loads(b.schema.metadata[META_KEY])
+    # and byte for byte: the Arrow file, dataset_info.json, state.json (its fingerprint)
+    names = sorted(p.name for p in direct.iterdir())
+    assert sorted(p.name for p in swept.iterdir()) == names
+    for name in names:
+        assert (swept / name).read_bytes() == (direct / name).read_bytes(), name
 
 
 @pytest.fixture(scope="module")
