@@ -20,7 +20,8 @@ Transformers builds no mask for an implementation it does not know (`masking_uti
 micro-batches reach this function with no mask; right padding under causal attention needs none
 (a real token never sees a later pad), and every row is then one sequence.
 
-Models with sliding windows or attention soft-capping are refused: neither kernel applies them.
+Models with sliding windows, attention soft-capping, ALiBi or attention dropout are refused:
+neither kernel applies them.
 """
 
 from __future__ import annotations
@@ -112,12 +113,14 @@ def current(model) -> str | None:
 
 def supported(config) -> str | None:
     """None when `config`'s attention is plain causal softmax attention this path reproduces; else
-    the reason it is not (sliding window, soft-capping, attention dropout)."""
+    the reason it is not (sliding window, soft-capping, ALiBi, attention dropout)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
         return "it uses sliding-window attention"
     if getattr(text, "attn_logit_softcapping", None):
         return "it soft-caps attention logits"
+    if getattr(text, "alibi", False):  # Falcon's ALiBi biases reach the kernel as a mask only
+        return "it uses ALiBi position biases"
     if getattr(text, "attention_dropout", 0) or getattr(text, "attn_pdrop", 0):
         return "it trains with attention dropout"  # the probes run without it (eval mode)
     return None
