@@ -99,38 +99,59 @@ def check_speed_paths(model, store: SequenceStore, device, chunked: bool, packin
     The head check runs under the training `autocast`; the packing check in fp32 (no autocast), so
     that a small leak across records is not lost in bf16 rounding. `fallback` names the attention
     to switch to when the packing check fails on an attention the trainer chose itself (the
-    `torch_varlen` default): the check then runs again on the fallback."""
+    `torch_varlen` default): the check then runs again on the fallback, as it does when a probe
+    through the chosen attention raises (a model it does not reproduce)."""
     was_training = model.training
     model.eval()  # no dropout: the two computations must be comparable
     try:
-        if chunked and _inner(model).chunk_size is not None:
-            with autocast or nullcontext():
-                diff, dtype = head_difference(model, store, device)
-            if diff > tolerance(dtype):
-                _inner(model).chunk_size = None
-                if is_main:
-                    log.warning("note: the chunked loss does not reproduce this model's own "
-                                "logits (relative difference %.3g); training with full logits "
-                                "(--loss-chunk 0)", diff)
-        if not packing:
-            return packing
-        why = _leak(model, store, device)
-        if why is not None and fallback is not None:
+        try:
+            return _check(model, store, device, chunked, packing, packing_requested, is_main,
+                          autocast, fallback)
+        except (AttributeError, NotImplementedError, RuntimeError, TypeError, ValueError) as exc:
+            if fallback is None or isinstance(exc, torch.OutOfMemoryError):
+                raise
             if is_main:
-                log.warning("note: %s; using attn_implementation=%s instead", why, fallback)
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("note: attn_implementation=%s failed on this model (%s: %s); using "
+                            "attn_implementation=%s instead",
+                            attention.current(_inner(model).model), type(exc).__name__, first,
+                            fallback)
             attention.use(_inner(model).model, fallback)
-            why = _leak(model, store, device)
-        if why is None:
-            return packing
-        if packing_requested:
-            raise ConfigError(f"--packing: {why}; train with --no-packing, or another "
-                              "--attn-implementation")
-        if is_main:
-            log.warning("note: %s; training with right-padded micro-batches", why)
-        return False
+            return _check(model, store, device, chunked, packing, packing_requested, is_main,
+                          autocast, None)
     finally:
         model.train(was_training)
         _reshard(model)
+
+
+def _check(model, store, device, chunked, packing, packing_requested, is_main, autocast,
+           fallback) -> bool:
+    """`check_speed_paths` on a model in eval mode."""
+    if chunked and _inner(model).chunk_size is not None:
+        with autocast or nullcontext():
+            diff, dtype = head_difference(model, store, device)
+        if diff > tolerance(dtype):
+            _inner(model).chunk_size = None
+            if is_main:
+                log.warning("note: the chunked loss does not reproduce this model's own "
+                            "logits (relative difference %.3g); training with full logits "
+                            "(--loss-chunk 0)", diff)
+    if not packing:
+        return packing
+    why = _leak(model, store, device)
+    if why is not None and fallback is not None:
+        if is_main:
+            log.warning("note: %s; using attn_implementation=%s instead", why, fallback)
+        attention.use(_inner(model).model, fallback)
+        why = _leak(model, store, device)
+    if why is None:
+        return packing
+    if packing_requested:
+        raise ConfigError(f"--packing: {why}; train with --no-packing, or another "
+                          "--attn-implementation")
+    if is_main:
+        log.warning("note: %s; training with right-padded micro-batches", why)
+    return False
 
 
 def _reshard(model) -> None:

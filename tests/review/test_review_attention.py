@@ -63,3 +63,42 @@ def test_torch_varlen_asked_for_on_an_alibi_model_is_one_error_line(tmp_path, tr
     assert "Traceback" not in err, err[-2000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "ALiBi" in errors[0], err
+
+
+# checks.check_speed_paths fell back from the trainer-chosen torch_varlen only when its probe
+# *measured* a leak; a probe forward that raised (an architecture torch_varlen does not reproduce
+# and `supported()` does not know, as Falcon-ALiBi before its check) ended the run in a traceback
+def test_a_chosen_attention_that_raises_in_the_probe_falls_back():
+    from transformers import AttentionInterface, LlamaForCausalLM
+
+    from alpaca_plw.train.checks import check_speed_paths
+    from alpaca_plw.train.model import WeightedCausalLM
+
+    def _store():  # four records of 7, 4, 9 and 3 tokens (tests/train/test_packing.py's)
+        import numpy as np
+
+        from alpaca_plw.train.batches import SequenceStore
+
+        rng = np.random.default_rng(3)
+        lengths = [7, 4, 9, 3]
+        return SequenceStore(ids=rng.integers(3, 50, size=sum(lengths)).astype(np.int64),
+                             weights=np.ones(sum(lengths), np.float32),
+                             offsets=np.concatenate(([0], np.cumsum(lengths))),
+                             prompt_length=np.array([3, 2, 4, 1]))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("this model's attention needs something torch_varlen lacks")
+
+    attention.register()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config._attn_implementation = attention.NAME
+    model = WeightedCausalLM(LlamaForCausalLM(config), 4096)
+    AttentionInterface.register(attention.NAME, broken)
+    try:
+        assert check_speed_paths(model, _store(), torch.device("cpu"), True, True, False, True,
+                                 fallback="sdpa")
+        assert attention.current(model.model) == "sdpa"
+    finally:
+        attention.register()  # the real function back
