@@ -28,7 +28,8 @@ def test_torch_varlen_asked_for_on_a_dropout_model_is_one_error_line(
     assert "Traceback" not in err, err[-2000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(errors) == 1, err
-    assert errors[0].startswith("error: --attn-implementation torch_varlen") and "dropout" in errors[0]
+    assert errors[0].startswith("error: --attn-implementation torch_varlen")
+    assert "dropout" in errors[0]
 
 
 def _tiny_falcon_alibi(directory):

@@ -24,13 +24,15 @@ def llama_7b_config(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("llama-7b-config")
     LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=32, vocab_size=32000).save_pretrained(folder)
+                num_attention_heads=32, num_key_value_heads=32,
+                vocab_size=32000).save_pretrained(folder)
     return folder
 
 
 @pytest.mark.xfail(strict=True, reason=(
     "the estimate ignores --attn-implementation: eager attention saves the softmax scores, "
-    "T x T per head and layer (4,096 tokens, 32 heads, bf16: 1 GiB per layer, 32 GiB for Llama-7B), "
+    "T x T per head and layer (4,096 tokens, 32 heads, bf16: 1 GiB per layer, 32 GiB for "
+    "Llama-7B), "
     "yet `train --dry-run --device cuda --attn-implementation eager` prints the sdpa/flash figure"))
 def test_eager_attention_is_estimated_with_its_scores(llama_7b_config):
     flash = _estimate(llama_7b_config)

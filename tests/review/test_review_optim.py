@@ -41,7 +41,8 @@ def test_sharded_sgd_run_resumes_like_one_uninterrupted_plain_run(
 
 def test_adafactor_with_sharded_parameters_is_one_error_line(train_weights, tiny_llama, tmp_path):
     # transformers' Adafactor makes its factored moments with torch.zeros(...).to(grad): plain
-    # tensors beside DTensor gradients, so the first step raised "got mixed torch.Tensor and DTensor"
+    # tensors beside DTensor gradients, so the first step raised "got mixed torch.Tensor and
+    # DTensor"
     from cli_invoke import invoke_cli
 
     code, _, err = invoke_cli(["train", train_weights, "--model", tiny_llama, "--output-dir",

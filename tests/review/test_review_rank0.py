@@ -75,7 +75,8 @@ def two(twelve_train_weights, models, tmp_path_factory) -> Path:
 def _weights(single, two, run):
     _, reference, weights_file = RUNS[run]
     assert (two / run / weights_file).is_file(), (two / "stderr.txt").read_text()[-3000:]
-    return load_file(str(single / reference / weights_file)), load_file(str(two / run / weights_file))
+    return (load_file(str(single / reference / weights_file)),
+            load_file(str(two / run / weights_file)))
 
 
 @pytest.mark.slow
@@ -93,7 +94,8 @@ _UNTIED = pytest.mark.xfail(strict=True, reason=(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", [pytest.param(r, marks=_UNTIED) if "tied" in r else r for r in RUNS])
+@pytest.mark.parametrize("run", [pytest.param(r, marks=_UNTIED) if "tied" in r else r
+                                 for r in RUNS])
 def test_rank0_loading_saves_the_same_tensors_as_one_process(single, two, run):
     a, b = _weights(single, two, run)
     assert sorted(b) == sorted(a)

@@ -15,12 +15,14 @@ def _prompt_only_records(folder, every: int = 2) -> None:
     path = folder / "data-00000-of-00001.arrow"
     table = pa.ipc.open_stream(pa.py_buffer(path.read_bytes())).read_all()
     ids = table.column("input_ids").to_pylist()
-    weights, prompt = table.column("loss_weight").to_pylist(), table.column("prompt_length").to_pylist()
+    weights = table.column("loss_weight").to_pylist()
+    prompt = table.column("prompt_length").to_pylist()
     for r in range(0, len(ids), every):
         prompt[r], weights[r] = len(ids[r]), [0.0] * len(ids[r])
     for name, values in (("prompt_length", prompt), ("loss_weight", weights)):
         i = table.schema.get_field_index(name)
-        table = table.set_column(i, table.schema.field(i), pa.array(values, type=table.schema.field(i).type))
+        field = table.schema.field(i)
+        table = table.set_column(i, field, pa.array(values, type=field.type))
     with pa.OSFile(str(path), "wb") as out:
         writer = pa.ipc.new_stream(out, table.schema)
         writer.write_table(table)
