@@ -133,7 +133,21 @@ def full_state_dicts(model, optimizer, d: Dist):
         optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
     model_state = {k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("model."): v
                    for k, v in model_state.items()}
+    tied = _tied_output_key(unwrap(model))
+    if tied is not None and (d.world > 1 or sharded(model)):  # gathered apart: 2 copies of one
+        model_state.pop(tied, None)                          # tensor; the config ties them again
     return model_state, optim_state
+
+
+def _tied_output_key(hf_model) -> str | None:
+    """The state-dict key of the output embedding when the config ties it to the input one."""
+    config = hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") \
+        else hf_model.config
+    if not getattr(config, "tie_word_embeddings", False):
+        return None
+    head = hf_model.get_output_embeddings() if hasattr(hf_model, "get_output_embeddings") else None
+    name = next((n for n, m in hf_model.named_modules() if m is head), None)
+    return None if not name else f"{name}.weight"
 
 
 def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
@@ -170,6 +184,9 @@ def read_state(path: Path, mmap: bool = False) -> dict:
         raise InputError(f"{file}: cannot read the checkpoint ({type(exc).__name__}: "
                          f"{_first_line(exc)}); {hint}") from None
     problem = _state_problem(state)
+    named = _NAME.match(path.name)
+    if not problem and named and int(named.group(1)) != state["step"]:
+        problem = f"its step {state['step']} is not the step its folder names, {named.group(1)}"
     if problem:
         raise InputError(f"{file}: not a trainer state written by alpaca-plw ({problem}); {hint}")
     return state
@@ -214,9 +231,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
                                                                  set_optimizer_state_dict)
 
             from_rank0 = d.world > 1
+        if distributed and state["optimizer"].get("state"):
             set_optimizer_state_dict(
                 model, optimizer, state["optimizer"] if d.is_main or not from_rank0 else {},
                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
+        elif distributed:  # SGD without momentum keeps no state: its groups' lr etc. only
+            for group, saved in zip(optimizer.param_groups, state["optimizer"]["param_groups"]):
+                group.update({k: v for k, v in saved.items() if k != "params"})
         scheduler.load_state_dict(state["scheduler"])
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
         raise InputError(f"{path / STATE_FILE}: its optimizer or scheduler state does not fit "

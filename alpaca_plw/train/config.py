@@ -83,6 +83,14 @@ class TrainConfig:
             (self.optim in OPTIMIZERS, f"--optim must be one of {', '.join(OPTIMIZERS)}"),
             (self.lr_scheduler_type in LR_SCHEDULERS,
              f"--lr-scheduler-type must be one of {', '.join(LR_SCHEDULERS)}"),
+            (self.lr_scheduler_type != "polynomial" or self.lr > 1e-7,
+             "--lr-scheduler-type polynomial decays to transformers' lr_end 1e-7: --lr must be "
+             "above it"),
+            (not (self.optim == "adafactor" and (self.fsdp or self.cpu_offload)),
+             "--optim adafactor cannot step sharded parameters (--fsdp / --cpu-offload); use "
+             "adamw or sgd"),
+            (self.device != "meta" or self.dry_run,
+             "--device meta holds no data: it only plans (--dry-run); train on cuda or cpu"),
             (self.save_steps is None or self.save_steps >= 1, "--save-steps must be at least 1"),
             (self.max_tokens is None or self.max_tokens >= 2, "--max-tokens must be at least 2"),
             (self.loss_chunk >= 0, "--loss-chunk must be >= 0 (0: full logits)"),

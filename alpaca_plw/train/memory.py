@@ -152,6 +152,17 @@ def estimate_bytes(shape: dict, tokens_per_micro: int, world: int, fsdp: bool, c
             "host_offload": 16 * trainable + (base_bytes * n if lora else 0) if cpu_offload else 0.0}
 
 
+EAGER_SCORE_BYTES = 6  # per score: the fp32 softmax output and its bf16 copy, both kept
+
+
+def eager_score_bytes(shape: dict, rows: list[int], checkpointing: bool) -> float:
+    """`--attn-implementation eager` keeps the attention probabilities of every head for the
+    backward: rows x T^2 x heads per layer (one layer with checkpointing, which recomputes the
+    others). SDPA and flash kernels keep no T x T matrix; `activation_bytes` counts those."""
+    per_layer = EAGER_SCORE_BYTES * shape["heads"] * sum(t * t for t in rows)
+    return float(per_layer * (1 if checkpointing else shape["layers"]))
+
+
 def optimizer_bytes(shape: dict, optim: str, trainable: int, lora_r: int | None) -> float:
     """`--optim`'s fp32 state: AdamW's two moments (8 bytes per trained parameter), none for SGD
     (no momentum), Adafactor's row and column second moments (4 bytes per row and column of each
@@ -198,6 +209,11 @@ def plan_memory(cfg, plan, longest: int) -> dict | None:
                        base_dtype=base_dtype_name(cfg.base_dtype, "cuda"))
     out = estimate(shape, tokens, plan.world_size, cfg.fsdp, cfg.cpu_offload,
                    cfg.gradient_checkpointing, cfg.loss_chunk, **options)
+    if cfg.attn_implementation == "eager":  # it keeps every row's T x T scores per head
+        rows = [plan.max_tokens] if plan.packing else [longest] * cfg.micro_batch_size
+        scores = eager_score_bytes(shape, rows, cfg.gradient_checkpointing) / GIB
+        out["activations"] = round(out["activations"] + scores, 2)
+        out["total"] = round(out["total"] + scores, 2)
     out["gpu_memory"] = cfg.gpu_memory or device_memory(plan.device)
     out["fits"] = None if out["gpu_memory"] is None else out["total"] <= out["gpu_memory"]
     return out

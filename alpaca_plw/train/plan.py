@@ -62,6 +62,7 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
     total_w = float(target_w.sum())
     if total_w <= 0:
         raise ConfigError(f"{cfg.weights_dir}: every target token has weight 0; nothing to learn")
+    _check_every_step_has_weight(cfg, store, order, steps)
     last = latest_checkpoint(cfg.output_dir) if cfg.resume else None
     packing = cfg.packing if cfg.packing is not None else d.device.type == "cuda"
     longest = int(store.lengths.max())
@@ -80,3 +81,18 @@ def make_plan(cfg: TrainConfig, store: SequenceStore, meta: dict, d: Dist) -> Pl
         packing=packing, max_tokens=budget, loss_chunk=cfg.loss_chunk,
         resume_from=str(last) if last else None,
     )
+
+
+def _check_every_step_has_weight(cfg: TrainConfig, store: SequenceStore, order: DataOrder,
+                                 steps: int) -> None:
+    """Refuse a run with a step whose records carry no loss weight at all (records without a
+    completion at PLW 0, say): its weighted mean is 0 / 0 and it has nothing to learn."""
+    import numpy as np
+
+    denominators = store.denominators(cfg.loss_norm)
+    for step in range(steps):
+        if not float(np.sum(denominators[order.step_records(step)])) > 0:
+            raise ConfigError(
+                f"{cfg.weights_dir}: optimizer step {step + 1} holds only records whose targets "
+                "all weigh 0 (records without a completion at PLW 0, say): its loss would be "
+                "0 / 0. Leave such records out of the data, or use a larger --batch-size")

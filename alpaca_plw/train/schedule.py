@@ -39,7 +39,10 @@ def make_scheduler(optimizer, warmup: int, total: int, name: str = "cosine"):
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
     from transformers import get_scheduler
 
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    # a run that is all warmup never reaches the decay; transformers' polynomial would divide by
+    # total - warmup = 0 at the scheduler step after the last optimizer step
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup,
+                         num_training_steps=max(total, warmup + 1))
 
 
 def learns_nothing(warmup: int, total: int, name: str = "cosine") -> bool:

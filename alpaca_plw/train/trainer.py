@@ -90,6 +90,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
     if cfg.dry_run:
         _check_model_config(cfg)
+        _check_lora_target(cfg)
         plan.memory = plan_memory(cfg, plan, int(store.lengths.max()))  # per-GPU estimate
     if on_plan and d.is_main:
         on_plan(plan)
@@ -116,6 +117,22 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         features.finish(run)
         run_json.finish()
     return plan
+
+
+def _check_lora_target(cfg: TrainConfig) -> None:
+    """--dry-run: a --lora-target that matches no linear layer is refused, as the run refuses it."""
+    if cfg.lora_r is None or not cfg.lora_target:
+        return
+    from alpaca_plw.train.lora import target_pattern
+    from alpaca_plw.train.memory import lora_params, meta_model, shape_of
+
+    try:
+        meta = meta_model(cfg.model)
+    except (OSError, ValueError):
+        return  # _check_model_config names the config problem
+    if not lora_params(shape_of(meta), cfg.lora_r, target_pattern(meta, cfg.lora_target)):
+        raise ConfigError(f"--lora-target {','.join(cfg.lora_target)}: matches no linear layer "
+                          f"of {type(meta).__name__}; name modules such as q_proj,v_proj")
 
 
 def _check_model_config(cfg: TrainConfig) -> None:

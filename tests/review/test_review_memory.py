@@ -29,11 +29,6 @@ def llama_7b_config(tmp_path_factory):
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the estimate ignores --attn-implementation: eager attention saves the softmax scores, "
-    "T x T per head and layer (4,096 tokens, 32 heads, bf16: 1 GiB per layer, 32 GiB for "
-    "Llama-7B), "
-    "yet `train --dry-run --device cuda --attn-implementation eager` prints the sdpa/flash figure"))
 def test_eager_attention_is_estimated_with_its_scores(llama_7b_config):
     flash = _estimate(llama_7b_config)
     eager = _estimate(llama_7b_config, attn_implementation="eager")

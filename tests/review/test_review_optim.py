@@ -23,10 +23,6 @@ def _losses(run):
     return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--optim sgd (no momentum: an optimizer state without tensors) with --fsdp/--cpu-offload "
-    "cannot --resume: checkpoint.load_checkpoint's set_optimizer_state_dict raises torch's "
-    "AssertionError 'Expected device to be set' (a traceback; AssertionError is not caught)"))
 def test_sharded_sgd_run_resumes_like_one_uninterrupted_plain_run(
         train_weights, tiny_llama, tiny_config, tmp_path):
     plain = tmp_path / "plain"
@@ -54,10 +50,6 @@ def test_adafactor_with_sharded_parameters_is_one_error_line(train_weights, tiny
     assert code == 2 and len(errors) == 1 and "--optim adafactor" in errors[0], err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`train --dry-run` plans --optim adafactor with --cpu-offload/--fsdp (exit 0, a memory "
-    "estimate) though the run is refused when its optimizer is built; the option check belongs "
-    "in TrainConfig's checks so the dry run says so too"))
 def test_dry_run_refuses_adafactor_with_sharding_too(train_weights, tiny_llama, tmp_path):
     from cli_invoke import invoke_cli
 

@@ -87,16 +87,10 @@ def test_rank0_loading_trains_like_one_process(single, two, run):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0, msg=f"{run}: {name}")
 
 
-_UNTIED = pytest.mark.xfail(strict=True, reason=(
-    "a tied-embedding model trained by 2 sharded processes saves lm_head.weight as a second full "
-    "copy of the embedding beside model.embed_tokens.weight (checkpoint.full_state_dicts gathers "
-    "each key apart, so save_pretrained sees two tensors; values equal); one process, also "
-    "sharded, saves the embedding once"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", [pytest.param(r, marks=_UNTIED) if "tied" in r else r
-                                 for r in RUNS])
+@pytest.mark.parametrize("run", RUNS)
 def test_rank0_loading_saves_the_same_tensors_as_one_process(single, two, run):
     a, b = _weights(single, two, run)
     assert sorted(b) == sorted(a)

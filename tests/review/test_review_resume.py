@@ -20,10 +20,6 @@ def _stop_at_three(record):  # checkpoint-2 is written after step 2's record
         raise _Stop
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a trainer_state.pt whose 'step' is not its folder's (checkpoint-2 saying step 10**9) passes "
-    "read_state's checks; --resume then runs no step, saves the checkpoint's model as the final "
-    "one and run.json says finished (exit 0), instead of refusing the checkpoint with one line"))
 def test_a_checkpoint_whose_step_is_not_its_name_is_refused(
         train_weights, tiny_llama, tiny_config, tmp_path):
     run = tmp_path / "run"

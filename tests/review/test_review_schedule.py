@@ -12,10 +12,6 @@ def _train(weights, model, out, *extra):
                        "--micro-batch-size", "2", "--batch-size", "2", *extra])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "polynomial with warmup == steps (--max-steps 1: warmup ceil(0.03) = 1; or a high "
-    "--warmup-ratio) divides by num_training_steps - num_warmup_steps = 0 in transformers' lambda "
-    "at the last scheduler.step(): ZeroDivisionError traceback, exit 1, no final model"))
 def test_polynomial_schedule_runs_a_one_step_run(train_weights, tiny_llama, tmp_path):
     code, _, err = _train(train_weights, tiny_llama, tmp_path / "run", "--max-steps", "1",
                           "--lr-scheduler-type", "polynomial")
@@ -23,9 +19,6 @@ def test_polynomial_schedule_runs_a_one_step_run(train_weights, tiny_llama, tmp_
     assert code == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "polynomial with --lr at or below transformers' lr_end (1e-7) raises ValueError('lr_end "
-    "(1e-07) must be smaller than initial lr') when the schedule is built: a traceback, exit 1"))
 def test_polynomial_schedule_with_a_tiny_lr_is_one_error_line(train_weights, tiny_llama, tmp_path):
     code, _, err = _train(train_weights, tiny_llama, tmp_path / "run", "--max-steps", "3",
                           "--lr", "1e-8", "--lr-scheduler-type", "polynomial")

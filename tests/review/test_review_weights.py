@@ -29,10 +29,6 @@ def _prompt_only_records(folder, every: int = 2) -> None:
         writer.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a step whose records all carry weight 0 (records without completion at PLW 0; the folder "
-    "passes read_weights_dir's checks) ends in ZeroDivisionError at trainer._optimizer_step's "
-    "`scale = d.world / denominator`, a traceback"))
 def test_a_step_with_no_weight_is_not_a_traceback(tmp_path_factory, tiny_llama, tmp_path):
     from train_fixtures import make_weights_dir
 
