@@ -19,7 +19,8 @@ _PLW_NAME = re.compile(r"^plw-(.+)$")
 
 
 def run_plw(run_dir: Path) -> float | None:
-    """The PLW a run was trained with, or None when neither its sweep nor its name says."""
+    """The PLW a run was trained with: its sweep's record, else its own run.json (the PLW of the
+    weights it trained on), else a folder name `plw-<value>`; None when none says."""
     run_dir = Path(run_dir)
     sweep = run_dir.parent / "sweep.json"
     if sweep.is_file():
@@ -28,6 +29,14 @@ def run_plw(run_dir: Path) -> float | None:
                 if entry.get("folder") == run_dir.name:
                     return float(entry["plw"])
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            pass
+    record = run_dir / "run.json"
+    if record.is_file():
+        try:
+            value = json.loads(record.read_text(encoding="utf-8"))["plan"]["plw"]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             pass
     match = _PLW_NAME.match(run_dir.name)
     if match:

@@ -80,6 +80,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     d = setup(cfg.device, plan_only=cfg.dry_run)  # --dry-run plans a GPU run without one
     features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
     run_record.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
+    _check_model_path(cfg.model)  # a missing local folder: at once, not after hub lookups
     data = read_weights_dir(cfg.weights_dir)
     tokenizer_dir = _check_tokenizer(cfg, data.meta)
     store = features.split(data.meta, SequenceStore.from_weights(data))
@@ -117,6 +118,17 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
         features.finish(run)
         run_json.finish()
     return plan
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a --model that can only be a local folder (a hub id is `name` or `org/name`)."""
+    return (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
+            or "\\" in name)
+
+
+def _check_model_path(model: str) -> None:
+    if looks_like_path(str(model)) and not Path(str(model)).expanduser().exists():
+        raise ConfigError(f"--model {model}: no such directory")
 
 
 def _check_lora_target(cfg: TrainConfig) -> None:
@@ -308,9 +320,7 @@ def _load_model(cfg: TrainConfig, source: str | Path, max_id: int, meta: bool = 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     name = str(source)
-    path = Path(name).expanduser()
-    if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
-        raise ConfigError(f"--model {name}: no such directory")
+    _check_model_path(name)
     try:
         if meta:
             with torch.device("meta"):
