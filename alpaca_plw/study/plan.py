@@ -85,6 +85,7 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
 
     from alpaca_plw.train.batches import SequenceStore
     from alpaca_plw.train.distributed import Dist
+    from alpaca_plw.train.evaluation import split_eval
     from alpaca_plw.train.plan import make_plan
 
     _check_folder(cfg)
@@ -96,17 +97,18 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
         tc = train_config(cfg, plw, Path(data.path), resume=False, force=False)
         device = tc.device or ("cuda" if torch.cuda.is_available() else "cpu")
         d = Dist(0, cfg.nproc_per_node, 0, torch.device(device))
-        plan = make_plan(tc, store, {**data.meta, "plw": plw}, d)
+        trained, _ = split_eval(tc, data.meta, store)  # --eval-fraction leaves records out,
+        plan = make_plan(tc, trained, {**data.meta, "plw": plw}, d)  # as the run itself does
         # the targets' weight at this PLW, by the rule the sweep writes (role weights included)
         derived = reweight(data, plw, chat)
         weight = float(SequenceStore.from_weights(
             WeightsData(data.path, derived, data.meta)).target_weight_sums().sum())
         share = round((weight - learned_targets) / weight, 6) if weight else 0.0
-        tokens = run_tokens(store, tc.seed, tc.micro_batch_size, plan.grad_accum, d.world,
+        tokens = run_tokens(trained, tc.seed, tc.micro_batch_size, plan.grad_accum, d.world,
                             plan.steps)
         runs.append(PlannedRun(plw, float(to_wp(plw)), run_name(plw),
                                run_state(cfg.output_dir / run_name(plw)), plan.steps, tokens, share))
-    return SweepPlan(runs, len(store), plan.effective_batch, plan.world_size)
+    return SweepPlan(runs, plan.records, plan.effective_batch, plan.world_size)
 
 
 __all__ = ["PlannedRun", "SweepPlan", "plan_sweep", "run_tokens", "tokenized"]
