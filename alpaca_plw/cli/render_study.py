@@ -82,19 +82,58 @@ def fit_table(fit) -> Group:
     return Group(Text(fit.headline), table, Text(f"note: {fit.note}"))
 
 
-def analysis_table(results) -> Table:
+_ANALYSIS_TITLE = ("Runs (last step; the weighted loss is weighted by each run's PLW, completion "
+                   "and token losses compare across PLW; stability: mean std/mean of the loss "
+                   "over 5-step windows)")
+
+
+def _analysis_cells(results) -> tuple[list[str], list[list[str]]]:
     with_distance = any(r.distance is not None for r in results)
     columns = ["Run", "PLW", "Steps", "Weighted loss", "Prompt loss", "Completion loss",
                "Token loss", "Eval loss", "Stability (RSD)"] + \
         (["Distance", "Relative"] if with_distance else [])
-    table = _table("Runs (last step; the weighted loss is weighted by each run's PLW, completion "
-                   "and token losses compare across PLW; stability: mean std/mean of the loss "
-                   "over 5-step windows)", columns)
+    rows = []
     for r in results:
         cells = [r.run, "-" if r.plw is None else f"{r.plw:g}", _num(r.steps, "d"),
                  _num(r.train_loss), _num(r.prompt_loss), _num(r.completion_loss),
                  _num(r.token_loss), _num(r.eval_loss), _num(r.stability)]
         if with_distance:
             cells += [_num(r.distance, ".4g"), _num(r.relative_distance, ".3e")]
-        table.add_row(*cells)
-    return table
+        rows.append(cells)
+    return columns, rows
+
+
+class AnalysisView:
+    """`analyze`'s table at the widest layout that fits the console: one row per run, or, when
+    that is wider than the terminal (80 columns), one small table per run. Numbers are never cut."""
+
+    def __init__(self, results):
+        self.columns, self.rows = _analysis_cells(results)
+
+    def width(self) -> int:
+        from rich.cells import cell_len
+
+        return 1 + sum(3 + max([cell_len(name)] + [cell_len(row[i]) for row in self.rows])
+                       for i, name in enumerate(self.columns))
+
+    def __rich_console__(self, console, options):
+        if self.width() <= options.max_width:
+            table = _table(_ANALYSIS_TITLE, self.columns)
+            for column in table.columns:
+                column.no_wrap = True
+            for row in self.rows:
+                table.add_row(*row)
+            yield table
+            return
+        yield Text(_ANALYSIS_TITLE)
+        for row in self.rows:
+            table = Table(title=row[0], title_justify="left", show_header=False)
+            table.add_column("what")
+            table.add_column("value", justify="right", no_wrap=True)
+            for name, value in zip(self.columns[1:], row[1:]):
+                table.add_row(name, value)
+            yield table
+
+
+def analysis_table(results) -> AnalysisView:
+    return AnalysisView(results)

@@ -100,3 +100,25 @@ def test_analyze_cli_prints_json_and_refuses_a_foreign_base(run_cli, base, tmp_p
     code, _, stderr = run_cli(["analyze", run, "--base", other])
     assert code == 2 and "pass the model the run started from" in stderr
     assert "Traceback" not in stderr
+
+
+def test_the_analysis_fits_80_columns_without_cutting_a_number():
+    """At 80 columns the one-row-per-run table does not fit: one small table per run, every
+    number whole; at 200 columns the single table."""
+    from rich.console import Console
+
+    from alpaca_plw.cli.render_study import analysis_table
+    from alpaca_plw.study.analyze import RunAnalysis
+
+    results = [RunAnalysis(run=f"plw-{p:g}", plw=p, steps=120, train_loss=10.21111 + p,
+                           prompt_loss=None if p == 0 else 10.4237, completion_loss=10.3485,
+                           eval_loss=9.87654, stability=0.0063, token_loss=10.4205,
+                           distance=2.5322, relative_distance=0.080586) for p in (0.0, 0.1, 1.0)]
+    for width in (80, 200):
+        console = Console(width=width, record=True, highlight=False)
+        console.print(analysis_table(results))
+        text = console.export_text()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+        for needle in ("10.2111", "11.2111", "10.4237", "9.8765", "0.0063", "2.532", "8.059e-02"):
+            assert needle in text, (width, needle)
+        assert (text.count("plw-0.1") == 1)
