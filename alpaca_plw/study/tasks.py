@@ -32,13 +32,16 @@ PAPER_TASKS: dict[str, tuple[int, str]] = {
     "truthfulqa_mc2": (0, "acc"),
     "truthfulqa_gen": (0, "bleu_acc"),
     "winogrande": (5, "acc"),
-    "wmt14-en-fr": (0, "bleu"),
-    "wmt14-fr-en": (0, "bleu"),
-    "wmt16-en-de": (0, "bleu"),
-    "wmt16-de-en": (0, "bleu"),
-    "wmt16-en-ro": (0, "bleu"),
-    "wmt16-ro-en": (0, "bleu"),
+    "wmt14-en-fr-paper": (0, "bleu"),
+    "wmt14-fr-en-paper": (0, "bleu"),
+    "wmt16-en-de-paper": (0, "bleu"),
+    "wmt16-de-en-paper": (0, "bleu"),
+    "wmt16-en-ro-paper": (0, "bleu"),
+    "wmt16-ro-en-paper": (0, "bleu"),
 }
+# The WMT tasks in the paper's wording ("Translate the following from <src> to <tgt>:"), plain
+# YAML shipped with the package (lm_eval_tasks/README.md): always on lm-eval's task path.
+PACKAGED_TASKS = Path(__file__).with_name("lm_eval_tasks")
 PRESETS = {"paper": PAPER_TASKS}
 # `datasets` builders that read local files named by `data_files` (no hub download).
 _LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -222,13 +225,13 @@ def resolve(plan: TaskPlan, include_path: list[Path] | None):
     group or tag), each `--metric` against the task's metric list, and, offline, that no task
     needs the hub. Raises InputError / ConfigError naming the task; loads no model."""
     require("lm_eval", "alpaca-plw eval", "eval")
-    paths = tuple(str(p) for p in include_path or [])
-    manager = _manager(paths, False) if paths else None
-    if manager is None or any(t not in manager.task_index for t in plan.tasks):
+    paths = (str(PACKAGED_TASKS), *(str(p) for p in include_path or []))
+    manager = _manager(paths, False)
+    if any(t not in manager.task_index for t in plan.tasks):
         manager = _manager(paths, True)
     unknown = [t for t in plan.tasks if t not in manager.task_index]
     if unknown:
-        where = f" or in {', '.join(paths)}" if paths else \
+        where = f" or in {', '.join(paths[1:])}" if paths[1:] else \
             "; pass --include-path DIR --trust-tasks for a local YAML task"
         raise InputError(f"task {', '.join(unknown)}: not one of lm-eval's tasks, groups or "
                          f"tags{where}")
@@ -255,5 +258,5 @@ def resolve(plan: TaskPlan, include_path: list[Path] | None):
     return manager
 
 
-__all__ = ["PAPER_TASKS", "TaskPlan", "hub_reachable", "offline", "parse_tasks", "resolve",
+__all__ = ["PACKAGED_TASKS", "PAPER_TASKS", "TaskPlan", "hub_reachable", "offline", "parse_tasks", "resolve",
            "task_plan"]

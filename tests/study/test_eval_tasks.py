@@ -56,7 +56,7 @@ def test_offline_the_papers_benchmarks_are_resolved_and_each_hub_task_named_in_o
     assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     for task in PAPER_TASKS:
         assert f"{task} (" in lines[0], task
-    assert "winogrande (allenai/winogrande)" in lines[0] and "wmt16-ro-en (wmt/wmt16)" in lines[0]
+    assert "winogrande (allenai/winogrande)" in lines[0] and "wmt16-ro-en-paper (wmt/wmt16)" in lines[0]
     assert "--include-path DIR --trust-tasks" in lines[0] and "dataset_path: json" in lines[0]
     assert not (run_dir / "eval.json").exists()
 
@@ -149,3 +149,26 @@ def test_a_local_group_is_scored_by_its_aggregate(run_cli, run_dir, tmp_path):
     entry = body["tasks"]["plw_tiny_group"]
     assert entry["metric"] == "acc" and 0.0 <= entry["value"] <= 1.0
     (run_dir / "eval.json").unlink()
+
+
+def test_the_paper_wmt_variants_ask_in_the_papers_words_on_lmevals_data():
+    """The six packaged `-paper` tasks resolve without --include-path or --trust-tasks, read the
+    same dataset and split as lm-eval's own WMT task, and render the paper's instruction."""
+    from lm_eval.utils import apply_template
+
+    from alpaca_plw.study.tasks import PACKAGED_TASKS, PAPER_TASKS, _manager
+
+    manager = _manager((str(PACKAGED_TASKS),), False)
+    wmt = [t for t in PAPER_TASKS if t.startswith("wmt")]
+    assert len(wmt) == 6 and all(t in manager.task_index for t in wmt)
+    assert not list(PACKAGED_TASKS.glob("*.py"))  # plain YAML: nothing to trust
+    cfg = manager.task_index["wmt16-de-en-paper"].cfg
+    assert (cfg["dataset_path"], cfg["dataset_name"], cfg["test_split"]) == ("wmt/wmt16", "de-en",
+                                                                             "test")
+    doc = {"translation": {"de": "Guten Morgen.", "en": "Good morning."}}
+    assert apply_template(cfg["doc_to_text"], doc) == \
+        "Translate the following from German to English:\nGuten Morgen.\nEnglish:"
+    assert apply_template(cfg["doc_to_target"], doc) == " Good morning."
+    ro = manager.task_index["wmt16-en-ro-paper"].cfg
+    assert apply_template(ro["doc_to_text"], {"translation": {"en": "Hi.", "ro": "Salut."}}) == \
+        "Translate the following from English to Romanian:\nHi.\nRomanian:"
