@@ -102,15 +102,18 @@ def test_optimizers_are_the_libraries_own():
     assert (ada["lr"], ada["relative_step"], ada["scale_parameter"]) == (0.1, False, False)
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_at_three(record):
+    """Stop a 4-step run after checkpoint-2 (written after step 2's record) and step 3."""
+    if record["step"] == 3:
+        raise Stop
+
+
 def test_resume_refuses_another_optimizer_or_schedule(
         train_weights, tiny_llama, tiny_config, tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_three(record):  # checkpoint-2 is written after step 2's record
-        if record["step"] == 3:
-            raise Stop
-
     run = tmp_path / "run"
     with pytest.raises(Stop):
         train(tiny_config(train_weights, tiny_llama, run, max_steps=4, save_steps=2,
@@ -127,13 +130,6 @@ def test_resume_refuses_another_optimizer_or_schedule(
 
 def test_a_run_recorded_before_the_options_existed_resumes_with_their_defaults(
         train_weights, tiny_llama, tiny_config, tmp_path):
-    class Stop(Exception):
-        pass
-
-    def stop_at_three(record):  # checkpoint-2 is written after step 2's record
-        if record["step"] == 3:
-            raise Stop
-
     run = tmp_path / "run"
     with pytest.raises(Stop):
         train(tiny_config(train_weights, tiny_llama, run, max_steps=4, save_steps=2),
@@ -192,13 +188,6 @@ def test_a_run_that_learns_nothing_says_so(run_cli, train_weights, tiny_llama, t
 
 def test_resume_refuses_another_lora_base_dtype(train_weights, tiny_llama, tiny_config, tmp_path):
     """A LoRA run on an fp32 base cannot be continued on a bf16 one (the frozen weights differ)."""
-    class Stop(Exception):
-        pass
-
-    def stop_at_three(record):
-        if record["step"] == 3:
-            raise Stop
-
     run = tmp_path / "run"
     lora = dict(lora_r=2, lora_dropout=0.0, max_steps=4, save_steps=2)
     with pytest.raises(Stop):
