@@ -375,7 +375,7 @@ def stage_bench(ctx: Context) -> dict:
 
     target = ctx.out / ("train_h200.json" if ctx.cuda else "train_cpu_reduced.json")
     argv = ["--weights", str(ctx.weights()), "--tokenizer", str(ctx.args.tokenizer),
-            "--out", str(target), "--force"]
+            "--out", str(target)] + (["--force"] if ctx.args.force else [])
     argv += (["--shapes", "tiny", "--steps", "3", "--warmup", "1", "--batch", "8", "--micro", "4"]
              if ctx.args.reduced else ["--shapes", "1.1b"])
     best = getattr(ctx, "best", None)
@@ -542,6 +542,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wall seconds for all stages; a stage is skipped when too little is left")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma list of {', '.join(STAGES)}")
     p.add_argument("--reduced", action="store_true", help="tiny shapes on the CPU (CI)")
+    p.add_argument("--force", action="store_true",
+                   help="replace gpu_check.json and the bench JSON already in --out")
     p.add_argument("--smoke", default="", help="smoke runs to do (comma list; default all)")
     p.add_argument("--tune", default="",
                    help="tune variants: packed budgets, 'c' for --compile (e.g. 4096,8192c)")
@@ -557,6 +559,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--tokenizer {args.tokenizer}: no tokenizer.model there")
     if args.weights is None and not args.data.is_file():
         p.error(f"--data {args.data}: no such file; pass --data FILE or --weights DIR")
+    existing = [n for n in ("gpu_check.json", "train_h200.json", "train_cpu_reduced.json")
+                if (args.out / n).exists()]
+    if existing and not args.force:
+        p.error(f"--out {args.out}: holds {', '.join(existing)} already; pass --force to replace "
+                "them or choose another folder")
     return args
 
 

@@ -45,3 +45,17 @@ def test_reduced_gpu_check_runs_every_stage_and_reports_exact_cpu_paths(tmp_path
             if name == "seconds":
                 continue
             assert run["ok"] and len(run["losses"]) == 3, (group, name, run)
+
+
+def test_an_out_folder_holding_results_is_not_overwritten_without_force(tmp_path):
+    gpu_check = _script()
+    (tmp_path / "gpu_check.json").write_text('{"kept": true}')
+    args = ["--reduced", "--out", str(tmp_path), "--stages", "env",
+            "--data", str(SHARED / "data" / "alpaca_data.json"),
+            "--tokenizer", str(SHARED / "tokenizers" / "llama")]
+    with pytest.raises(SystemExit) as stopped:
+        gpu_check.main(args)
+    assert stopped.value.code == 2
+    assert (tmp_path / "gpu_check.json").read_text() == '{"kept": true}'
+    report = gpu_check.main(args + ["--force"])
+    assert report["stages"]["env"]["torch"]
