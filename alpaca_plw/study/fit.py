@@ -18,10 +18,8 @@ With the paper's own coefficients (w_p 5.590, w_p^2 -4.284), w_p* = 0.652 and la
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -73,41 +71,6 @@ class Scores:
     model: list[str] | None = None
     dropped: list[str] = field(default_factory=list)  # groups left out, with the reason
     negated: list[str] = field(default_factory=list)  # lower-is-better metrics turned around
-
-
-def read_scores(path: Path) -> Scores:
-    """Read a CSV with columns `plw`, `task`, `score` (or `value`, as `eval -o` writes), `model`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such scores file")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    columns = set(rows[0]) if rows else set()
-    score_col = "score" if "score" in columns else "value" if "value" in columns else None
-    missing = [c for c in ("plw", "task") if c not in columns] + ([] if score_col else ["score"])
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found "
-                         f"{', '.join(sorted(columns)) or 'no header'} (expected plw, task, score "
-                         "and optionally model)")
-    plw, score = [], []
-    for i, row in enumerate(rows, start=2):
-        try:
-            plw.append(float(row["plw"]))
-            score.append(float(row[score_col]))
-        except (TypeError, ValueError):
-            raise InputError(f"{path}, line {i}: plw {row['plw']!r} and {score_col} "
-                             f"{row[score_col]!r} must be numbers") from None
-        if not 0.0 <= plw[-1] <= 1.0:
-            raise InputError(f"{path}, line {i}: plw {plw[-1]:g} lies outside [0, 1]")
-    model = [row["model"] for row in rows] if "model" in columns else None
-    negated = []
-    if "metric" in columns:
-        for i, row in enumerate(rows):
-            if row["metric"] in LOWER_IS_BETTER:
-                score[i] = -score[i]
-                negated.append(row["metric"])
-    return Scores(np.array(plw), [row["task"] for row in rows], np.array(score), model,
-                  negated=sorted(set(negated)))
 
 
 def scale(scores: Scores) -> Scores:

@@ -308,7 +308,7 @@ def test_bad_scores_fail_with_one_line(run_cli, tmp_path, text, needle):
 
 
 def test_lower_is_better_metrics_are_turned_around_before_the_fit(tmp_path):
-    from alpaca_plw.study.fit import read_scores
+    from alpaca_plw.study.scores import read_scores
 
     s = _synthetic(7)
     csv = tmp_path / "scores.csv"
