@@ -33,3 +33,13 @@ def invoke_cli(args: Sequence[object], cwd: Path | None = None, env: dict | None
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(*result.exc_info))
     return result.exit_code, result.stdout, stderr
+
+
+def assert_one_error(code: int, stderr: str, expected_code: int, needle: str) -> None:
+    """The command ended with `expected_code` and one `error:` line, its last, holding `needle`;
+    no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == expected_code, stderr
+    assert "Traceback" not in stderr, stderr
+    assert [line for line in lines if line.startswith("error:")] == lines[-1:], stderr
+    assert needle in lines[-1], stderr

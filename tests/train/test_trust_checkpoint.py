@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from alpaca_plw.train.checkpoint import STATE_FILE, latest_checkpoint, read_state
+from cli_invoke import assert_one_error
 
 
 class _Plant:
@@ -32,14 +33,6 @@ def _args(weights, model, out, *extra):
     return ["train", str(weights), "--model", str(model), "--output-dir", str(out),
             "--micro-batch-size", "2", "--batch-size", "2", "--max-steps", "2", "--save-steps", "1",
             "--lr", "1e-3", "--warmup-ratio", "0", "--device", "cpu", *extra]
-
-
-def _one_error(code, stderr, expected_code, needle):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == expected_code, stderr
-    assert "Traceback" not in stderr, stderr
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], stderr
-    assert needle in lines[-1], stderr
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +72,7 @@ def test_resume_refuses_a_planted_pickle_and_never_runs_it(stopped_run, tiny_lla
     plant(run / "checkpoint-1", marker)
     before = sorted(str(p) for p in run.rglob("*"))
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, run, "--resume"))
-    _one_error(code, stderr, 2, "refused: it holds objects other than tensors and plain containers")
+    assert_one_error(code, stderr, 2, "refused: it holds objects other than tensors and plain containers")
     assert str(run / "checkpoint-1" / STATE_FILE) in stderr
     assert not marker.exists(), "the planted pickle ran"
     assert sorted(str(p) for p in run.rglob("*")) == before
@@ -95,7 +88,7 @@ def test_resume_refuses_a_trainer_state_missing_keys(stopped_run, tiny_llama, tr
     del state["scheduler"]
     torch.save(state, run / "checkpoint-1" / STATE_FILE)
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, run, "--resume"))
-    _one_error(code, stderr, 2, "not a trainer state written by alpaca-plw (missing 'scheduler')")
+    assert_one_error(code, stderr, 2, "not a trainer state written by alpaca-plw (missing 'scheduler')")
 
 
 def test_a_sweep_rerun_refuses_a_planted_pickle_and_never_runs_it(tmp_path, tiny_llama, run_cli):
@@ -128,7 +121,7 @@ def test_a_sweep_rerun_refuses_a_planted_pickle_and_never_runs_it(tmp_path, tiny
     plant(out / "plw-0.1" / "checkpoint-1", marker)
     before = json.loads((out / "sweep.json").read_text())
     code, _, stderr = run_cli(args)
-    _one_error(code, stderr, 2, "refused: it holds objects other than tensors")
+    assert_one_error(code, stderr, 2, "refused: it holds objects other than tensors")
     assert not marker.exists(), "the planted pickle ran"
     assert json.loads((out / "sweep.json").read_text())["runs"][0]["status"] != "done"
     assert before["config"] == json.loads((out / "sweep.json").read_text())["config"]
@@ -143,5 +136,5 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_output_error(tiny_llama, t
     monkeypatch.setattr(torch, "save", full_disk)
     out = tmp_path / "run"
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, out))
-    _one_error(code, stderr, 3, f"{out / 'checkpoint-1'}: cannot write it (RuntimeError: ")
+    assert_one_error(code, stderr, 3, f"{out / 'checkpoint-1'}: cannot write it (RuntimeError: ")
     assert not list(out.glob("*checkpoint-1*"))  # no half checkpoint, no temporary folder

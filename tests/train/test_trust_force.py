@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from alpaca_plw.errors import ConfigError, OutputExistsError
+from cli_invoke import assert_one_error
 
 LLAMA = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers" / "llama"
 
@@ -43,14 +44,6 @@ def _config(weights, model, out, **extra):
                        batch_size=2, max_steps=2, lr=1e-3, warmup_ratio=0.0, device="cpu", **extra)
 
 
-def _one_error(code, stderr, expected_code, needle):
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert code == expected_code, stderr
-    assert "Traceback" not in stderr, stderr
-    assert [line for line in lines if line.startswith("error:")] == lines[-1:], stderr
-    assert needle in lines[-1], stderr
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_llama, train_weights):
     """A finished 2-step run with checkpoint-1: the run every --force below would replace."""
@@ -72,7 +65,7 @@ def test_force_with_an_attention_this_install_lacks_leaves_the_old_run_whole(
     before = snapshot(tmp_path)
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, old_run, "--force",
                                     "--attn-implementation", "flash_attention_2"))
-    _one_error(code, stderr, 2, "--attn-implementation flash_attention_2: cannot be used with "
+    assert_one_error(code, stderr, 2, "--attn-implementation flash_attention_2: cannot be used with "
                                 f"--model {tiny_llama}")
     assert "the run in the output folder was not touched" in stderr
     assert snapshot(tmp_path) == before
@@ -86,7 +79,7 @@ def test_force_with_a_truncated_model_file_leaves_the_old_run_whole(
     (model / "model.safetensors").write_bytes(data[: len(data) // 3])
     before = snapshot(tmp_path)
     code, _, stderr = run_cli(_args(train_weights, model, old_run, "--force"))
-    _one_error(code, stderr, 2, "model.safetensors is not a readable safetensors file")
+    assert_one_error(code, stderr, 2, "model.safetensors is not a readable safetensors file")
     assert snapshot(tmp_path) == before
 
 
@@ -102,7 +95,7 @@ def test_force_that_fails_after_the_old_run_is_set_aside_puts_it_back(
     monkeypatch.setattr("alpaca_plw.train.trainer._set_up", fail)
     before = snapshot(tmp_path)
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, old_run, "--force"))
-    _one_error(code, stderr, 2, "out of memory while loading (simulated)")
+    assert_one_error(code, stderr, 2, "out of memory while loading (simulated)")
     assert seen["folder"] == [".alpaca-plw", "run.json"]  # the new run started in an empty folder
     assert any(name.startswith(".run.plw-replaced-") for name in seen["beside"])
     assert snapshot(tmp_path) == before  # the old run is back, whole; nothing set aside is left
@@ -138,7 +131,7 @@ def test_a_force_killed_before_its_first_checkpoint_is_undone_by_the_next_run(
     assert snapshot(old_run) != before
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, old_run))  # no --force
     assert "restored the previous run" in stderr, stderr
-    _one_error(code, stderr, 3, "not empty")
+    assert_one_error(code, stderr, 3, "not empty")
     assert snapshot(old_run) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
@@ -169,5 +162,5 @@ def test_ctrl_c_during_a_force_puts_the_old_run_back_and_says_so(
     monkeypatch.setattr("alpaca_plw.train.trainer._set_up", interrupt)
     before = snapshot(tmp_path)
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, old_run, "--force"))
-    _one_error(code, stderr, 130, f"the previous run in {old_run} was put back as it was")
+    assert_one_error(code, stderr, 130, f"the previous run in {old_run} was put back as it was")
     assert snapshot(tmp_path) == before
