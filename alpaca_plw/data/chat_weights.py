@@ -126,12 +126,13 @@ def char_roles(roles: list[str], traced, assistant_turns: str) -> np.ndarray:
 
 def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: ChatTemplate,
                        plw: float, options: ChatOptions, max_length: int = 512,
-                       progress: Progress | None = None) -> ChatWeights:
+                       progress: Progress | None = None, *, first_index: int = 0) -> ChatWeights:
     """Render, trace, tokenize and weigh every conversation; truncate at `max_length`.
 
     A conversation cut at `max_length` keeps its first `max_length` tokens (weights and roles cut
     alike) and is listed in `truncated`; one with no learned assistant token left is skipped with
-    its reason.
+    its reason. `first_index` is the source index of `conv`'s first conversation (a batch of a
+    larger source): `source_index`, `truncated`, `skipped` and error messages count from it.
     """
     check_plw(plw)
     if max_length < 2:
@@ -140,10 +141,11 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
     ids_out, roles_out, lengths, prompt_len, source, truncated, skipped = [], [], [], [], [], [], []
     markers: set[str] = set()
     n = len(conv)
-    for i in range(n):
+    for local in range(n):
+        i = first_index + local
         where = f"{conv.source.path}: record {i}"
-        traced = trace(template, conv.roles[i], conv.contents[i], bos, eos, where)
-        codes = char_roles(conv.roles[i], traced, options.assistant_turns)
+        traced = trace(template, conv.roles[local], conv.contents[local], bos, eos, where)
+        codes = char_roles(conv.roles[local], traced, options.assistant_turns)
         markers |= markup_markers(traced.text, traced.owner)
         ids, chars = tokens_with_chars(tokenizer, traced.text, traced.owner)
         roles = codes[chars] if chars.size else np.zeros(0, dtype=np.int8)
@@ -163,8 +165,8 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
             lengths.append(min(ids.size, max_length))
             prompt_len.append(int(np.argmax(learned)))
             source.append(i)
-        if progress and (i + 1 == n or (i + 1) % 256 == 0):
-            progress("rendering and tokenizing conversations", i + 1, n)
+        if progress and (local + 1 == n or (local + 1) % 256 == 0):
+            progress("rendering and tokenizing conversations", local + 1, n)
     roles_flat = np.concatenate(roles_out).astype(np.int8) if roles_out else np.zeros(0, np.int8)
     return ChatWeights(
         ids=np.concatenate(ids_out).astype(np.int32) if ids_out else np.zeros(0, np.int32),
