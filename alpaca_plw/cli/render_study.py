@@ -82,6 +82,19 @@ def fit_table(fit) -> Group:
     return Group(Text(fit.headline), table, Text(f"note: {fit.note}"))
 
 
+def figure1_table(figure) -> Group:
+    """`fit`: Figure 1's aggregates, one row per (series, PLW), and the notes."""
+    table = _table("Figure 1 aggregates (simple: mean score; relative: mean of the scores "
+                   "min-max scaled per benchmark over the series' PLWs)",
+                   ["Series", "PLW", "w_p", "Simple", "Relative"])
+    table.columns[0].justify = "left"
+    for s in figure.series:
+        for plw, simple, relative in zip(s.plws, s.simple, s.relative):
+            table.add_row(s.name, f"{plw:g}", f"{plw ** 0.30103:.3f}", _num(simple),
+                          _num(relative))
+    return Group(table, *(Text(f"note: {n}") for n in figure.notes))
+
+
 _ANALYSIS_TITLE = ("Runs (last step; the weighted loss is weighted by each run's PLW, completion "
                    "and token losses compare across PLW; stability: mean std/mean of the loss "
                    "over 5-step windows)")
@@ -89,9 +102,13 @@ _ANALYSIS_TITLE = ("Runs (last step; the weighted loss is weighted by each run's
 
 def _analysis_cells(results) -> tuple[list[str], list[list[str]]]:
     with_distance = any(r.distance is not None for r in results)
+    with_bleu = any(r.memorization_set is not None for r in results)
+    with_lengths = any(r.lengths_set is not None for r in results)
     columns = ["Run", "PLW", "Steps", "Weighted loss", "Prompt loss", "Completion loss",
                "Token loss", "Eval loss", "Stability (RSD)"] + \
-        (["Distance", "Relative"] if with_distance else [])
+        (["Distance", "Relative"] if with_distance else []) + \
+        (["Memorization (BLEU)"] if with_bleu else []) + \
+        (["Length mean", "Length median", "At limit"] if with_lengths else [])
     rows = []
     for r in results:
         cells = [r.run, "-" if r.plw is None else f"{r.plw:g}", _num(r.steps, "d"),
@@ -99,8 +116,25 @@ def _analysis_cells(results) -> tuple[list[str], list[list[str]]]:
                  _num(r.token_loss), _num(r.eval_loss), _num(r.stability)]
         if with_distance:
             cells += [_num(r.distance, ".4g"), _num(r.relative_distance, ".3e")]
+        if with_bleu:
+            cells.append(_num(r.memorization, ".2f"))
+        if with_lengths:
+            cells += [_num(r.length_mean, ".1f"), _num(r.length_median, ".1f"),
+                      "-" if r.length_cut is None else f"{r.length_cut}/{r.length_records}"]
         rows.append(cells)
     return columns, rows
+
+
+def _generation_title(results) -> str:
+    first = results[0] if results else None
+    parts = []
+    if first is not None and first.memorization_set is not None:
+        parts.append(f"memorization: corpus BLEU (sacrebleu defaults) of generations set "
+                     f"'{first.memorization_set}' against the training completions")
+    if first is not None and first.lengths_set is not None:
+        parts.append(f"length: output tokens of generations set '{first.lengths_set}', mean, "
+                     "median and how many stopped at the token limit")
+    return "".join(f"; {p}" for p in parts)
 
 
 class AnalysisView:
@@ -109,6 +143,11 @@ class AnalysisView:
 
     def __init__(self, results):
         self.columns, self.rows = _analysis_cells(results)
+        self.title = _ANALYSIS_TITLE[:-1] + _generation_title(results) + ")"
+        notes = []  # a note shared by every run (sets that differ) is said once
+        for r in results:
+            notes += [n if n.endswith("across PLW") else f"{r.run}: {n}" for n in r.notes]
+        self.notes = list(dict.fromkeys(notes))
 
     def width(self) -> int:
         from rich.cells import cell_len
@@ -118,14 +157,15 @@ class AnalysisView:
 
     def __rich_console__(self, console, options):
         if self.width() <= options.max_width:
-            table = _table(_ANALYSIS_TITLE, self.columns)
+            table = _table(self.title, self.columns)
             for column in table.columns:
                 column.no_wrap = True
             for row in self.rows:
                 table.add_row(*row)
             yield table
+            yield from (Text(f"note: {n}") for n in self.notes)
             return
-        yield Text(_ANALYSIS_TITLE)
+        yield Text(self.title)
         for row in self.rows:
             table = Table(title=row[0], title_justify="left", show_header=False)
             table.add_column("what")
@@ -133,6 +173,7 @@ class AnalysisView:
             for name, value in zip(self.columns[1:], row[1:]):
                 table.add_row(name, value)
             yield table
+        yield from (Text(f"note: {n}") for n in self.notes)
 
 
 def analysis_table(results) -> AnalysisView:

@@ -178,30 +178,34 @@ def evaluate(
 def fit(
     scores: Annotated[list[Path], typer.Argument(help="Scores: CSVs with plw, task, score (or value, as eval -o writes) and optionally model; run or sweep folders (their eval.json); lm-eval results JSON.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw scaled scores, the fitted curve and the optimum to this PNG.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the paper's Figure 1 (scores against w_p per benchmark, one line per model label, the simple and relative aggregates) and the fit to this PNG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
     engine: Annotated[str, typer.Option("--engine", help="mixedlm (statsmodels, Gaussian) or glmmtmb (the paper's beta GLMM in R through Rscript; exit 5 when R or glmmTMB is missing).")] = "mixedlm",
 ) -> None:
     """The paper's analysis: scores scaled per benchmark ~ w_p + w_p^2 with random slopes per
-    benchmark and an intercept per base model; the joint test of the PLW terms; the optimum PLW."""
-    from alpaca_plw.cli.render_study import fit_table
+    benchmark and an intercept per base model; the joint test of the PLW terms; the optimum PLW;
+    and Figure 1's simple and relative aggregates per PLW."""
+    from alpaca_plw.cli.render_study import figure1_table, fit_table
 
     def run() -> None:
         from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.study.aggregate import figure1
         from alpaca_plw.study.fit import fit_scores
         from alpaca_plw.study.scores import read_scores
 
         with file_output(plot, [("scores", s) for s in scores], force):  # never over an input
-            result = fit_scores(read_scores(scores), engine=engine)
+            data = read_scores(scores)
+            result, figure = fit_scores(data, engine=engine), figure1(data)
             if plot is not None:
                 from alpaca_plw.study.plots import plot_fit
 
-                plot_fit(result, plot)
+                plot_fit(result, plot, figure)
                 err.print(f"wrote {plot}")
         if as_json:
-            print(json.dumps(result.to_json(), sort_keys=True))
+            print(json.dumps({**result.to_json(), "figure1": figure.to_json()}, sort_keys=True))
         else:
             out().print(fit_table(result))
+            out().print(figure1_table(figure))
 
     guard(run)
 
@@ -210,10 +214,13 @@ def analyze(
     runs: Annotated[list[Path], typer.Argument(help="Run folders.")],
     base: Annotated[Optional[str], typer.Option("--base", help="The pre-trained model folder: adds the weight distance.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per run per line.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw loss curves against step, one colour per PLW, to this PNG.")] = None,
+    memorization: Annotated[Optional[str], typer.Option("--memorization", help="Generations set NAME (each run's generations/NAME.jsonl, from `generate` on a seeded sample of its training prompts): corpus BLEU against the training completions (Figure 2c).", show_default=False)] = None,
+    lengths: Annotated[Optional[str], typer.Option("--lengths", help="Generations set NAME (e.g. on AlpacaEval's prompts): mean and median output tokens (Figure 2d).", show_default=False)] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw loss curves against step, one colour per PLW (and memorization and length against PLW), to this PNG.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --plot file.")] = False,
 ) -> None:
-    """Per run: PLW, final losses, loss stability (Figure 2a) and the distance from --base."""
+    """Per run: PLW, final losses, loss stability (Figure 2a), the distance from --base,
+    memorization (Figure 2c) and generation length (Figure 2d)."""
     from alpaca_plw.cli.render_study import analysis_table
 
     def run() -> None:
@@ -222,11 +229,11 @@ def analyze(
 
         inputs = [("run folder", r) for r in runs] + [("base model", base)]
         with file_output(plot, inputs, force):  # never over an input; locked
-            results = analyze_runs(runs, base)
+            results = analyze_runs(runs, base, memorization, lengths)
             if plot is not None:
                 from alpaca_plw.study.plots import plot_runs
 
-                plot_runs(runs, plot)
+                plot_runs(runs, plot, results)
                 err.print(f"wrote {plot}")
         if as_json:
             for r in results:

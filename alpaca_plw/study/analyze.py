@@ -7,13 +7,16 @@ training losses in every window of 5 consecutive steps, averaged over the window
 
 Distance: the L2 norm of (trained - base) over all parameters, and that divided by the L2 norm of
 the base's parameters. A LoRA run is measured on its merged weights.
+
+Memorization (Figure 2c) and generation length (Figure 2d) come from sets `alpaca-plw generate`
+wrote in the run folders (`generated.py`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +53,29 @@ class RunAnalysis:
     token_loss: float | None = None  # unweighted, over every target of the last step (losses.py)
     distance: float | None = None
     relative_distance: float | None = None
+    memorization_set: str | None = None  # the generations set asked for, None when not asked
+    memorization: float | None = None  # corpus BLEU (0-100), None with a note when unusable
+    memorization_records: int | None = None
+    lengths_set: str | None = None
+    length_mean: float | None = None
+    length_median: float | None = None
+    length_records: int | None = None
+    length_cut: int | None = None  # outputs that stopped at the token limit, not at EOS
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        """Every field; those of a generations set only when it was asked for."""
+        body = asdict(self)
+        if self.memorization_set is None:
+            for key in ("memorization_set", "memorization", "memorization_records"):
+                body.pop(key)
+        if self.lengths_set is None:
+            for key in ("lengths_set", "length_mean", "length_median", "length_records",
+                        "length_cut"):
+                body.pop(key)
+        if self.memorization_set is None and self.lengths_set is None:
+            body.pop("notes")
+        return body
 
 
 def _tensor_files(model_dir: Path) -> dict[str, Path]:
@@ -163,15 +186,71 @@ def analyze_run(run_dir: Path, base: str | None = None) -> RunAnalysis:
     return result
 
 
-def analyze_runs(run_dirs: list[Path], base: str | None = None) -> list[RunAnalysis]:
-    """`analyze_run` for each folder, sorted by PLW (unknown PLW last, then by name)."""
+def _generation_values(result: RunAnalysis, run_dir: Path, memorization: str | None,
+                       lengths: str | None) -> dict[str, tuple]:
+    """Fill `result`'s memorization and length fields from the run's sets; a missing or unfinished
+    set leaves them None with a note. Returns each used set's comparison key by option."""
+    from alpaca_plw.study import generated
+
+    keys = {}
+    for option, name in (("--memorization", memorization), ("--lengths", lengths)):
+        if name is None:
+            continue
+        try:
+            gen = generated.read_set(run_dir, name)
+        except generated.Unusable as exc:
+            result.notes.append(f"{option}: {exc}")
+            continue
+        keys[option] = gen.key
+        if option == "--memorization":
+            result.memorization = generated.memorization(gen)
+            result.memorization_records = len(gen.records)
+        else:
+            result.length_mean, result.length_median, result.length_cut = generated.lengths(gen)
+            result.length_records = len(gen.records)
+    return keys
+
+
+def _compare_sets(results: list[RunAnalysis], keys: list[dict], option: str, name: str) -> None:
+    """Refuse a set no run has; note on every run when the runs' sets differ in prompts or
+    sampling (their values then do not compare across PLW)."""
+    from alpaca_plw.study import generated
+
+    used = [k[option] for k in keys if option in k]
+    if not used:
+        why = next(n for n in results[0].notes if n.startswith(option)).split(": ", 1)[1]
+        raise InputError(f"{option} {name}: no run has a usable generations set {name!r} "
+                         f"({results[0].run}: {why})")
+    differ = generated.differing(used)
+    if differ:
+        for r in results:
+            r.notes.append(f"{option}: the runs' sets {name!r} differ in {', '.join(differ)}, so "
+                           "their values do not compare across PLW")
+
+
+def analyze_runs(run_dirs: list[Path], base: str | None = None, memorization: str | None = None,
+                 lengths: str | None = None) -> list[RunAnalysis]:
+    """`analyze_run` for each folder, sorted by PLW (unknown PLW last, then by name); with
+    `memorization` / `lengths`, each run's generations set of that name is measured too."""
+    for option, name in (("--memorization", memorization), ("--lengths", lengths)):
+        if name is not None and (not name or any(c in name for c in "/\\") or name[0] == "."):
+            raise ConfigError(f"{option} {name!r}: expected the name of a generations set "
+                              "(generations/NAME.jsonl in each run), not a path")
     if base is not None and not Path(base).is_dir():
         raise ConfigError(f"--base {base}: no such directory (a save_pretrained folder)")
     if base is not None:  # safetensors reads bf16/fp16 tensors through torch
         from alpaca_plw.extras import require
 
         require("torch", "alpaca-plw analyze --base")
-    results = [analyze_run(Path(r), base) for r in run_dirs]
+    results, keys = [], []
+    for run in run_dirs:
+        result = analyze_run(Path(run), base)
+        result.memorization_set, result.lengths_set = memorization, lengths
+        keys.append(_generation_values(result, Path(run), memorization, lengths))
+        results.append(result)
+    for option, name in (("--memorization", memorization), ("--lengths", lengths)):
+        if name is not None:
+            _compare_sets(results, keys, option, name)
     return sorted(results, key=lambda a: (a.plw is None, a.plw or 0.0, a.run))
 
 

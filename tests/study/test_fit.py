@@ -260,7 +260,8 @@ def _write(path: Path, s: Scores, header: str = "plw,task,score") -> Path:
 
 
 JSON_KEYS = {"n", "coef", "p_value", "wp_opt", "lambda", "note", "test", "tests", "wp_ci",
-             "lambda_ci", "significant", "headline", "engine", "formula", "variance"}
+             "lambda_ci", "significant", "headline", "engine", "formula", "variance",
+             "figure1"}  # figure1: the Figure 1 aggregates (tests/study/test_aggregate.py)
 
 
 def test_fit_json_has_exactly_the_documented_keys(run_cli, tmp_path):
