@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from alpaca_plw import __version__
-from alpaca_plw.cli import data, report, study, train
+from alpaca_plw.cli import data, generate, report, study, train
 from alpaca_plw.cli.options import err
 
 app = typer.Typer(
@@ -70,6 +70,7 @@ app.command("eval")(study.evaluate)
 app.command("fit")(study.fit)
 app.command("analyze")(study.analyze)
 app.command("report")(report.report)
+app.command("generate")(generate.generate)
 
 
 def main() -> None:
