@@ -45,7 +45,19 @@ def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, templat
     lists the template's markers the tokenizer splits (`chat_markup.split_markers`)."""
     counts = tw.role_counts()
     learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
-    src = conv.source
+    return chat_meta(conv.source, len(conv), int(tw.source_index.size), counts,
+                     chat_prompt_share(tw.weights, learned), tw.truncated, tw.skipped, plw, choice,
+                     template, options, identity, max_length, split_markup)
+
+
+def chat_meta(src, records: int, written: int, counts: dict[str, int], share: float,
+              truncated: list, skipped: list, plw: float, choice: dict, template,
+              options: ChatOptions, identity: dict, max_length: int, split_markup=(),
+              processed: int | None = None) -> dict[str, object]:
+    """`chat_weights_meta` from totals (what a streamed run adds up batch by batch); `processed`:
+    the records weighed, when not all `records` of the source (a shard)."""
+    total = sum(counts.values())
+    learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
     return {
         "tool": f"alpaca-plw {__version__}",
         "kind": KIND,
@@ -59,16 +71,24 @@ def chat_weights_meta(conv: Conversations, tw, plw: float, choice: dict, templat
         "boundary_rule": BOUNDARY_RULE,
         "tokenizer": identity,
         "max_length": max_length,
-        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(conv)},
-        "counts": {"source": len(conv), "written": int(tw.source_index.size),
-                   "truncated": len(tw.truncated), "skipped": len(tw.skipped)},
-        "tokens": {"total": int(tw.ids.size), "prompt": int(tw.ids.size) - learned,
+        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": records},
+        "counts": {"source": records if processed is None else processed, "written": written,
+                   "truncated": len(truncated), "skipped": len(skipped)},
+        "tokens": {"total": total, "prompt": total - learned,
                    "completion": learned, "by_role": counts},
-        "prompt_weight_share": chat_prompt_share(tw.weights, learned),
-        "truncated": tw.truncated,
-        "skipped": tw.skipped,
+        "prompt_weight_share": share,
+        "truncated": truncated,
+        "skipped": skipped,
         "split_markup": list(split_markup),
     }
+
+
+def share_from_counts(counts: dict[str, int], table) -> float:
+    """`chat_prompt_share` from the tokens of each role and the weight of each role code: the
+    total weight is the sum over roles of count x weight (float64), whatever the batches."""
+    learned = sum(counts[ROLE_CODES[c]] for c in LEARNED)
+    total_w = sum(counts[name] * float(table[code]) for code, name in enumerate(ROLE_CODES))
+    return round((total_w - learned) / total_w, 6) if total_w else 0.0
 
 
 def chat_weights(conv: Conversations, tokenizer: Tokenizer, tokenizer_spec: str | None,

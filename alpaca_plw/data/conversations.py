@@ -96,11 +96,13 @@ def mixed_error(where: str, detail: str) -> InputError:
                       "conversations (messages) in one dataset is an error: split them")
 
 
-def conversations_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap) -> Conversations:
-    """Validate row-wise conversations (JSON objects holding a message list)."""
+def conversations_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap,
+                            first: int = 0, whole: bool = True) -> Conversations:
+    """Validate row-wise conversations (JSON objects holding a message list); rows numbered from
+    `first`; `whole=False` (a batch of a streamed source) allows none."""
     where, column = source.path, columns.messages
     roles, contents = [], []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=first):
         if not isinstance(row, Mapping):
             raise InputError(f"{where}: record {index}: expected an object with field {column!r}, "
                              f"found {type(row).__name__} {abbreviate(row)}")
@@ -115,17 +117,19 @@ def conversations_from_rows(rows: Iterable[object], source: Source, columns: Col
         r, c = check_conversation(row[column], where, index, column)
         roles.append(r)
         contents.append(c)
-    if not roles:
+    if not roles and whole:
         raise InputError(f"{where}: the dataset has no records")
     return Conversations(source, roles, contents)
 
 
 def conversations_from_columns(data: Mapping[str, list[object]], source: Source,
-                               columns: ColumnMap) -> Conversations:
-    """Validate column-wise conversations (Parquet, Arrow, hub datasets)."""
+                               columns: ColumnMap, first: int = 0,
+                               whole: bool = True) -> Conversations:
+    """Validate column-wise conversations (Parquet, Arrow, hub datasets); `first` and `whole` as
+    in `conversations_from_rows`."""
     where, column = source.path, columns.messages
     values = data[column]
-    if not values:
+    if not values and whole:
         raise InputError(f"{where}: the dataset has no records")
-    checked = [check_conversation(v, where, i, column) for i, v in enumerate(values)]
+    checked = [check_conversation(v, where, i, column) for i, v in enumerate(values, start=first)]
     return Conversations(source, [r for r, _ in checked], [c for _, c in checked])

@@ -21,30 +21,49 @@ def kind_of(dataset: Records | Conversations) -> str:
     return KIND if isinstance(dataset, Conversations) else ALPACA
 
 
-def from_rows(rows: Sequence[object], source: Source, columns: ColumnMap) -> Records | Conversations:
-    """Row-wise records: conversations when record 0 has the messages column, else Alpaca records."""
-    first = rows[0] if rows and isinstance(rows[0], Mapping) else None
-    kind = row_kind(first, columns) if first is not None else None
+def rows_kind(rows: Sequence[object], source: Source, columns: ColumnMap) -> str:
+    """The kind of row-wise records from record 0 (`rows[0]`): conversations when it has the
+    messages column, else Alpaca records."""
+    head = rows[0] if rows and isinstance(rows[0], Mapping) else None
+    kind = row_kind(head, columns) if head is not None else None
     if kind == "mixed":
         raise mixed_error(source.path, "record 0 holds both messages and Alpaca fields")
+    return KIND if kind == KIND else ALPACA
+
+
+def from_rows(rows: Sequence[object], source: Source, columns: ColumnMap, first: int = 0,
+              whole: bool = True, kind: str | None = None) -> Records | Conversations:
+    """Row-wise records: conversations when record 0 has the messages column, else Alpaca records.
+
+    A batch of a streamed source passes the `kind` its record 0 decided, `first` (the index of its
+    first row) and `whole=False`."""
+    kind = kind or rows_kind(rows, source, columns)
     if kind == KIND:
-        return conversations_from_rows(rows, source, columns)
-    for index, row in enumerate(rows):
+        return conversations_from_rows(rows, source, columns, first, whole)
+    for index, row in enumerate(rows, start=first):
         if isinstance(row, Mapping) and row_kind(row, columns) in (KIND, "mixed"):
             raise mixed_error(source.path, f"record {index} is a conversation but record 0 is an "
                                            "Alpaca record")
-    return records_from_rows(rows, source, columns)
+    return records_from_rows(rows, source, columns, first, whole)
 
 
-def from_columns(data: Mapping[str, list[object]], source: Source,
-                 columns: ColumnMap) -> Records | Conversations:
-    """Column-wise records: conversations when the messages column is present."""
-    if columns.messages in data:
-        alpaca = [c for c in (columns.instruction, columns.output) if c in data]
+def columns_kind(names, source: Source, columns: ColumnMap) -> str:
+    """The kind of column-wise records from their column names."""
+    if columns.messages in names:
+        alpaca = [c for c in (columns.instruction, columns.output) if c in names]
         if alpaca:
             raise mixed_error(source.path, f"columns {[columns.messages, *alpaca]} are all present")
-        return conversations_from_columns(data, source, columns)
-    return records_from_columns(data, source, columns)
+        return KIND
+    return ALPACA
+
+
+def from_columns(data: Mapping[str, list[object]], source: Source, columns: ColumnMap,
+                 first: int = 0, whole: bool = True) -> Records | Conversations:
+    """Column-wise records: conversations when the messages column is present (`first`, `whole`:
+    see `from_rows`)."""
+    if columns_kind(data, source, columns) == KIND:
+        return conversations_from_columns(data, source, columns, first, whole)
+    return records_from_columns(data, source, columns, first, whole)
 
 
 def check_one_kind(datasets: Sequence[Records | Conversations]) -> None:

@@ -31,8 +31,9 @@ def _too_long(path: str, index: int, size: int, limit: int, what: str) -> InputE
                       "raise --max-record-chars to accept it")
 
 
-def check_record_sizes(dataset, limit: int | None) -> None:
-    """Refuse the first record longer than `limit` characters (None: no limit)."""
+def check_record_sizes(dataset, limit: int | None, first: int = 0) -> None:
+    """Refuse the first record longer than `limit` characters (None: no limit); records are
+    numbered from `first` (a batch of a streamed source)."""
     import numpy as np
 
     if limit is None or not len(dataset):
@@ -48,7 +49,7 @@ def check_record_sizes(dataset, limit: int | None) -> None:
     over = np.flatnonzero(sizes > limit)
     if over.size:
         index = int(over[0])
-        raise _too_long(dataset.source.path, index, int(sizes[index]), limit, what)
+        raise _too_long(dataset.source.path, first + index, int(sizes[index]), limit, what)
 
 
 def text_sizes(arrays, rows: int):

@@ -31,6 +31,7 @@ class DataOptions:
     columns: ColumnMap = ColumnMap()
     split: str = "train"
     max_record_chars: int | None = MAX_RECORD_CHARS  # None: no limit (see data/limits.py)
+    num_proc: int | None = None  # worker processes; None: the available cores (data/parallel.py)
 
     def __post_init__(self):
         if self.max_record_chars is not None and self.max_record_chars < 1:
@@ -68,10 +69,6 @@ def _measure_loaded(tokenizer, loaded, progress: Progress | None):
     return measured, cache, identity
 
 
-def _measure_all(sources, options: DataOptions, progress: Progress | None):
-    return _measure_loaded(*_load_all(sources, options), progress)
-
-
 def _inputs(local: Path | None, options: DataOptions) -> list[tuple[str, object]]:
     """What an output must not overlap: the source and the tokenizer (when they are local)."""
     from alpaca_plw.data.tokenizer import resolve_spec
@@ -79,9 +76,42 @@ def _inputs(local: Path | None, options: DataOptions) -> list[tuple[str, object]
     return [("source dataset", local), ("tokenizer", resolve_spec(options.tokenizer))]
 
 
+def open_streams(sources: list, options: DataOptions):
+    """(tokenizer, streams): each source opened for reading in batches (`stream.py`), all of one
+    kind (decided from each source's record 0 or columns)."""
+    from alpaca_plw.data.kinds import mixed_error
+    from alpaca_plw.data.stream import open_stream
+
+    tokenizer = load_tokenizer(options.tokenizer, _threads(options))
+    streams = [open_stream(s, options.columns, options.split, options.max_record_chars)
+               for s in sources]
+    if len({s.kind for s in streams}) > 1:
+        shown = ", ".join(f"{s.source.path} ({s.kind})" for s in streams)
+        raise mixed_error(shown, "these sources hold different kinds")
+    return tokenizer, streams
+
+
+def _threads(options: DataOptions) -> int | None:
+    """SentencePiece's threads in this process: its default with one process, else one (each
+    worker process tokenizes; see parallel.py)."""
+    from alpaca_plw.data.parallel import WORKER_THREADS, check_num_proc
+
+    return None if check_num_proc(options.num_proc) == 1 else WORKER_THREADS
+
+
 def dataset_stats(sources: list, options: DataOptions, progress: Progress | None = None) -> list[Measured]:
-    """Statistics of each source (all loaded and validated before any is measured)."""
-    return _measure_all(sources or [None], options, progress)[0]
+    """Statistics of each source, each read in batches (`stream.py`) on `options.num_proc`
+    processes; `Measured.records` is the source's `RecordStream`."""
+    from alpaca_plw.data.parallel import check_num_proc
+    from alpaca_plw.data.stream_run import stream_stats
+    from alpaca_plw.data.tokenizer import resolve_spec
+
+    num_proc = check_num_proc(options.num_proc)
+    tokenizer, streams = open_streams(sources or [None], options)
+    identity = tokenizer.identity()
+    spec = resolve_spec(options.tokenizer)
+    return [Measured(stream, *stream_stats(stream, tokenizer, spec, identity, num_proc, progress))
+            for stream in streams]
 
 
 def manifest_path(out: Path) -> Path:
@@ -191,13 +221,17 @@ class WeightsSummary:
 
 
 def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, max_length: int = 512,
-                 force: bool = False, progress: Progress | None = None, chat=None) -> WeightsSummary:
+                 force: bool = False, progress: Progress | None = None, chat=None,
+                 shard: tuple[int, int] | None = None) -> WeightsSummary:
     """Tokenize `source` with the Alpaca template and write per-token loss weights to `out_dir`.
 
-    `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g.
-    Conversations go through `chat_pipeline.chat_weights` with `chat` (a `ChatOptions`).
+    `plw="auto"` takes the guide's recommendation (column "all") for the dataset's R_g (the whole
+    source's, also for a shard). Conversations are weighed with `chat` (a `ChatOptions`). The
+    source is read in batches on `options.num_proc` processes and written batch by batch
+    (`stream_run.py`); `shard=(K, N)` writes only the records [K*n//N, (K+1)*n//N).
     `out_dir` is claimed (checked against the inputs, locked) before any tokenizing.
     """
+    from alpaca_plw.data.parallel import check_num_proc
     from alpaca_plw.data.weights import check_plw
 
     local = Path(source) if source is not None else default_source()
@@ -209,60 +243,22 @@ def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, 
         from alpaca_plw.errors import ConfigError
 
         raise ConfigError(f"--max-length must be in [2, 2**31), got {max_length}")
+    check_num_proc(options.num_proc)
     with claim([out_dir], inputs, force, "weights"):
-        return _make_weights(source, plw, options, out_dir, max_length, force, progress, chat)
+        return _make_weights(source, plw, options, out_dir, max_length, force, progress, chat,
+                             shard)
 
 
-def _make_weights(
-    source,
-    plw: float | str,
-    options: DataOptions,
-    out_dir: Path,
-    max_length: int = 512,
-    force: bool = False,
-    progress: Progress | None = None,
-    chat=None,
-) -> WeightsSummary:
+def _make_weights(source, plw, options: DataOptions, out_dir: Path, max_length: int = 512,
+                  force: bool = False, progress: Progress | None = None, chat=None,
+                  shard=None) -> WeightsSummary:
     """`make_weights` once `out_dir` is claimed."""
-    from alpaca_plw.data.guide import choose_plw
-    from alpaca_plw.data.weights import build_weights
-    from alpaca_plw.data.weights_store import to_table, write_weights_dir
+    from alpaca_plw.data.parallel import check_num_proc
+    from alpaca_plw.data.stream_run import stream_weights
+    from alpaca_plw.data.tokenizer import resolve_spec
 
-    tokenizer = load_tokenizer(options.tokenizer)
-    records = load_records(source, options.columns, options.split, options.max_record_chars)
-    if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
-        from alpaca_plw.data.chat_pipeline import chat_weights
-
-        tw, meta = chat_weights(records, tokenizer, options.tokenizer, plw, chat, max_length, progress)
-        write_weights_dir(out_dir, to_table(tw, meta), force)
-        return WeightsSummary(out_dir, meta)
-    identity = tokenizer.identity()
-    plw, choice = choose_plw(plw, lambda: compute_stats(
-        records.source.name, measure(records, LengthCache(tokenizer, progress)), identity).rg)
-    tw = build_weights(records, tokenizer, plw, max_length, progress)
-    if tw.source_index.size == 0:
-        from alpaca_plw.errors import InputError
-
-        raise InputError(f"{records.source.path}: every record was skipped (prompt fills "
-                         f"--max-length {max_length}); nothing to write")
-    prompt_w = plw * tw.prompt_tokens
-    total_w = prompt_w + tw.completion_tokens
-    src = records.source
-    meta = {
-        "tool": f"alpaca-plw {__version__}",
-        "plw": plw,
-        "plw_choice": choice,
-        "template": "alpaca",
-        "tokenizer": identity,
-        "max_length": max_length,
-        "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256, "records": len(records)},
-        "counts": {"source": len(records), "written": int(tw.source_index.size),
-                   "truncated": len(tw.truncated), "skipped": len(tw.skipped)},
-        "tokens": {"total": int(tw.ids.size), "prompt": tw.prompt_tokens,
-                   "completion": tw.completion_tokens},
-        "prompt_weight_share": round(prompt_w / total_w, 6) if total_w else 0.0,
-        "truncated": tw.truncated,
-        "skipped": tw.skipped,
-    }
-    write_weights_dir(out_dir, to_table(tw, meta), force)
+    tokenizer, [stream] = open_streams([source], options)
+    meta = stream_weights(stream, tokenizer, resolve_spec(options.tokenizer), plw, chat,
+                          max_length, check_num_proc(options.num_proc), out_dir, force, shard,
+                          progress)
     return WeightsSummary(out_dir, meta)

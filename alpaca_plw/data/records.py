@@ -106,17 +106,21 @@ def _check_instruction(text: str, where: str, index: int, columns: ColumnMap) ->
         )
 
 
-def records_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap) -> Records:
+def records_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap,
+                      first: int = 0, whole: bool = True) -> Records:
     """Validate row-wise records (JSON objects) into `Records`.
 
     A missing or null `input` is an empty input; a missing `instruction` or `output`, a non-string
     value or an empty instruction is an `InputError` naming the record index and field. A mapped
     column that no record has is reported as an unknown column.
+
+    `first` numbers the rows from there (a batch of a streamed source); `whole=False` leaves out
+    the checks that need every record (none at all; a mapped input no record has).
     """
     where = source.path
     out: dict[str, list[str]] = {name: [] for name in FIELDS}
     seen_input = False
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=first):
         if not isinstance(row, Mapping):
             raise InputError(
                 f"{where}: record {index}: expected an object with fields "
@@ -140,6 +144,8 @@ def records_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap
             out[name].append(_check_string(row[column], where, index, columns, name))
         _check_instruction(out["instruction"][-1], where, index, columns)
     records = Records(source, out["instruction"], out["input"], out["output"])
+    if not whole:
+        return records
     if not len(records):
         raise InputError(f"{where}: the dataset has no records")
     if columns.input != "input" and not seen_input:
@@ -150,12 +156,14 @@ def records_from_rows(rows: Iterable[object], source: Source, columns: ColumnMap
 
 
 def records_from_columns(
-    data: Mapping[str, list[object]], source: Source, columns: ColumnMap
+    data: Mapping[str, list[object]], source: Source, columns: ColumnMap, first: int = 0,
+    whole: bool = True,
 ) -> Records:
     """Validate column-wise data (Parquet, CSV, Arrow, hub datasets) into `Records`.
 
     A mapped column that is absent is an `InputError` listing the columns present, except `input`
-    under its default name, which then means empty inputs.
+    under its default name, which then means empty inputs. `first` and `whole` as in
+    `records_from_rows`.
     """
     where = source.path
     present = sorted(data)
@@ -174,14 +182,13 @@ def records_from_columns(
         if all(type(v) is str for v in column_values):
             values[name] = column_values  # type: ignore[assignment]
         else:
-            values[name] = [
-                _check_string(v, where, i, columns, name) for i, v in enumerate(column_values)
-            ]
+            values[name] = [_check_string(v, where, i, columns, name)
+                            for i, v in enumerate(column_values, start=first)]
     count = len(values["instruction"])
-    if count == 0:
+    if count == 0 and whole:
         raise InputError(f"{where}: the dataset has no records")
     inputs = values.get("input", [""] * count)
-    for index, text in enumerate(values["instruction"]):
+    for index, text in enumerate(values["instruction"], start=first):
         if not text.strip():
             _check_instruction(text, where, index, columns)
     return Records(source, values["instruction"], inputs, values["output"])

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_plw.data.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
@@ -267,12 +268,13 @@ def load_records(
     """
     dataset = _load_any(source, columns, split, max_record_chars)
     check_record_sizes(dataset, max_record_chars)
-    _check_unicode(dataset)
+    check_unicode(dataset)
     return dataset
 
 
-def _check_unicode(dataset) -> None:
-    """Refuse a string that is not valid Unicode, naming the record and field."""
+def check_unicode(dataset, first: int = 0) -> None:
+    """Refuse a string that is not valid Unicode, naming the record (numbered from `first`) and
+    field."""
     if isinstance(dataset, Records):
         fields = [(name, getattr(dataset, name)) for name in ("instruction", "input", "output")]
     else:  # conversations: one list of message contents per record
@@ -288,7 +290,7 @@ def _check_unicode(dataset) -> None:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InputError(
-                    f"{dataset.source.path}: record {index}: field {name!r}: invalid Unicode "
+                    f"{dataset.source.path}: record {first + index}: field {name!r}: invalid Unicode "
                     f"({value[exc.start]!r} at character {exc.start} is a lone surrogate, "
                     "which UTF-8 cannot hold)") from None
 
@@ -310,33 +312,57 @@ def _check_finished(path: Path, shown: str) -> None:
                          "manifest; run that command again (with --force) before reading it")
 
 
-def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
-    columns = columns or ColumnMap()
+@dataclass(frozen=True)
+class Located:
+    """Where a SOURCE argument points: a `save_to_disk` folder ("dir"), a hub id ("hub") or a
+    file ("file", with its lower-case suffix), and how it is shown in messages."""
+
+    where: str
+    path: Path
+    shown: str
+    name: str
+    suffix: str = ""
+
+
+def locate(source) -> Located:
+    """Decide what SOURCE is, refusing what can never be read (a missing path, a FIFO, an unknown
+    suffix, a file a builder is still writing) before anything is read."""
     path = Path(source) if source is not None else default_source()
     shown = display_path(path)
     if path.is_dir():
-        src = Source(name=path.name, path=shown, kind="arrow-dir", sha256=_dir_digest(path))
-        return _load_dataset_dir(path, src, columns, split, limit)
+        return Located("dir", path, shown, path.name)
     if not path.exists():
         text = str(source)
         if path.suffix.lower() not in FILE_FORMATS and _HUB_ID.match(text) and not text.startswith("."):
-            return _load_hub(text, columns, split, limit)
+            return Located("hub", path, text, text)
         raise InputError(f"{shown}: no such file or directory")
     special = is_regular_or_dir(path)  # decided from stat: a FIFO or device is never opened
     if special:
         raise InputError(f"{shown}: is {special}, not a regular file; SOURCE must be a file or "
                          "a folder")
     suffix = path.suffix.lower()
-    text_loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}
-    if suffix not in text_loaders and suffix != ".parquet":
+    if suffix not in FILE_FORMATS:
         raise InputError(
             f"{shown}: unsupported file type {suffix or '(none)'!r}; expected one of "
             f"{', '.join(FILE_FORMATS)} or a datasets.save_to_disk directory"
         )
     _check_finished(path, shown)
-    data = _read_bytes(path, shown)
-    src = Source(name=path.name, path=shown, kind=suffix.lstrip("."),
+    return Located("file", path, shown, path.name, suffix)
+
+
+def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
+    columns = columns or ColumnMap()
+    found = locate(source)
+    if found.where == "dir":
+        src = Source(name=found.name, path=found.shown, kind="arrow-dir",
+                     sha256=_dir_digest(found.path))
+        return _load_dataset_dir(found.path, src, columns, split, limit)
+    if found.where == "hub":
+        return _load_hub(found.shown, columns, split, limit)
+    data = _read_bytes(found.path, found.shown)
+    src = Source(name=found.name, path=found.shown, kind=found.suffix.lstrip("."),
                  sha256=hashlib.sha256(data).hexdigest())
-    if suffix == ".parquet":
+    if found.suffix == ".parquet":
         return _load_parquet(data, src, columns, limit)
-    return text_loaders[suffix](_decode(data, shown), src, columns)
+    text_loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}
+    return text_loaders[found.suffix](_decode(data, found.shown), src, columns)

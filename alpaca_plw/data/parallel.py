@@ -1,0 +1,87 @@
+"""Every core: a function mapped over batches in worker processes, the results in input order.
+
+`ordered_map(func, items, num_proc, setup, args)` calls `func(state, item)` for every item, where
+`state = setup(*args)` is built once per process (a tokenizer, a chat template). With
+`num_proc > 1` and at least two items, `num_proc` worker processes (started with "spawn": the
+parent may hold threads, which "fork" copies badly) each take one batch at a time; at most
+`2 x num_proc` batches are in flight, so memory stays bounded however many batches come, and the
+results are yielded in the order of `items` whatever the order they finish in. The output of every
+command is therefore the same for every `num_proc`.
+
+SentencePiece has its own threads (`num_threads`): a worker uses one (`WORKER_THREADS`) so that N
+workers use N cores, not N x cores; with one process the tokenizer keeps its threads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
+
+from alpaca_plw.errors import ConfigError
+
+WORKER_THREADS = 1
+_STATE: dict[str, object] = {}
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity), the default `--num-proc`."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_num_proc(num_proc: int | None) -> int:
+    """`num_proc`, or the available cores for None; at least 1."""
+    if num_proc is None:
+        return available_cores()
+    if num_proc < 1:
+        raise ConfigError(f"--num-proc must be at least 1, got {num_proc}")
+    return int(num_proc)
+
+
+def _init(setup: Callable, args: tuple) -> None:
+    _STATE["state"] = setup(*args)
+
+
+def _call(func: Callable, item):
+    return func(_STATE["state"], item)
+
+
+def ordered_map(func: Callable, items: Iterable, num_proc: int, setup: Callable, args: tuple,
+                local_state=None) -> Iterator:
+    """`func(state, item)` for each item, in order (see the module docstring). `local_state`,
+    when given, is the state used in this process (one process, or a single item)."""
+    items = iter(items)
+    if num_proc > 1:
+        head = list(islice(items, 2))
+        items = chain(head, items)
+        if len(head) == 2:
+            yield from _pool(func, items, num_proc, setup, args)
+            return
+    state = local_state if local_state is not None else setup(*args)
+    for item in items:
+        yield func(state, item)
+
+
+def _pool(func, items, num_proc: int, setup, args) -> Iterator:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_init,
+                               initargs=(setup, args))
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(_call, func, item))
+            if len(pending) >= 2 * num_proc:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,416 @@
+"""Reading a source in batches of validated records, so that memory does not grow with its size.
+
+`open_stream(SOURCE)` decides where SOURCE is and what it holds (Alpaca records or conversations,
+from record 0) and returns a `RecordStream`; `stream.batches()` reads it again from the start on
+every call and yields `(first, batch)`: the index of the batch's first record in the whole source
+and a `Records` or `Conversations` of at most `size` records, validated as `load_records`
+validates (record numbers in messages are indices in the whole source).
+
+How each format is read:
+- JSONL: line by line; JSON array: element by element (`json.JSONDecoder.raw_decode` over 1 MiB
+  chunks); Parquet: `iter_batches` (with the decoded-size budget of `limits.read_parquet`);
+  `save_to_disk` folders and hub datasets: slices of their memory-mapped Arrow table.
+- CSV is read whole (its quoting makes line-wise reading unsafe); so is a JSON array the chunked
+  reader cannot follow (malformed, or bytes that are not UTF-8): then `load_records` names the error.
+
+Errors: when a file of at most `EXACT_ERRORS_BYTES` holds an error, it is read again whole
+(`load_records`), so the message is the one of the first error in file order exactly as the
+whole-file loader reports it (syntax before records); a larger file reports the first error met
+in stream order, naming its record (and line) the same way.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from alpaca_plw.data.json_keys import DuplicateKey, unique
+from alpaca_plw.data.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
+from alpaca_plw.data.limits import (MAX_RECORD_CHARS, _bomb, check_arrow_sizes,
+                                    check_record_sizes, decoded_budget)
+from alpaca_plw.data.records import ColumnMap, Source
+from alpaca_plw.data.sources import (_dir_digest, _hub_failure, _no_duplicates, _pick_split,
+                                     _probe_hub, _wanted, check_unicode, load_records, locate,
+                                     sha256_file)
+from alpaca_plw.errors import InputError
+
+BATCH = 2048  # records per batch; fixed, so that results never depend on the worker count
+EXACT_ERRORS_BYTES = 256 << 20
+_CHUNK_CHARS = 1 << 20
+_WS = " \t\n\r"
+_BOM = codecs.BOM_UTF8
+
+
+class _Fallback(Exception):
+    """The chunked JSON reader cannot follow the file: read it whole instead."""
+
+
+@dataclass
+class RecordStream:
+    """One source, readable in batches any number of times (see the module docstring)."""
+
+    source: Source
+    kind: str  # "alpaca" or "conversations"
+    columns: ColumnMap
+    split: str = "train"
+    limit: int | None = MAX_RECORD_CHARS
+    size_bytes: int = 0  # on disk (0: not a file)
+    _rows: Callable[[], Iterator[object]] | None = None  # row-wise: fresh raw rows
+    _table: object = None  # column-wise: an Arrow table (memory-mapped where it can be)
+    _names: list[str] = field(default_factory=list)  # column-wise: all the source's columns
+    _parquet: object = None  # a path: read with iter_batches
+    _loaded: object = None  # a dataset read whole (CSV), served in slices
+    _whole: Callable[[], object] | None = None  # load_records on the same source
+    _count: int | None = None
+
+    def __len__(self) -> int:
+        """The record count (a first call on a row-wise file reads it once)."""
+        if self._count is None:
+            try:
+                self._count = sum(1 for _ in self._rows())
+            except _Fallback:
+                self._count = len(self._whole())
+        return self._count
+
+    def batches(self, size: int | None = None, start: int = 0,
+                stop: int | None = None) -> Iterator[tuple[int, object]]:
+        """Yield `(first, batch)` of `size` records (None: `BATCH`) for the records
+        `start <= i < stop` (None: to the end); a range that is the whole source also runs the
+        whole-dataset checks (none at all, a mapped input column no record has)."""
+        size = size or BATCH
+        done = [start]
+        try:
+            yield from self._batches(size, start, stop, done)
+        except _Fallback:
+            whole = self._whole()  # raises the error the whole-file loader finds
+            yield from _slices(whole, size, done[0], len(whole) if stop is None else stop)
+        except InputError:
+            if self._whole is not None and self.size_bytes <= EXACT_ERRORS_BYTES:
+                self._whole()
+            raise
+
+    def _batches(self, size, start, stop, done):
+        check = start == 0 and stop is None
+        if self._loaded is not None:  # validated whole already
+            yield from _slices(self._loaded, size, start, len(self._loaded) if stop is None else stop)
+            return
+        if self._rows is not None:
+            source = self._row_batches(size, start, stop, check)
+        else:
+            source = self._column_batches(size, start, stop, check)
+        for first, batch in source:
+            check_record_sizes(batch, self.limit, first)
+            check_unicode(batch, first)
+            done[0] = first + len(batch)
+            yield first, batch
+
+    def _table_rows(self) -> int:
+        if self._parquet is not None:
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(str(self._parquet)).metadata.num_rows
+        return self._table.num_rows
+
+    def _row_batches(self, size, start, stop, check):
+        rows, index, seen_input = [], 0, False
+        mapped_input = self.columns.input != "input"
+        for row in self._rows():
+            if stop is not None and index >= stop:
+                break
+            if index >= start:
+                rows.append(row)
+                if len(rows) == size:
+                    yield self._validate_rows(rows, index + 1 - len(rows))
+                    seen_input = seen_input or (mapped_input and _has(rows, self.columns.input))
+                    rows = []
+            index += 1
+        if rows:
+            yield self._validate_rows(rows, index - len(rows))
+            seen_input = seen_input or (mapped_input and _has(rows, self.columns.input))
+        if self._count is None and stop is None:
+            self._count = index
+        if check and index == 0:
+            from_rows([], self.source, self.columns)  # "the dataset has no records"
+        if check and self.kind == ALPACA and mapped_input and not seen_input:
+            raise InputError(f"{self.source.path}: unknown column {self.columns.input!r} (mapped "
+                             "to input by --columns): no record has it")
+
+    def _validate_rows(self, rows, first):
+        return first, from_rows(rows, self.source, self.columns, first, False, self.kind)
+
+    def _column_batches(self, size, start, stop, check):
+        wanted = _wanted(self._names, self.columns)
+        stop = self._table_rows() if stop is None else stop
+        produced = False
+        for first, arrays in self._arrow_batches(wanted, size, start, stop):
+            data = {name: array.to_pylist() for name, array in zip(wanted, arrays)}
+            data.update({name: [] for name in self._names if name not in wanted})
+            produced = True
+            yield first, from_columns(data, self.source, self.columns, first, False)
+        if not produced:  # no record at all: the whole-dataset checks name what is missing
+            empty = {name: [] for name in self._names}
+            from_columns(empty, self.source, self.columns, start, check)
+
+    def _arrow_batches(self, wanted, size, start, stop):
+        if self._parquet is not None:
+            yield from _parquet_batches(self._parquet, self.source.path, wanted, size, start,
+                                        stop, self.limit)
+            return
+        for first in range(start, stop, size):
+            table = self._table.slice(first, min(size, stop - first))
+            arrays = [table.column(n) for n in wanted]
+            check_arrow_sizes(arrays, table.num_rows, self.source.path, self.limit, first)
+            yield first, arrays
+
+
+def _has(rows, column: str) -> bool:
+    return any(isinstance(r, Mapping) and column in r for r in rows)
+
+
+def _slices(dataset, size: int, start: int, stop: int):
+    from alpaca_plw.data.conversations import Conversations
+    from alpaca_plw.data.records import Records
+
+    for first in range(start, stop, size):
+        end = min(first + size, stop)
+        if isinstance(dataset, Conversations):
+            yield first, Conversations(dataset.source, dataset.roles[first:end],
+                                       dataset.contents[first:end])
+        else:
+            yield first, Records(dataset.source, dataset.instruction[first:end],
+                                 dataset.input[first:end], dataset.output[first:end])
+
+
+def _parquet_batches(path, shown: str, wanted, size: int, start: int, stop: int, limit):
+    """Parquet decoded `size` rows at a time within `decoded_budget` (as `limits.read_parquet`),
+    regrouped so that batches start at `start` and hold `size` rows whatever the row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path), memory_map=True)
+        budget = decoded_budget(path.stat().st_size)
+        meta = parquet.metadata
+        declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
+        if declared > budget:
+            raise _bomb(shown, declared, budget, path.stat().st_size)
+        decoded, first, pending, at = 0, 0, [], start
+        for batch in parquet.iter_batches(batch_size=size, columns=wanted, use_threads=False):
+            end = first + batch.num_rows
+            if end > start and first < stop:
+                batch = batch.slice(max(start - first, 0), min(end, stop) - max(first, start))
+                sizes = check_arrow_sizes(batch.columns, batch.num_rows, shown, limit,
+                                          max(first, start))
+                decoded += batch.nbytes + int(sizes.sum())
+                if decoded > budget:
+                    raise _bomb(shown, decoded, budget, path.stat().st_size)
+                pending.append(batch)
+                held = sum(b.num_rows for b in pending)
+                while held >= size or (held and min(end, stop) == stop):
+                    table = pa.Table.from_batches(pending)
+                    take = min(size, held)
+                    yield at, [table.column(n).slice(0, take) for n in wanted]
+                    rest = table.slice(take)
+                    pending = rest.to_batches() if rest.num_rows else []
+                    at, held = at + take, held - take
+            first = end
+            if first >= stop:
+                break
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{shown}: cannot read Parquet: {exc}") from None
+
+
+def _jsonl_rows(path, shown: str) -> Iterator[object]:
+    """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
+    from alpaca_plw.data.sources import unparsable
+    from alpaca_plw.data.json_keys import Pairs, duplicate, duplicate_error
+
+    offset, index = 0, 0
+    with _open(path, shown) as handle:
+        for number, raw in enumerate(handle, start=1):
+            at = offset
+            offset += len(raw)
+            if number == 1 and raw.startswith(_BOM):
+                raw, at = raw[len(_BOM):], at + len(_BOM)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{shown}: not UTF-8 text (bad byte at offset "
+                                 f"{at + exc.start})") from None
+            line = line[:-1] if line.endswith("\n") else line
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line, object_pairs_hook=unique)
+            except DuplicateKey:
+                key = duplicate(json.loads(line, object_pairs_hook=Pairs))
+                raise duplicate_error(shown, f"record {index} (line {number})", key) from None
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{shown}: malformed JSON at line {number}, column {exc.colno}: "
+                                 f"{exc.msg}") from None
+            except (RecursionError, ValueError) as exc:
+                raise InputError(f"{shown}, line {number}: {unparsable(exc)}") from None
+            index += 1
+
+
+def _open(path, shown: str):
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+
+
+def _json_array_rows(path, shown: str) -> Iterator[object]:
+    """The elements of a JSON array, one at a time; anything unexpected raises `_Fallback`."""
+    decoder = json.JSONDecoder(object_pairs_hook=unique)
+    text = codecs.getincrementaldecoder("utf-8-sig")()
+    with _open(path, shown) as handle:
+        buf, pos, eof = "", 0, False
+
+        def more() -> None:
+            nonlocal buf, pos, eof
+            data = handle.read(_CHUNK_CHARS)
+            eof = not data
+            try:
+                buf = buf[pos:] + text.decode(data, final=eof)
+            except UnicodeDecodeError:
+                raise _Fallback from None
+            pos = 0
+
+        def skip() -> bool:  # past whitespace; False at the end of the file
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in _WS:
+                    pos += 1
+                if pos < len(buf):
+                    return True
+                if eof:
+                    return False
+                more()
+
+        if not skip() or buf[pos] != "[":
+            raise _Fallback
+        pos += 1
+        if not skip():
+            raise _Fallback
+        if buf[pos] == "]":
+            pos += 1
+        else:
+            while True:
+                while True:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                    except (ValueError, RecursionError):  # JSONDecodeError, DuplicateKey, ...
+                        if eof:
+                            raise _Fallback from None
+                        more()
+                        continue
+                    if end == len(buf) and not eof:  # it may go on in the next chunk
+                        more()
+                        continue
+                    break
+                pos = end
+                yield value
+                if not skip():
+                    raise _Fallback
+                if buf[pos] == "]":
+                    pos += 1
+                    break
+                if buf[pos] != ",":
+                    raise _Fallback
+                pos += 1
+                if len(buf) - pos < pos:  # drop what was read
+                    buf, pos = buf[pos:], 0
+        if skip():  # extra data after the array
+            raise _Fallback
+
+
+def open_stream(source=None, columns: ColumnMap | None = None, split: str = "train",
+                max_record_chars: int | None = MAX_RECORD_CHARS) -> RecordStream:
+    """A `RecordStream` over SOURCE (the arguments of `load_records`); its kind is decided here
+    from record 0 (or the columns) and its digest computed (one read of the file)."""
+    columns = columns or ColumnMap()
+    found = locate(source)
+
+    def whole():
+        return load_records(source, columns, split, max_record_chars)
+
+    common = dict(columns=columns, split=split, limit=max_record_chars, _whole=whole)
+    if found.where in ("dir", "hub"):
+        table, src = _arrow_table(found, split)
+        names = table.column_names
+        _no_duplicates(names, src)
+        kind = columns_kind(names, src, columns)
+        return RecordStream(src, kind, _table=table, _names=names, _count=table.num_rows, **common)
+    src = Source(name=found.name, path=found.shown, kind=found.suffix.lstrip("."),
+                 sha256=_digest(found.path, found.shown))
+    size = found.path.stat().st_size
+    if found.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(str(found.path), memory_map=True)
+            names, rows = parquet.schema_arrow.names, parquet.metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise InputError(f"{found.shown}: cannot read Parquet: {exc}") from None
+        _no_duplicates(names, src)
+        kind = columns_kind(names, src, columns)
+        return RecordStream(src, kind, size_bytes=size, _parquet=found.path, _names=names,
+                            _count=rows, **common)
+    if found.suffix == ".csv":
+        return _loaded(src, whole(), size, common)
+    reader = _jsonl_rows if found.suffix == ".jsonl" else _json_array_rows
+    rows = reader(found.path, found.shown)
+    try:
+        head = next(rows, None)
+    except _Fallback:  # the whole-file loader names the error (or reads what the chunks cannot)
+        return _loaded(src, whole(), size, common)
+    except InputError:
+        if size <= EXACT_ERRORS_BYTES:
+            whole()
+        raise
+    finally:
+        rows.close()
+    kind = rows_kind([head] if head is not None else [], src, columns)
+    return RecordStream(src, kind, size_bytes=size,
+                        _rows=lambda: reader(found.path, found.shown), **common)
+
+
+def _loaded(src: Source, dataset, size: int, common: dict) -> RecordStream:
+    return RecordStream(src, getattr(dataset, "kind", ALPACA), size_bytes=size, _loaded=dataset,
+                        _count=len(dataset), **common)
+
+
+def _digest(path, shown: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+
+
+def _arrow_table(found, split: str):
+    """The memory-mapped Arrow table of a `save_to_disk` folder or a hub dataset, and its Source."""
+    if found.where == "dir":
+        from datasets import load_from_disk
+
+        src = Source(name=found.name, path=found.shown, kind="arrow-dir",
+                     sha256=_dir_digest(found.path))
+        try:
+            dataset = load_from_disk(str(found.path))
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise InputError(f"{src.path}: not a directory written by datasets.save_to_disk "
+                             f"({exc})") from None
+        return _pick_split(dataset, split, src.path).data.table, src
+    _probe_hub(found.shown)
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(found.shown, split=split)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
+        raise _hub_failure(found.shown, exc) from None
+    src = Source(name=f"{found.shown}:{split}", path=found.shown, kind="hub",
+                 sha256=getattr(dataset, "_fingerprint", None))
+    return dataset.data.table, src
