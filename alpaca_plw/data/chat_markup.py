@@ -15,22 +15,19 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
-from alpaca_plw.data.chat_template import MARKUP
 from alpaca_plw.data.tokenizer import Tokenizer
 
 MARKER = re.compile(r"<\|[^\s|<>]{1,64}\|>|(?<!<)</?[A-Za-z_][\w.:\-]{0,63}>(?!>)")
 
 
-def markup_markers(text: str, owner: np.ndarray) -> set[str]:
-    """The markers in the markup of one traced rendering (content characters are blanked first,
-    so a marker never spans content)."""
-    if not text:
-        return set()
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).copy()
-    points[np.asarray(owner) != MARKUP] = ord("\n")
-    return set(MARKER.findall(points.tobytes().decode("utf-32-le")))
+def markup_markers(pieces: list[str], filled: tuple[bool, ...]) -> set[str]:
+    """The markers in the markup of one rendering, given as its markup pieces (`chat_trace`) and,
+    for each content between two pieces, whether it is non-empty. A content is searched as one
+    newline (blanked), so a marker never spans content: markup around an empty content joins."""
+    blanked = [pieces[0]]
+    for piece, full in zip(pieces[1:], filled):
+        blanked += ["\n" if full else "", piece]
+    return set(MARKER.findall("".join(blanked)))
 
 
 def marker_pieces(tokenizer: Tokenizer, marker: str) -> list[str]:

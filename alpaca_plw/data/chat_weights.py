@@ -1,7 +1,8 @@
 """Per-token loss weights for conversations: a role for every token, a weight for every role.
 
-Each conversation is rendered with its chat template and traced (`chat_template.trace`), tokenized
-with offsets (`chat_tokens`), and every token gets a role code:
+Each conversation is rendered with its chat template and traced (`chat_trace`); a chunk of them is
+tokenized in one call with the position deciding each token's role (`chat_tokens`), and every token
+gets a role code, looked up in NumPy from the traced character runs:
 
     0 markup            template markup, including the header that opens an assistant turn
     1 system, 2 user, 3 tool    content of those messages
@@ -26,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.data.chat_markup import markup_markers
-from alpaca_plw.data.chat_template import MARKUP, ChatTemplate, trace
-from alpaca_plw.data.chat_tokens import special_texts, tokens_with_chars
+from alpaca_plw.data.chat_template import ChatTemplate
+from alpaca_plw.data.chat_tokens import Encoded, encode_texts, piece_bytes, special_texts
+from alpaca_plw.data.chat_trace import Tracer
 from alpaca_plw.data.conversations import Conversations
 from alpaca_plw.data.lengths import Progress
 from alpaca_plw.data.tokenizer import Tokenizer
@@ -109,19 +110,34 @@ class ChatWeights(TokenizedWeights):
         return {name: int(c) for name, c in zip(ROLE_CODES, counts)}
 
 
-def char_roles(roles: list[str], traced, assistant_turns: str) -> np.ndarray:
-    """Role code of every character of a traced rendering."""
+CHUNK = 1024  # conversations rendered, then encoded in one call (bounds the NumPy temporaries)
+
+
+def _intervals(tr, roles: list[str], assistant_turns: str) -> list[tuple[int, int, int]]:
+    """(start, end, role code) of every character run of a traced rendering that is not plain
+    markup, in text order: message contents, and the markup closing each learned assistant turn."""
     assistants = [i for i, r in enumerate(roles) if r == "assistant"]
     learned = set(assistants if assistant_turns == "all" else assistants[-1:])
-    per_message = np.array([CODE[r] if r != "assistant" else
-                            CODE["assistant"] if i in learned else CODE["assistant_prompt"]
-                            for i, r in enumerate(roles)] + [CODE["markup"]], dtype=np.int8)
-    codes = per_message[np.where(traced.owner == MARKUP, len(roles), traced.owner)]
-    for i in learned:
-        if traced.closing[i] is not None:
-            start, end = traced.closing[i]
-            codes[start:end] = CODE["assistant_end"]
-    return codes
+    runs = [(a, b, CODE["assistant" if i in learned else "assistant_prompt"]
+             if roles[i] == "assistant" else CODE[roles[i]]) for a, b, i in tr.spans]
+    runs += [(a, b, CODE["assistant_end"]) for i, (a, b) in tr.closing.items() if i in learned and b > a]
+    return sorted(runs)
+
+
+def _roles(enc: Encoded, traces: list, runs: list[list[tuple[int, int, int]]]) -> np.ndarray:
+    """Role code of every token: that of the run holding its deciding position, else markup."""
+    starts, ends, codes = [], [], []
+    for t, (tr, rs) in enumerate(zip(traces, runs)):
+        if rs:
+            edges = enc.units(tr.text, [x for a, b, _ in rs for x in (a, b)])
+            base = int(enc.base[t])
+            starts += [base + e for e in edges[0::2]]
+            ends += [base + e for e in edges[1::2]]
+            codes += [c for _, _, c in rs]
+    starts, ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+    k = np.searchsorted(starts, enc.pos, side="right") - 1
+    inside = (k >= 0) & (enc.pos < ends[np.maximum(k, 0)] if ends.size else False)
+    return np.where(inside, np.array(codes + [0], dtype=np.int8)[k], CODE["markup"]).astype(np.int8)
 
 
 def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: ChatTemplate,
@@ -138,40 +154,63 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
     if max_length < 2:
         raise ConfigError(f"--max-length must be at least 2, got {max_length}")
     bos, eos = special_texts(tokenizer)
-    ids_out, roles_out, lengths, prompt_len, source, truncated, skipped = [], [], [], [], [], [], []
-    markers: set[str] = set()
+    tracer = Tracer(template, bos, eos)
+    table = piece_bytes(tokenizer) if tokenizer.backend == "sentencepiece" else None
+    out = {"ids": [], "roles": [], "lengths": [], "prompt": [], "source": []}
+    truncated, skipped, markers = [], [], set()
     n = len(conv)
-    for local in range(n):
-        i = first_index + local
-        where = f"{conv.source.path}: record {i}"
-        traced = trace(template, conv.roles[local], conv.contents[local], bos, eos, where)
-        codes = char_roles(conv.roles[local], traced, options.assistant_turns)
-        markers |= markup_markers(traced.text, traced.owner)
-        ids, chars = tokens_with_chars(tokenizer, traced.text, traced.owner)
-        roles = codes[chars] if chars.size else np.zeros(0, dtype=np.int8)
-        learned = np.isin(roles, LEARNED)
-        if not learned.any():
-            skipped.append({"source_index": i, "reason": "no assistant turn to learn (no assistant "
-                            "message, or its content and closing markup render to no token)"})
-        elif int(np.argmax(learned)) >= max_length:
-            skipped.append({"source_index": i, "reason": (
-                f"the first learned assistant token is at position {int(np.argmax(learned))} of "
-                f"{ids.size}; none remains within --max-length {max_length}")})
-        else:
-            if ids.size > max_length:
-                truncated.append(i)
-            ids_out.append(ids[:max_length])
-            roles_out.append(roles[:max_length])
-            lengths.append(min(ids.size, max_length))
-            prompt_len.append(int(np.argmax(learned)))
-            source.append(i)
-        if progress and (local + 1 == n or (local + 1) % 256 == 0):
-            progress("rendering and tokenizing conversations", local + 1, n)
-    roles_flat = np.concatenate(roles_out).astype(np.int8) if roles_out else np.zeros(0, np.int8)
+    with template.renderer() as render:
+        for a in range(0, n, CHUNK):
+            b = min(n, a + CHUNK)
+            traces = [tracer.trace(render, conv.roles[j], conv.contents[j],
+                                   f"{conv.source.path}: record {first_index + j}") for j in range(a, b)]
+            runs = [_intervals(tr, conv.roles[j], options.assistant_turns)
+                    for j, tr in zip(range(a, b), traces)]
+            enc = encode_texts(tokenizer, [tr.text for tr in traces], [tr.spans for tr in traces], table)
+            roles = _roles(enc, traces, runs)
+            _select(enc, roles, max_length, first_index + a, out, truncated, skipped)
+            markers.update(*(tr.markers for tr in traces))
+            if progress:
+                progress("rendering and tokenizing conversations", b, n)
+    roles_flat = np.concatenate(out["roles"]) if out["roles"] else np.zeros(0, np.int8)
     return ChatWeights(
-        ids=np.concatenate(ids_out).astype(np.int32) if ids_out else np.zeros(0, np.int32),
+        ids=np.concatenate(out["ids"]).astype(np.int32) if out["ids"] else np.zeros(0, np.int32),
         weights=options.weigh(roles_flat, plw),
-        offsets=np.concatenate(([0], np.cumsum(lengths, dtype=np.int64))).astype(np.int64),
-        prompt_length=np.array(prompt_len, dtype=np.int32),
-        source_index=np.array(source, dtype=np.int64),
+        offsets=np.concatenate(([0], np.cumsum(np.concatenate(out["lengths"]) if out["lengths"] else [],
+                                               dtype=np.int64))).astype(np.int64),
+        prompt_length=np.concatenate(out["prompt"]).astype(np.int32) if out["prompt"] else
+        np.zeros(0, np.int32),
+        source_index=np.concatenate(out["source"]).astype(np.int64) if out["source"] else
+        np.zeros(0, np.int64),
         truncated=truncated, skipped=skipped, roles=roles_flat, markers=sorted(markers))
+
+
+def _select(enc: Encoded, roles: np.ndarray, max_length: int, first: int, out: dict,
+            truncated: list, skipped: list) -> None:
+    """Keep, truncate or skip each conversation of one chunk (appending to `out` and the lists)."""
+    counts = enc.counts
+    starts = np.concatenate(([0], np.cumsum(counts)))
+    local = np.arange(roles.size, dtype=np.int64) - np.repeat(starts[:-1], counts)
+    never = np.iinfo(np.int64).max
+    learned_at = np.where((roles == CODE["assistant"]) | (roles == CODE["assistant_end"]), local, never)
+    first_learned = np.full(counts.size, never, dtype=np.int64)
+    some = counts > 0
+    if roles.size:
+        first_learned[some] = np.minimum.reduceat(learned_at, starts[:-1][some])
+    keep = first_learned < max_length
+    for c, (at, size) in enumerate(zip(first_learned.tolist(), counts.tolist())):
+        if at == never:
+            skipped.append({"source_index": first + c, "reason": "no assistant turn to learn (no "
+                            "assistant message, or its content and closing markup render to no token)"})
+        elif at >= max_length:
+            skipped.append({"source_index": first + c, "reason": (
+                f"the first learned assistant token is at position {at} of {size}; none remains "
+                f"within --max-length {max_length}")})
+        elif size > max_length:
+            truncated.append(first + c)
+    mask = np.repeat(keep, counts) & (local < max_length)
+    out["ids"].append(enc.ids[mask].astype(np.int32))
+    out["roles"].append(roles[mask])
+    out["lengths"].append(np.minimum(counts, max_length)[keep])
+    out["prompt"].append(first_learned[keep])
+    out["source"].append(np.flatnonzero(keep) + first)

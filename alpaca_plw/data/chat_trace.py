@@ -1,0 +1,143 @@
+"""Which characters of a rendered conversation come from which message, and which markup closes an
+assistant turn.
+
+Provenance, by rendering: each conversation is rendered as is, and its *shape* (the conversation
+with every message's content replaced by a private-use placeholder character) is rendered too. The
+placeholder render is markup and placeholders only, so it says exactly where each message's content
+sits; walking the real render along it assigns every character either to one message's content or
+to markup. A template that trims content (`content.strip()`) is followed; one that changes content
+otherwise, or renders it twice, is refused with a clear error rather than guessed at.
+
+The markup that closes an assistant turn is what the template emits after that assistant's content
+when the conversation ends there (the shape's render cut after that message), as far as the full
+render agrees with it and never past the markup into the next message's content: for ChatML
+`<|im_end|>\\n`, for Llama-2-chat ` </s>`.
+
+A shape depends only on the roles and on which contents are empty, not on their text, so a
+`Tracer` renders each shape (and each cut of it) once and keeps it for the conversations that share
+it: a template is a deterministic function of its inputs (a sandbox with no clock or state), so
+this gives what rendering them for every conversation gives, with one render per conversation.
+A `Tracer` belongs to one run; nothing is shared between runs or processes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from alpaca_plw.errors import InputError
+from alpaca_plw.data.chat_markup import markup_markers
+from alpaca_plw.data.chat_template import ChatTemplate, Render
+
+_BASE = 0xF0000  # Supplementary Private Use Area-A: one placeholder character per message
+_PLACEHOLDER = re.compile("[\U000F0000-\U000FFFFD]")
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A rendered conversation: its text; `spans`, the (start, end, message index) of every
+    non-empty content span in text order (everything else is markup); `closing`, per assistant
+    message whose content was located, the (start, end) of the markup closing it (maybe empty);
+    `markers`, the special-token-shaped markers of its markup (`chat_markup`)."""
+
+    text: str
+    spans: list[tuple[int, int, int]]
+    closing: dict[int, tuple[int, int]]
+    markers: frozenset[str]
+
+
+def _split(rendered: str, where: str) -> tuple[list[str], list[int]]:
+    """Placeholder render -> markup pieces and message indices (pieces = indices + 1)."""
+    pieces, indices, last = [], [], 0
+    for m in _PLACEHOLDER.finditer(rendered):
+        pieces.append(rendered[last:m.start()])
+        indices.append(ord(m.group()) - _BASE)
+        last = m.end()
+    pieces.append(rendered[last:])
+    if len(set(indices)) != len(indices):
+        raise InputError(f"{where}: the chat template renders a message's content more than once; "
+                         "its tokens cannot be given one role")
+    return pieces, indices
+
+
+def _candidates(content: str) -> list[str]:
+    return list(dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())))
+
+
+def _common_prefix(tail: str, text: str, start: int, limit: int) -> int:
+    """Length of the common prefix of `tail` and `text[start:]`, at most `limit`."""
+    limit = min(limit, len(tail))
+    if text.startswith(tail[:limit], start):
+        return limit
+    n = 0
+    while n < limit and tail[n] == text[start + n]:
+        n += 1
+    return n
+
+
+class Tracer:
+    """Traces conversations rendered with one template and one BOS/EOS pair (see the module)."""
+
+    def __init__(self, template: ChatTemplate, bos: str, eos: str):
+        self.template, self.bos, self.eos = template, bos, eos
+        self._shapes: dict[tuple, tuple[list[dict], list[str], list[int]]] = {}
+        self._tails: dict[tuple, str] = {}
+        self._markers: dict[tuple, frozenset[str]] = {}
+
+    def trace(self, render: Render, roles: list[str], contents: list[str], where: str) -> Traced:
+        """Render one conversation with `render` (from `ChatTemplate.renderer`) and trace it."""
+        text = render([{"role": r, "content": c} for r, c in zip(roles, contents)],
+                      self.bos, self.eos, where)
+        key = (tuple(roles), tuple(bool(c) or r == "assistant" for r, c in zip(roles, contents)))
+        shape = self._shapes.get(key)
+        if shape is None:
+            marked = [{"role": r, "content": chr(_BASE + i) if filled else ""}
+                      for i, (r, filled) in enumerate(zip(*key))]
+            shape = self._shapes[key] = (marked, *_split(render(marked, self.bos, self.eos, where),
+                                                         where))
+        marked, pieces, indices = shape
+        located: list[tuple[int, int, int]] = []  # every located content, empty ones included
+        pos = 0
+        for k, index in enumerate(indices):
+            if not text.startswith(pieces[k], pos):
+                raise _untraceable(where, index)
+            pos += len(pieces[k])
+            follow = pieces[k + 1]
+            for candidate in _candidates(contents[index]):
+                if text.startswith(candidate, pos) and text.startswith(follow, pos + len(candidate)):
+                    located.append((pos, pos + len(candidate), index))
+                    pos += len(candidate)
+                    break
+            else:
+                raise _untraceable(where, index)
+        if text[pos:] != pieces[-1]:
+            raise _untraceable(where, indices[-1] if indices else 0)
+        spans = [s for s in located if s[1] > s[0]]
+        closing: dict[int, tuple[int, int]] = {}
+        for k, (_, end, index) in enumerate(located):
+            if roles[index] == "assistant":
+                stop = next((s for s, e, _ in located[k + 1:] if e > s), len(text))
+                tail = self._tail(render, key, marked, index, where)
+                closing[index] = (end, end + _common_prefix(tail, text, end, stop - end))
+        filled = (key, tuple(e > s for s, e, _ in located))
+        markers = self._markers.get(filled)
+        if markers is None:
+            markers = self._markers[filled] = frozenset(markup_markers(pieces, filled[1]))
+        return Traced(text, spans, closing, markers)
+
+    def _tail(self, render: Render, key: tuple, marked: list[dict], index: int, where: str) -> str:
+        """What the template emits after assistant message `index`'s content when the
+        conversation ends there (nothing when the cut render leaves that content out)."""
+        tail = self._tails.get((key, index))
+        if tail is None:
+            cut = render(marked[: index + 1], self.bos, self.eos, where)
+            at = cut.find(chr(_BASE + index))
+            tail = self._tails[(key, index)] = cut[at + 1:] if at >= 0 else ""
+        return tail
+
+
+def _untraceable(where: str, index: int) -> InputError:
+    return InputError(
+        f"{where}: turn {index}: the chat template changes this message's content (beyond trimming "
+        "whitespace) or renders it conditionally on its text; alpaca-plw cannot tell which "
+        "characters of the rendered text come from it")
