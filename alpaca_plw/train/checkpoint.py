@@ -1,24 +1,33 @@
-"""Checkpoints: model and tokenizer via `save_pretrained`, plus the trainer state for `--resume`.
+"""Checkpoints for `--resume`, and the final model.
 
-Layout: `OUTPUT_DIR/checkpoint-<step>/` holds the model, the tokenizer and `trainer_state.pt`
-(optimizer, scheduler, step). The final model is saved in `OUTPUT_DIR` itself (through `.final/`,
-see `save_final`). Each checkpoint is written to a temporary folder and renamed, so a crash never
-leaves a half checkpoint behind.
+`OUTPUT_DIR/checkpoint-<step>/` holds the model's config and the tokenizer, the training state in
+safetensors files written by every rank (each its own FSDP shards; rank 0 alone without sharding)
+and `trainer_state.json`, their index (train/state_shards.py): no host ever holds the full model
+and optimizer state, and nothing resume reads is pickled. A LoRA checkpoint holds the adapter as
+PEFT saves it instead of the model's parameters. A checkpoint is complete once its index is there;
+one written before this format (`trainer_state.pt`, train/legacy_checkpoint.py) still resumes.
+
+The final model is saved in `OUTPUT_DIR` itself (through `.final/`, see `save_final`) in
+`save_pretrained`'s layout, gathered and written one parameter at a time (train/shards.py).
+Everything is written to a temporary folder and renamed, so a crash never leaves half of it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
-import torch
-
 from alpaca_plw.data.output import atomic_write_dir
+from alpaca_plw.train import shards
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.finite import check_params
+from alpaca_plw.train.legacy_checkpoint import LEGACY_FILE, load_legacy, read_legacy
+from alpaca_plw.train.state_shards import INDEX_FILE, read_index, restore_model, restore_optimizer, \
+    write_state
 
-STATE_FILE = "trainer_state.pt"
+STATE_FILE = LEGACY_FILE  # the trainer state of checkpoints written before issue 24
 FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -50,41 +59,88 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     if not output_dir.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in output_dir.iterdir()
-             if (m := _NAME.match(p.name)) and (p / STATE_FILE).is_file()]
+             if (m := _NAME.match(p.name)) and is_complete(p)]
     return max(found)[1] if found else None
 
 
-def save_pretrained_dir(target: Path, model, state_dict, tokenizer, extra: dict | None = None) -> None:
-    """Save model (from `state_dict`, already gathered) and tokenizer into `target` atomically."""
+def is_complete(path: Path) -> bool:
+    """A checkpoint folder with its index (or, written before issue 24, its `trainer_state.pt`)."""
+    return (path / INDEX_FILE).is_file() or (path / LEGACY_FILE).is_file()
 
-    def write(tmp: Path) -> None:
+
+def is_legacy(path: Path) -> bool:
+    """A checkpoint written before issue 24: `from_pretrained` files and `trainer_state.pt`."""
+    return not (path / INDEX_FILE).is_file() and (path / LEGACY_FILE).is_file()
+
+
+def save_pretrained_dir(target: Path, model, state_dict, tokenizer) -> None:
+    """Save model (from `state_dict`, already gathered) and tokenizer into `target` atomically."""
+    atomic_write_dir(target, _mapped(target, lambda tmp: (
+        model.save_pretrained(tmp, state_dict=state_dict), tokenizer.save_pretrained(tmp))))
+
+
+def _mapped(target: Path, write):
+    """`write` with a full disk reported as one OutputError naming `target`."""
+
+    def run(tmp: Path) -> None:
         try:
-            model.save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
-            if extra is not None:
-                torch.save(extra, tmp / STATE_FILE)
+            write(tmp)
         except OSError:
             raise  # `atomic_write_dir` names the target and the reason (exit 3)
         except Exception as exc:  # noqa: BLE001 - torch and safetensors report a full disk as
             # RuntimeError ("file write failed") or SafetensorError ("No space left on device")
-            from alpaca_plw.errors import OutputError
+            from alpaca_plw.errors import OutputError, PLWError
 
+            if isinstance(exc, PLWError):
+                raise
             raise OutputError(f"{target}: cannot write it ({type(exc).__name__}: "
                               f"{_first_line(exc)}); the previous checkpoint, if any, is "
                               "untouched") from None
 
-    atomic_write_dir(target, write)
+    return run
 
 
-def save_final(output_dir: Path, model, state_dict, tokenizer) -> None:
-    """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log).
+def save_final(output_dir: Path, model, tokenizer, d: Dist,
+               max_shard_bytes: int = shards.MAX_SHARD_BYTES) -> None:
+    """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log);
+    every rank calls it (`model` as trained: wrapped, possibly sharded).
 
-    The whole model is first written to `.final/` and renamed into place in one step, so `.final/`
-    only ever exists complete; its files are then moved into `output_dir`. A run killed while they
-    move leaves the rest in `.final/`, and `complete_final` (the next `--resume`) moves them on:
-    the model is complete once `.final/` is gone, and `run.json` says `finished` after that."""
-    save_pretrained_dir(output_dir / FINAL_STAGE, model, state_dict, tokenizer)
-    complete_final(output_dir)
+    The weights are gathered one tensor at a time and rank 0 writes each at once into files of at
+    most `max_shard_bytes` (`save_pretrained`'s layout and names; one `model.safetensors` when it
+    fits), so its host holds one parameter, never the model. A LoRA run saves its adapter with
+    PEFT. The whole model is first written to `.final/` and renamed into place in one step, so
+    `.final/` only ever exists complete; its files are then moved into `output_dir`. A run killed
+    while they move leaves the rest in `.final/`, and `complete_final` (the next `--resume`) moves
+    them on: the model is complete once `.final/` is gone, and `run.json` says `finished` after."""
+    hf = unwrap(model)
+    target = output_dir / FINAL_STAGE
+    if _is_peft(hf):
+        state = gathered_model_state(model, d)
+        if d.is_main:
+            save_pretrained_dir(target, hf, state, tokenizer)
+    else:
+        tied = _tied_output_key(hf)
+        entries = shards.gathered_entries(hf, d.device, [tied] if tied else [])
+        if d.is_main:
+            atomic_write_dir(target, _mapped(target, lambda tmp: (
+                shards.write_hf_weights(tmp, entries, max_shard_bytes), _save_config(hf, tmp),
+                tokenizer.save_pretrained(tmp))))
+        else:
+            shards.write_hf_weights(None, entries)  # joins each gather
+    if d.is_main:
+        complete_final(output_dir)
+    d.barrier()
+
+
+def _save_config(hf_model, folder: Path) -> None:
+    """What `save_pretrained` writes beside the weights: config.json (and generation_config.json)."""
+    hf_model.config.save_pretrained(folder)
+    if hf_model.can_generate() and getattr(hf_model, "generation_config", None) is not None:
+        hf_model.generation_config.save_pretrained(folder)
+
+
+def _is_peft(hf_model) -> bool:
+    return hasattr(hf_model, "peft_config")
 
 
 def complete_final(output_dir: Path) -> bool:
@@ -119,24 +175,22 @@ def sharded(model) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def full_state_dicts(model, optimizer, d: Dist):
-    """Full (unsharded) state dicts, gathered: the Hugging Face model's (keys as `save_pretrained`
-    expects them) and the optimizer's."""
+def gathered_model_state(model, d: Dist) -> dict:
+    """The full (unsharded) state dict of the Hugging Face model, gathered on every rank (keys as
+    `save_pretrained` expects them): for a LoRA run, whose adapter PEFT saves from it."""
     if d.world == 1 and not sharded(model):
-        model_state, optim_state = model.state_dict(), optimizer.state_dict()
+        model_state = model.state_dict()
     else:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(model, options=opts)
-        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+        model_state = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     model_state = {k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("model."): v
                    for k, v in model_state.items()}
     tied = _tied_output_key(unwrap(model))
     if tied is not None and (d.world > 1 or sharded(model)):  # gathered apart: 2 copies of one
         model_state.pop(tied, None)                          # tensor; the config ties them again
-    return model_state, optim_state
+    return model_state
 
 
 def _tied_output_key(hf_model) -> str | None:
@@ -150,97 +204,87 @@ def _tied_output_key(hf_model) -> str | None:
     return None if not name else f"{name}.weight"
 
 
+
+
 def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
-    """Gather the full states on every rank; rank 0 writes `target` (model, tokenizer, trainer state)."""
+    """Every rank writes its part of `target` (train/state_shards.py) into rank 0's temporary
+    folder; rank 0 adds config, tokenizer (a LoRA run: the adapter) and, once every rank has
+    written, the index, then renames the folder into place."""
     check_params(model, d, target.name, step, target.parent)  # never a non-finite checkpoint
-    model_state, optim_state = full_state_dicts(model, optimizer, d)
+    hf = unwrap(model)
+    adapter = gathered_model_state(model, d) if _is_peft(hf) else None  # small: the adapter
+
+    def write(tmp: Path | None) -> None:
+        folder = shards.share_folder(tmp, d.world)
+        if folder is None:  # rank 0 could not create the temporary folder
+            from alpaca_plw.errors import OutputError
+
+            raise OutputError(f"{target}: rank 0 could not create it")
+        failure = None
+        try:
+            index = write_state(folder, model, optimizer, scheduler, step, d.rank, d.world,
+                                with_model=adapter is None)
+            if d.is_main:
+                if adapter is None:
+                    _save_config(hf, folder)
+                else:
+                    hf.save_pretrained(folder, state_dict=adapter)
+                tokenizer.save_pretrained(folder)
+        except Exception as exc:  # noqa: BLE001 - reported below, after the other ranks answer
+            failure = exc
+        if not shards.all_ok(failure is None, d):
+            if failure is not None:
+                raise failure
+            from alpaca_plw.errors import OutputError
+
+            raise OutputError(f"{target}: another process could not write its part; the previous "
+                              "checkpoint, if any, is untouched")
+        if d.is_main:  # last: the index makes the checkpoint complete
+            (folder / INDEX_FILE).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+
     if d.is_main:
-        extra = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
-        save_pretrained_dir(target, unwrap(model), model_state, tokenizer, extra)
+        began = []
+        try:
+            atomic_write_dir(target, _mapped(target, lambda tmp: (began.append(tmp), write(tmp))))
+        except BaseException:
+            if not began and d.world > 1:
+                shards.share_folder(None, d.world)  # the others stop instead of waiting
+            raise
+    else:
+        _mapped(target, write)(None)
     d.barrier()
 
 
 def read_state(path: Path, mmap: bool = False) -> dict:
-    """`path/trainer_state.pt`, checked: a dict with an integer `step` >= 0 and the `optimizer` and
-    `scheduler` state dicts. Loaded with `weights_only=True`, so a file holding anything but tensors
-    and plain containers (a pickle that could run code when loaded) is refused, never executed.
-    `mmap=True` maps the tensors instead of reading them (a cheap check before the run starts)."""
-    import pickle
-
-    from alpaca_plw.errors import InputError
-
-    file = path / STATE_FILE
-    hint = f"remove {path.name} to resume from an earlier checkpoint"
-    try:
-        state = torch.load(file, weights_only=True, mmap=mmap, map_location="cpu" if mmap else None)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise InputError(f"{file}: cannot read the checkpoint (UnpicklingError: "
-                             f"{_first_line(exc)}); {hint}") from None
-        raise InputError(f"{file}: refused: it holds objects other than tensors and plain "
-                         "containers, which only a tampered file does (loading it could run "
-                         f"code); it was not loaded. {hint}") from None
-    except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file raises many types
-        raise InputError(f"{file}: cannot read the checkpoint ({type(exc).__name__}: "
-                         f"{_first_line(exc)}); {hint}") from None
-    problem = _state_problem(state)
-    named = _NAME.match(path.name)
-    if not problem and named and int(named.group(1)) != state["step"]:
-        problem = f"its step {state['step']} is not the step its folder names, {named.group(1)}"
-    if problem:
-        raise InputError(f"{file}: not a trainer state written by alpaca-plw ({problem}); {hint}")
-    return state
+    """The checked trainer state of the checkpoint `path` (at least its `step`): the JSON index,
+    or the `weights_only` torch file of a checkpoint written before issue 24 (`mmap`: mapped)."""
+    return read_legacy(path, mmap=mmap) if is_legacy(path) else read_index(path)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc).strip() else "corrupt"
-
-
-def _state_problem(state) -> str | None:
-    if not isinstance(state, dict):
-        return f"expected a dict, found {type(state).__name__}"
-    missing = [k for k in ("step", "optimizer", "scheduler") if k not in state]
-    if missing:
-        return "missing " + ", ".join(repr(k) for k in missing)
-    step = state["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        return f"'step' must be an integer >= 0, found {step!r:.40}"
-    optimizer = state["optimizer"]
-    if not isinstance(optimizer, dict) or not {"state", "param_groups"} <= set(optimizer):
-        return "'optimizer' is not an optimizer state dict (no 'state' and 'param_groups')"
-    if not isinstance(state["scheduler"], dict):
-        return "'scheduler' is not a scheduler state dict"
-    return None
+def restore_weights(path: Path, model, d: Dist, device=None) -> None:
+    """Fill `model` (built on `meta` from the checkpoint's config) with the checkpoint's weights:
+    the Hugging Face model before wrapping (one process, DDP), or after FSDP wrapping, each rank
+    its own shards (on `device`, default this rank's)."""
+    index = read_index(path)
+    if index["world_size"] != d.world and index["sharded"]:
+        raise _world(path, index["world_size"], d.world)
+    restore_model(path, model, index, d.rank, d.world, device or d.device)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, d: Dist) -> int:
-    """Restore optimizer and scheduler from `path/trainer_state.pt` (the model was loaded from
-    `path` itself); returns the step the checkpoint was taken after."""
+    """Restore optimizer and scheduler (the model was loaded with `restore_weights`, or from the
+    folder itself when it predates issue 24); returns the step the checkpoint was taken after."""
+    if is_legacy(path):
+        return load_legacy(path, model, optimizer, scheduler, d,
+                           distributed=not (d.world == 1 and not sharded(model)))
+    index = read_index(path)
+    if index["world_size"] != d.world and index["sharded"]:
+        raise _world(path, index["world_size"], d.world)
+    return restore_optimizer(path, model, optimizer, scheduler, index, d.rank, d.world)
+
+
+def _world(path: Path, then: int, now: int):
     from alpaca_plw.errors import InputError
 
-    distributed = not (d.world == 1 and not sharded(model))
-    # several processes: every rank maps the file (cheap: step and scheduler), only rank 0's
-    # optimizer state is read, and its tensors are broadcast one by one to the ranks' shards
-    state = read_state(path, mmap=distributed and d.world > 1)
-    step = state["step"]
-    try:
-        if not distributed:
-            optimizer.load_state_dict(state["optimizer"])
-        else:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions,
-                                                                 set_optimizer_state_dict)
-
-            from_rank0 = d.world > 1
-        if distributed and state["optimizer"].get("state"):
-            set_optimizer_state_dict(
-                model, optimizer, state["optimizer"] if d.is_main or not from_rank0 else {},
-                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=from_rank0))
-        elif distributed:  # SGD without momentum keeps no state: its groups' lr etc. only
-            for group, saved in zip(optimizer.param_groups, state["optimizer"]["param_groups"]):
-                group.update({k: v for k, v in saved.items() if k != "params"})
-        scheduler.load_state_dict(state["scheduler"])
-    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
-        raise InputError(f"{path / STATE_FILE}: its optimizer or scheduler state does not fit "
-                         f"this model ({type(exc).__name__}: {_first_line(exc)}); remove "
-                         f"{path.name} to resume from an earlier checkpoint") from None
-    return step
+    return InputError(f"{path}: its shards were written by {then} processes and this run has "
+                      f"{now}; resume with {then}")

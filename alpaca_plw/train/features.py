@@ -65,11 +65,11 @@ def rotate_checkpoints(output_dir: Path, keep: int) -> list[Path]:
     """Remove all but the newest `keep` complete `checkpoint-<step>` folders; returns the removed.
     Each is renamed to a hidden name first, so no half-deleted checkpoint is ever visible; what a
     killed rotation left under such a name is deleted first."""
-    from alpaca_plw.train.checkpoint import STATE_FILE, finish_removals
+    from alpaca_plw.train.checkpoint import finish_removals, is_complete
 
     finish_removals(output_dir)
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
-                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / STATE_FILE).is_file())
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and is_complete(p))
     removed = []
     for _, path in found[: max(0, len(found) - keep)]:
         doomed = Path(tempfile.mkdtemp(prefix=f".{path.name}.removing.", dir=output_dir))

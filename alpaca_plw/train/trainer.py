@@ -25,7 +25,8 @@ from alpaca_plw.data.weights_store import read_weights_dir
 from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.train import attention, run_record
 from alpaca_plw.train.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoint import full_state_dicts, load_checkpoint, save_final, unwrap
+from alpaca_plw.train.checkpoint import (is_legacy, load_checkpoint, restore_weights, save_final,
+                                          unwrap)
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
@@ -165,10 +166,17 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     torch.manual_seed(cfg.seed)
     attention.register()  # `torch_varlen` is a valid attn_implementation from here on
     from_rank0 = _sharded_from_rank0(cfg, d)  # other ranks build the model on `meta`
+    # resuming a full fine-tune: every rank builds on `meta` and reads its weights from its shard
+    shards = plan.resume_from and cfg.lora_r is None and not is_legacy(Path(plan.resume_from))
     loaded = load_trainable(cfg, plan.resume_from, lambda source: _load_model(
-        cfg, source, int(store.ids.max()), meta=from_rank0 and not d.is_main))
+        cfg, source, int(store.ids.max()), meta=shards or (from_rank0 and not d.is_main)))
+    split = cfg.fsdp or cfg.cpu_offload
+    if shards and not split:
+        restore_weights(Path(plan.resume_from), loaded, d)
     chosen = _choose_attention(cfg, loaded, d, plan)
-    model = _wrap(loaded, cfg, d, from_rank0=from_rank0)
+    model = _wrap(loaded, cfg, d, from_rank0=from_rank0 and not shards)
+    if shards and split:
+        restore_weights(Path(plan.resume_from), model, d, "cpu" if cfg.cpu_offload else d.device)
     plan.packing = check_speed_paths(  # chunked head and packing verified on this very model
         model, store, d.device, cfg.loss_chunk > 0, plan.packing, cfg.packing is True, d.is_main,
         torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else None,
@@ -275,10 +283,7 @@ def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:
 
 def _save_final(run: _Run) -> None:
     check_params(run.model, run.d, "the final model")
-    model_state, _ = full_state_dicts(run.model, run.optimizer, run.d)
-    if run.d.is_main:
-        save_final(run.cfg.output_dir, unwrap(run.model), model_state, run.tokenizer)
-    run.d.barrier()
+    save_final(run.cfg.output_dir, run.model, run.tokenizer, run.d)  # streamed, one tensor a time
 
 
 def _quiet_transformers() -> None:
