@@ -56,6 +56,7 @@ class RunAnalysis:
     memorization_set: str | None = None  # the generations set asked for, None when not asked
     memorization: float | None = None  # corpus BLEU (0-100), None with a note when unusable
     memorization_records: int | None = None
+    memorization_bleu: str | None = None  # sacrebleu's signature of the BLEU settings
     lengths_set: str | None = None
     length_mean: float | None = None
     length_median: float | None = None
@@ -67,7 +68,8 @@ class RunAnalysis:
         """Every field; those of a generations set only when it was asked for."""
         body = asdict(self)
         if self.memorization_set is None:
-            for key in ("memorization_set", "memorization", "memorization_records"):
+            for key in ("memorization_set", "memorization", "memorization_records",
+                        "memorization_bleu"):
                 body.pop(key)
         if self.lengths_set is None:
             for key in ("lengths_set", "length_mean", "length_median", "length_records",
@@ -203,7 +205,11 @@ def _generation_values(result: RunAnalysis, run_dir: Path, memorization: str | N
             continue
         keys[option] = gen.key
         if option == "--memorization":
+            note = generated.not_training_note(run_dir, gen)
+            if note:
+                result.notes.append(f"{option}: {note}")
             result.memorization = generated.memorization(gen)
+            result.memorization_bleu = generated.bleu_signature()
             result.memorization_records = len(gen.records)
         else:
             result.length_mean, result.length_median, result.length_cut = generated.lengths(gen)

@@ -28,7 +28,6 @@ import numpy as np
 from alpaca_plw.errors import InputError
 
 FOLDER = "generations"
-BLEU_SETTINGS = "sacrebleu corpus_bleu defaults: tokenize 13a, mixed case, smooth exp, 1 reference"
 
 
 class Unusable(Exception):
@@ -45,7 +44,8 @@ class GenerationSet:
     def key(self) -> dict[str, str]:
         """What must agree between runs for their values to compare (`generate`'s own list)."""
         prompts = self.meta.get("prompts") if isinstance(self.meta.get("prompts"), dict) else {}
-        values = {"prompts.sha256": prompts.get("sha256"), "prompts.records": prompts.get("records")}
+        values = {"prompts.sha256": prompts.get("sha256"),
+                  "prompts.records": prompts.get("records")}
         values.update({k: self.meta.get(k) for k in ("n", "seed", "sampling", "template")})
         return {k: json.dumps(v, sort_keys=True) for k, v in values.items()}
 
@@ -124,6 +124,27 @@ def read_set(run_dir: Path, name: str) -> GenerationSet:
     return GenerationSet(name, meta, sorted(records, key=lambda r: r["index"]))
 
 
+def training_sha256(run_dir: Path) -> str | None:
+    """The sha256 of the data the run trained on (`run.json` -> its weights' source), or None."""
+    try:
+        body = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8"))
+        value = body["weights"]["meta"]["source"]["sha256"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def not_training_note(run_dir: Path, gen: GenerationSet) -> str | None:
+    """A note when the set's prompts are known not to be the run's training data."""
+    prompts = gen.meta.get("prompts") if isinstance(gen.meta.get("prompts"), dict) else {}
+    made, trained = prompts.get("sha256"), training_sha256(run_dir)
+    if made and trained and made != trained:
+        return (f"set {gen.name!r} was made from prompts with sha256 {str(made)[:12]}..., the "
+                f"run trained on {trained[:12]}... (run.json): memorization is meant on the "
+                "run's training prompts")
+    return None
+
+
 def corpus_bleu(outputs: list[str], references: list[str]) -> float:
     """sacrebleu's corpus BLEU (0-100) of `outputs` against one reference each, default settings.
 
@@ -134,6 +155,19 @@ def corpus_bleu(outputs: list[str], references: list[str]) -> float:
 
     sacrebleu = require("sacrebleu", "alpaca-plw analyze --memorization", "study")
     return float(sacrebleu.corpus_bleu(list(outputs), [list(references)]).score)
+
+
+def bleu_signature() -> str:
+    """sacrebleu's signature of the settings `corpus_bleu` uses (e.g. nrefs:1|case:mixed|eff:no|
+    tok:13a|smooth:exp|version:2.6.0), for the record."""
+    from alpaca_plw.extras import require
+
+    require("sacrebleu", "alpaca-plw analyze --memorization", "study")
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    metric.corpus_score(["a"], [["a"]])  # sacrebleu knows the reference count only after a call
+    return str(metric.get_signature())
 
 
 def memorization(gen: GenerationSet) -> float:
@@ -153,5 +187,5 @@ def lengths(gen: GenerationSet) -> tuple[float, float, int]:
     return float(tokens.mean()), float(np.median(tokens)), cut
 
 
-__all__ = ["BLEU_SETTINGS", "FOLDER", "GenerationSet", "Unusable", "corpus_bleu", "lengths",
-           "memorization", "read_set"]
+__all__ = ["FOLDER", "GenerationSet", "Unusable", "bleu_signature", "corpus_bleu", "differing",
+           "lengths", "memorization", "not_training_note", "read_set", "training_sha256"]

@@ -1,4 +1,4 @@
-"""The paper's Figure 1 aggregates (`fit --json`'s figure1, `fit --plot`) against hand computation."""
+"""The paper's Figure 1 aggregates (`fit --json`'s figure1, `fit --plot`) by hand."""
 
 import json
 

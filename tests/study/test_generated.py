@@ -245,3 +245,18 @@ def test_without_sacrebleu_memorization_names_the_extra_in_one_line(run_cli, tmp
     code, _, stderr = run_cli(["analyze", *runs, "--memorization", "mem"])
     assert code == 5 and "pip install 'alpaca-plw[study]'" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_a_set_not_made_from_the_runs_training_data_is_said(tmp_path):
+    from alpaca_plw.study.analyze import analyze_runs
+
+    runs = _two_runs(tmp_path)  # their sets say prompts sha256 "abc"
+    for run, trained in zip(runs, ("abc", "f00d")):
+        (run / "run.json").write_text(json.dumps({"weights": {"meta": {"source": {
+            "sha256": trained}}}}))
+    result = analyze_runs(runs, memorization="mem")
+    assert result[0].notes == []
+    assert "made from prompts with sha256 abc..., the run trained on f00d..." in \
+        result[1].notes[0]
+    assert result[1].memorization == pytest.approx(100.0)  # measured all the same
+    assert result[0].memorization_bleu.startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|")
