@@ -16,6 +16,12 @@ per-child form of `getrusage(RUSAGE_CHILDREN)`).
 
     python benchmarks/bench_data.py [--json results.json]
 
+With `--synthetic 1M` (or 10M, or any count such as 2000) it runs the scale benchmark instead
+(`scale.py`): a synthetic set of `--kind alpaca|chat`, the `--commands` at each `--num-proc`, with
+records/s, the ratio to the floor, peak RSS and the speed-up (issue 19):
+
+    python benchmarks/bench_data.py --synthetic 1M --kind alpaca --commands stats,build-short,weights --num-proc 1,2
+
 Exit status: 0 when every goal passes, 1 when one fails, 2 when a command itself fails.
 """
 
@@ -125,9 +131,27 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is kept")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument("--floor-worker", action="store_true", help=argparse.SUPPRESS)
+    scale = parser.add_argument_group("scale benchmark (synthetic records; see scale.py)")
+    scale.add_argument("--synthetic", metavar="COUNT",
+                       help="run on COUNT synthetic records (1M, 10M, 2000, 50k) instead of --data")
+    scale.add_argument("--kind", choices=("alpaca", "chat"), default="alpaca",
+                       help="Alpaca records or conversations [alpaca]")
+    scale.add_argument("--commands", default="stats,build-short,weights",
+                       help="comma-separated commands [stats,build-short,weights]")
+    scale.add_argument("--num-proc", default="1,2", help="comma-separated --num-proc values [1,2]")
+    scale.add_argument("--work", type=Path, metavar="DIR",
+                       help="folder for the set and the outputs [a temporary folder, removed]")
+    scale.add_argument("--seed", type=int, default=19, help="the generator's seed [19]")
     args = parser.parse_args()
     if args.floor_worker:
         return floor_worker(args.data, args.tokenizer)
+    if args.synthetic:
+        import scale as scale_bench
+
+        if not (args.tokenizer / "tokenizer.model").is_file():
+            print(f"{args.tokenizer / 'tokenizer.model'}: not found", file=sys.stderr)
+            return 2
+        return scale_bench.main(args, cli_command())
     for path in (args.data, args.tokenizer / "tokenizer.model"):
         if not path.is_file():
             print(f"{path}: not found (the benchmark reads ../shared beside the checkout)",
