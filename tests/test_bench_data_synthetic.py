@@ -48,6 +48,32 @@ def test_generator_is_deterministic_and_every_nonempty_text_unique(tmp_path, kin
         assert 0.5 < empty / count < 0.7
 
 
+def _tag_number(text: str) -> int:
+    """The number the last TAG_WORDS words spell (base 256, most significant first)."""
+    index = {w: k for k, w in enumerate(synthetic.WORDS.tolist())}
+    number = 0
+    for word in text.rstrip(".?").split()[-synthetic.TAG_WORDS:]:
+        number = number * 256 + index[word]
+    return number
+
+
+def test_every_text_ends_with_its_own_tag(tmp_path):
+    """Uniqueness does not rest on chance: text f of record i spells i x slots + f."""
+    rows = [json.loads(line) for line in synthetic.generate(
+        tmp_path / "a.jsonl", 3000, "alpaca").read_text(encoding="utf-8").splitlines()]
+    for i, row in enumerate(rows):
+        for f, field in enumerate(("instruction", "input", "output")):
+            if row[field]:
+                assert _tag_number(row[field]) == 3 * i + f
+    rows = [json.loads(line) for line in synthetic.generate(
+        tmp_path / "c.jsonl", 3000, "chat").read_text(encoding="utf-8").splitlines()]
+    for i, row in enumerate(rows):
+        numbers = [_tag_number(m["content"]) - 8 * i for m in row["messages"]]
+        turns = [n for m, n in zip(row["messages"], numbers) if m["role"] != "system"]
+        assert turns == list(range(1, 1 + len(turns)))
+        assert all(n == 0 for m, n in zip(row["messages"], numbers) if m["role"] == "system")
+
+
 def test_generator_is_a_prefix_of_a_larger_set(tmp_path):
     """Record i is the same whatever the count (blocks are seeded by their number)."""
     small = synthetic.generate(tmp_path / "s.jsonl", 2500, "alpaca").read_bytes()
