@@ -288,9 +288,10 @@ def restore_optimizer(path: Path, model, optimizer, scheduler, index: dict, rank
                 key = f"optim/{name}/{what}"
                 split = index["tensors"][key]["rows"] is not None
                 value = files.tensor(key, param if split else None, rank, world)
-                if split:
-                    value = DTensor.from_local(value.to(param.device), param.device_mesh,
-                                               param.placements, run_check=False)
+                if split:  # the global shape given: with uneven rows, from_local would guess
+                    value = DTensor.from_local(value.to(param.device), param.device_mesh,  # it
+                                               param.placements, run_check=False,
+                                               shape=param.shape, stride=param.stride())
                 values[what] = value
             if values:
                 state[pid] = values
