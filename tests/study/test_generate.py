@@ -129,8 +129,10 @@ def test_left_padded_batches_give_what_batch_size_one_gives(full_run):
 
 
 def test_n_takes_a_seeded_sample_without_replacement_in_index_order(full_run):
-    got = [r["index"] for r in _generate(full_run, max_new_tokens=1, n=3, seed=7, name="n3")]
-    assert got == sorted(np.random.default_rng(7).choice(6, 3, replace=False).tolist())
+    drawn = np.random.default_rng(0).choice(6, 3, replace=False).tolist()
+    assert drawn != sorted(drawn)  # a draw out of order, so that source order is checked
+    got = [r["index"] for r in _generate(full_run, max_new_tokens=1, n=3, seed=0, name="n3")]
+    assert got == sorted(drawn)
     everything = _generate(full_run, max_new_tokens=1, n=99, name="n99")
     assert [r["index"] for r in everything] == list(range(6))
 
