@@ -242,6 +242,10 @@ def analyze_runs(run_dirs: list[Path], base: str | None = None, memorization: st
         if name is not None and (not name or any(c in name for c in "/\\") or name[0] == "."):
             raise ConfigError(f"{option} {name!r}: expected the name of a generations set "
                               "(generations/NAME.jsonl in each run), not a path")
+    if memorization is not None:  # before any run is read or any distance measured
+        from alpaca_plw.extras import require
+
+        require("sacrebleu", "alpaca-plw analyze --memorization", "study")
     if base is not None and not Path(base).is_dir():
         raise ConfigError(f"--base {base}: no such directory (a save_pretrained folder)")
     if base is not None:  # safetensors reads bf16/fp16 tensors through torch

@@ -4,6 +4,7 @@ definition, and lengths counted by hand."""
 
 import json
 import math
+import sys
 from collections import Counter
 
 import pytest
@@ -232,19 +233,35 @@ def test_a_bad_record_is_one_line_naming_the_file(run_cli, tmp_path, edit, needl
     assert code == 2 and needle in stderr and "Traceback" not in stderr, stderr
 
 
+@pytest.mark.parametrize("hide", ["sys.modules", "find_spec"])
 def test_without_sacrebleu_memorization_names_the_extra_in_one_line(run_cli, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, hide):
+    """sacrebleu hidden (None in sys.modules: `import sacrebleu` raises, find_spec says None; or
+    find_spec alone saying None): one `error:` line naming the `study` extra, exit 5, before any
+    run is read, and no --plot written; --lengths alone does not need sacrebleu."""
     import importlib.util
 
     from alpaca_plw import extras
 
-    real = importlib.util.find_spec
-    monkeypatch.setattr(extras.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "sacrebleu" else real(name, *a))
+    if hide == "sys.modules":
+        for module in [m for m in sys.modules if m == "sacrebleu" or m.startswith("sacrebleu.")]:
+            monkeypatch.delitem(sys.modules, module)
+        monkeypatch.setitem(sys.modules, "sacrebleu", None)
+        with pytest.raises(ImportError):
+            import sacrebleu as _  # noqa: F401 - the module really is out of reach
+    else:
+        real = importlib.util.find_spec
+        monkeypatch.setattr(extras.importlib.util, "find_spec",
+                            lambda name, *a: None if name == "sacrebleu" else real(name, *a))
     runs = _two_runs(tmp_path)
-    code, _, stderr = run_cli(["analyze", *runs, "--memorization", "mem"])
-    assert code == 5 and "pip install 'alpaca-plw[study]'" in stderr
-    assert len(stderr.strip().splitlines()) == 1
+    plot = tmp_path / "a.png"
+    code, stdout, stderr = run_cli(["analyze", *runs, "--memorization", "mem", "--plot", plot])
+    assert code == 5 and stdout == "" and not plot.exists()
+    assert stderr.strip().splitlines() == [
+        "error: alpaca-plw analyze --memorization needs sacrebleu, which is not installed: "
+        "pip install 'alpaca-plw[study]'"]
+    code, _, stderr = run_cli(["analyze", *runs, "--lengths", "ae", "--json"])
+    assert code == 0, stderr
 
 
 def test_a_set_not_made_from_the_runs_training_data_is_said(tmp_path):
