@@ -179,7 +179,8 @@ class _Files:
             expected = [stop - start, *shape[1:]]
         problem = None
         if list(value.shape) != expected or NAMES.get(entry.get("dtype")) != value.dtype:
-            problem = f"{key}: stored {list(value.shape)} {value.dtype}, index says {expected}"
+            problem = f"{key}: stored {list(value.shape)} {value.dtype}, index says {expected} " \
+                      f"{NAMES.get(entry.get('dtype'), entry.get('dtype'))}"
         elif like is not None:
             local, split = _local(like)
             if list(like.shape) != shape or like.dtype != value.dtype:

@@ -7,7 +7,8 @@ argv[1] is a JSON object {"model", "tokenizer", "weights", "out", "max_shard_byt
    (`get_model_state_dict` / `get_optimizer_state_dict`, full_state_dict=True) to
    reference/model.safetensors and reference/optim.safetensors ("NAME/KEY").
 2. The checkpoint restored into a fresh sharded model (every rank reading its own shards) and a
-   fresh optimizer; their gathered state goes to restored/ for the test to compare.
+   fresh optimizer; their gathered state goes to restored/ for the test to compare, and they are
+   saved again, unchanged, as direct/checkpoint-2.
 3. `stopped/`: a real FSDP training run stopped before step 2, leaving checkpoint-1 and an
    unfinished run.json (the folder a one-process `--resume` must refuse).
 """
@@ -81,6 +82,7 @@ def main() -> None:
     optimizer = make_optimizer(fresh.parameters(), "adamw_torch", 1e-2, 0.1, d.device)
     scheduler = make_scheduler(optimizer, 1, 10, "cosine")
     step = load_checkpoint(out / "direct" / "checkpoint-1", fresh, optimizer, scheduler, d)
+    save_checkpoint(out / "direct" / "checkpoint-2", fresh, optimizer, scheduler, tokenizer, 2, d)
     weights, state = _gathered(fresh, optimizer)
     if d.is_main:
         (out / "restored").mkdir()
