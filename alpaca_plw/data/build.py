@@ -104,65 +104,116 @@ def _swap_lengths(records: Records, lengths: FieldLengths, which: np.ndarray, ca
     return inst, inst + lengths.output[which], lengths.instruction[which].copy()
 
 
-def build(records: Records, lengths: FieldLengths, rule: BuildRule, cache: LengthCache) -> BuildResult:
-    """Apply `rule` to `records` (with their `lengths`); nothing is written here."""
-    n = len(records)
+class Reasons:
+    """Why each record got its action, made on demand: `reasons(lo, hi)` is the list of the
+    records lo..hi-1, so a writer can stream them (compact NumPy columns, no string per record
+    held)."""
+
+    def __init__(self, p, c, target=None):
+        self.p, self.c, self.target = p, c, target
+
+    def __call__(self, lo: int, hi: int) -> list[str]:
+        if self.target is None:
+            return [f"completion {ci} {'>' if ci > pi else '<='} prompt {pi} tokens"
+                    for pi, ci in zip(self.p[lo:hi].tolist(), self.c[lo:hi].tolist())]
+        t = self.target
+        n, k = t["n"], t["k"]
+        out = [f"ratio {r:.4g} ranks {q} of {n}; the top {k} are swapped" if q <= k
+               else f"ratio {r:.4g} ranks {q} of {n}; only the top {k} are swapped"
+               for r, q in zip(t["ratios"][lo:hi].tolist(), t["rank"][lo:hi].tolist())]
+        drop = t.get("drop_rank")
+        if drop is not None:
+            m = t["m"]
+            for j in np.flatnonzero(drop[lo:hi]).tolist():
+                i = lo + j
+                out[j] = ("swapped, then left out: " if t["rank"][i] <= k else "left out: ") + (
+                          f"post-swap ratio {t['post'][i]:.4g} ranks {drop[i]} of {n}; the {m} "
+                          f"highest go because target R_g {t['target']:g} is below the swap "
+                          f"floor {t['floor']:g}")
+        return out
+
+
+@dataclass
+class SwapPlan:
+    """What to do with every record, decided from token lengths alone (see `plan_swaps`)."""
+
+    action: np.ndarray  # int8 per source record: KEPT, SWAPPED or DROPPED
+    chosen: np.ndarray  # the swapped records' indices
+    new_inst: np.ndarray | None  # their new instructions' token counts (None: not measured yet)
+    reasons: Reasons
+    summary: dict[str, object]
+
+
+def plan_swaps(lengths: FieldLengths, rule: BuildRule, swap_lengths, name: str) -> SwapPlan:
+    """Decide the swaps (and drops) of `rule` from `lengths` (see the module docstring).
+
+    `swap_lengths(which)` gives the token counts of the swapped instructions of the records
+    `which` (int32, in that order); only target rules call it (for every record). For the Short
+    rule `new_inst` is None: the caller measures the chosen records' new instructions.
+    `name` is the dataset's name in a `TargetError`.
+    """
+    n = lengths.instruction.size
     p, c = lengths.prompt.astype(np.int64), lengths.completion.astype(np.int64)
     action = np.zeros(n, dtype=np.int8)
     summary: dict[str, object] = {}
     if rule.target_rg is None:
         chosen = np.flatnonzero(c > p)
-        new_inst, sw_p, sw_c = _swap_lengths(records, lengths, chosen, cache)
         action[chosen] = SWAPPED
-        reasons = [f"completion {ci} {'>' if ci > pi else '<='} prompt {pi} tokens"
-                   for pi, ci in zip(p.tolist(), c.tolist())]
-    else:
-        ratios = lengths.ratios()
-        order = _descending(ratios)
-        new_inst, sw_p, sw_c = _swap_lengths(records, lengths, order, cache)
-        rgs = _prefix_rg(p.sum(), c.sum(), sw_p - p[order], sw_c - c[order])
-        k = _closest(rgs, rule.target_rg)
-        floor, ceiling = float(np.nanmin(rgs)), float(np.nanmax(rgs))
-        chosen, new_inst, sw_p, sw_c = order[:k], new_inst[:k], sw_p[:k], sw_c[:k]
-        action[chosen] = SWAPPED
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(1, n + 1)
-        reasons = [
-            f"ratio {r:.4g} ranks {q} of {n}; the top {k} are swapped" if q <= k
-            else f"ratio {r:.4g} ranks {q} of {n}; only the top {k} are swapped"
-            for r, q in zip(ratios.tolist(), rank.tolist())
-        ]
-        summary.update(swapped_prefix=k, swap_floor_rg=round(floor, 6),
-                       swap_ceiling_rg=round(ceiling, 6))
+        return SwapPlan(action, chosen, None, Reasons(p, c), summary)
+    ratios = lengths.ratios()
+    order = _descending(ratios)
+    new_inst = np.asarray(swap_lengths(order))
+    sw_p, sw_c = new_inst + lengths.output[order], lengths.instruction[order].copy()
+    rgs = _prefix_rg(p.sum(), c.sum(), sw_p - p[order], sw_c - c[order])
+    k = _closest(rgs, rule.target_rg)
+    floor, ceiling = float(np.nanmin(rgs)), float(np.nanmax(rgs))
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    chosen, new_inst, sw_p, sw_c = order[:k], new_inst[:k], sw_p[:k], sw_c[:k]
+    action[chosen] = SWAPPED
+    summary.update(swapped_prefix=k, swap_floor_rg=round(floor, 6),
+                   swap_ceiling_rg=round(ceiling, 6))
+    why = {"n": n, "k": k, "ratios": ratios, "rank": rank}
     out_p, out_c = p.copy(), c.copy()
     out_p[chosen], out_c[chosen] = sw_p, sw_c
-    if rule.target_rg is not None:
-        achieved = out_c.sum() / out_p.sum()
-        target = rule.target_rg
-        if achieved - target > rule.tolerance * target and rule.allow_drop:
-            post = out_c / np.maximum(out_p, 1)
-            order2 = _descending(post)[: n - 1]  # keep at least one record
-            rgs = _prefix_rg(out_p.sum(), out_c.sum(), -out_p[order2], -out_c[order2])
-            m = _closest(rgs, target)
-            dropped = order2[:m]
-            for q, i in enumerate(dropped.tolist(), start=1):
-                reasons[i] = ("swapped, then left out: " if action[i] == SWAPPED else "left out: ") + (
-                              f"post-swap ratio {post[i]:.4g} ranks {q} of {n}; the {m} highest go "
-                              f"because target R_g {target:g} is below the swap floor "
-                              f"{summary['swap_floor_rg']:g}")
-            action[dropped] = DROPPED
-            summary["dropped_for_target"] = m
-            achieved = rgs[m]
-        summary["achieved_rg"] = round(float(achieved), 6)
-        if abs(achieved - target) > rule.tolerance * target:
-            hint = "" if rule.allow_drop or target > summary["swap_floor_rg"] else (
-                "; --allow-drop leaves out the highest-ratio records to go lower")
-            raise TargetError(
-                f"target R_g {target:g} cannot be met within {rule.tolerance:.0%}: swapping reaches "
-                f"R_g {summary['swap_floor_rg']:g} to {summary['swap_ceiling_rg']:g} on "
-                f"{records.source.name}{hint} (closest: {achieved:.4g})"
-            )
-    return _assemble(records, lengths, rule, action, chosen, new_inst, reasons, summary)
+    achieved = out_c.sum() / out_p.sum()
+    target = rule.target_rg
+    if achieved - target > rule.tolerance * target and rule.allow_drop:
+        post = out_c / np.maximum(out_p, 1)
+        order2 = _descending(post)[: n - 1]  # keep at least one record
+        rgs = _prefix_rg(out_p.sum(), out_c.sum(), -out_p[order2], -out_c[order2])
+        m = _closest(rgs, target)
+        dropped = order2[:m]
+        drop_rank = np.zeros(n, dtype=np.int64)
+        drop_rank[dropped] = np.arange(1, m + 1)
+        why.update(drop_rank=drop_rank, m=m, post=post, target=target,
+                   floor=summary["swap_floor_rg"])
+        action[dropped] = DROPPED
+        summary["dropped_for_target"] = m
+        achieved = rgs[m]
+    summary["achieved_rg"] = round(float(achieved), 6)
+    if abs(achieved - target) > rule.tolerance * target:
+        hint = "" if rule.allow_drop or target > summary["swap_floor_rg"] else (
+            "; --allow-drop leaves out the highest-ratio records to go lower")
+        raise TargetError(
+            f"target R_g {target:g} cannot be met within {rule.tolerance:.0%}: swapping reaches "
+            f"R_g {summary['swap_floor_rg']:g} to {summary['swap_ceiling_rg']:g} on "
+            f"{name}{hint} (closest: {achieved:.4g})"
+        )
+    return SwapPlan(action, chosen, new_inst, Reasons(p, c, why), summary)
+
+
+def build(records: Records, lengths: FieldLengths, rule: BuildRule, cache: LengthCache) -> BuildResult:
+    """Apply `rule` to `records` (with their `lengths`); nothing is written here."""
+    plan = plan_swaps(lengths, rule,
+                      lambda which: _swap_lengths(records, lengths, which, cache)[0],
+                      records.source.name)
+    new_inst = plan.new_inst
+    if new_inst is None:
+        new_inst = _swap_lengths(records, lengths, plan.chosen, cache)[0]
+    reasons = plan.reasons(0, len(records))
+    return _assemble(records, lengths, rule, plan.action, plan.chosen, new_inst, reasons,
+                     plan.summary)
 
 
 def _assemble(records, lengths, rule, action, chosen, new_inst, reasons, summary) -> BuildResult:

@@ -11,7 +11,7 @@ from pathlib import Path
 from alpaca_plw import __version__
 from alpaca_plw.data.build import ACTION_NAMES, DROPPED, BuildRule, build
 from alpaca_plw.data.chat_pipeline import measure_chat
-from alpaca_plw.data.conversations import Conversations
+from alpaca_plw.data.conversations import KIND as CONVERSATIONS, Conversations
 from alpaca_plw.data.kinds import check_one_kind
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
 from alpaca_plw.data.limits import MAX_RECORD_CHARS
@@ -174,10 +174,43 @@ def build_dataset(
     inputs = _inputs(local, options)
     if out is not None:  # refuse before loading when the output is known up front
         precheck([out, manifest_path(out)], inputs, force)
-    tokenizer, loaded = _load_all([source], options)
-    out = out or default_output(loaded[0].source.name, rule, fmt)
+    tokenizer, [stream] = open_streams([source], options)
+    out = out or default_output(stream.source.name, rule, fmt)
     with claim([out, manifest_path(out)], inputs, force) as held:  # before tokenizing
-        return _build(tokenizer, loaded, rule, options, out, fmt, progress, held)
+        if stream.kind == CONVERSATIONS:  # conversations: read whole (chat_build.py)
+            loaded = [load_records(source, options.columns, options.split,
+                                   options.max_record_chars)]
+            return _build(tokenizer, loaded, rule, options, out, fmt, progress, held)
+        return _build_streamed(stream, tokenizer, rule, options, out, fmt, progress, held)
+
+
+def _build_streamed(stream, tokenizer, rule, options, out, fmt, progress, held) -> Built:
+    """An Alpaca source, read in batches (`build_stream.py`); the same bytes as `_build`."""
+    from alpaca_plw.data.build_stream import stream_build
+    from alpaca_plw.data.parallel import check_num_proc
+    from alpaca_plw.data.tokenizer import resolve_spec
+
+    identity = tokenizer.identity()
+    src = stream.source
+
+    def head(stats, counts, summary) -> dict[str, object]:
+        return {
+            "tool": f"alpaca-plw {__version__}",
+            "source": {"path": src.path, "kind": src.kind, "sha256": src.sha256,
+                       "records": counts["source"],
+                       "split": options.split if src.kind in ("hub", "arrow-dir") else None,
+                       "columns": options.columns.to_json()},
+            "tokenizer": identity,
+            "rule": {**rule.to_json(), **summary},
+            "output": {"file": out.name, "format": fmt},
+            "stats": stats.to_json(),
+            "counts": counts,
+        }
+
+    stats, counts, summary = stream_build(stream, rule, tokenizer, resolve_spec(options.tokenizer),
+                                          identity, check_num_proc(options.num_proc), out, fmt,
+                                          held, head, progress)
+    return Built(out, manifest_path(out), stats, counts, summary)
 
 
 def _build(tokenizer, loaded, rule, options, out, fmt, progress, held) -> Built:
