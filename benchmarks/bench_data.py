@@ -142,6 +142,8 @@ def main() -> int:
     scale.add_argument("--work", type=Path, metavar="DIR",
                        help="folder for the set and the outputs [a temporary folder, removed]")
     scale.add_argument("--seed", type=int, default=19, help="the generator's seed [19]")
+    scale.add_argument("--no-floor", action="store_true",
+                       help="measure no floor (no ratio): for runs where memory is the point")
     args = parser.parse_args()
     if args.floor_worker:
         return floor_worker(args.data, args.tokenizer)

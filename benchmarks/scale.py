@@ -217,9 +217,11 @@ def _remove(path: Path | None) -> None:
 
 
 def run_scale(count: int, kind: str, commands: list[str], procs: list[int], tokenizer: Path,
-              cli: list[str], work: Path | None = None, seed: int = 19,
-              log=print) -> dict[str, object]:
-    """Generate the set, run the floor and every command; return the figures (see module doc)."""
+              cli: list[str], work: Path | None = None, seed: int = 19, log=print,
+              with_floor: bool = True) -> dict[str, object]:
+    """Generate the set, run the floor and every command; return the figures (see module doc).
+    Without `with_floor` no floor is measured and no ratio reported (for runs where only memory
+    and records/s matter)."""
     for name in commands:
         if name not in COMMANDS:
             raise ValueError(f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
@@ -236,8 +238,11 @@ def run_scale(count: int, kind: str, commands: list[str], procs: list[int], toke
         made = time.perf_counter() - start
         log(f"generated {data} ({data.stat().st_size / GIB:.2f} GiB) in {made:.0f} s")
         startup, _, _ = run_measured([*cli, "--help"], env, work / "help.out", work / "help.err")
-        fl = floor_in_worker(data, kind, tokenizer)
-        log(f"floor: {fl['seconds']:.1f} s ({fl['tokens']:,} tokens)")
+        if with_floor:
+            fl = floor_in_worker(data, kind, tokenizer)
+            log(f"floor: {fl['seconds']:.1f} s ({fl['tokens']:,} tokens)")
+        else:
+            fl = {"seconds": None, "records": count, "strings": None, "tokens": None}
         rows = []
         for name in commands:
             first_digest, first_time = None, None
@@ -254,14 +259,16 @@ def run_scale(count: int, kind: str, commands: list[str], procs: list[int], toke
                 first_digest = first_digest or same
                 first_time = first_time or busy
                 row = {"command": name, "num_proc": n, "seconds": wall,
-                       "records_per_s": count / busy, "ratio_to_floor": busy / fl["seconds"],
+                       "records_per_s": count / busy,
+                       "ratio_to_floor": busy / fl["seconds"] if with_floor else None,
                        "peak_rss_max_process": maxrss, "peak_rss_tree": tree,
                        "speedup_vs_1": first_time / busy if procs[0] == 1 else None,
                        "identical_to_first": same == first_digest, "output_sha256": same,
                        "argv": argv}
                 rows.append(row)
+                ratio = row["ratio_to_floor"]
                 log(f"{name} --num-proc {n}: {wall:.1f} s, {row['records_per_s']:,.0f} rec/s, "
-                    f"{row['ratio_to_floor']:.2f} x floor, RSS {maxrss / MIB:,.0f} MiB "
+                    f"{'-' if ratio is None else f'{ratio:.2f}'} x floor, RSS {maxrss / MIB:,.0f} MiB "
                     f"(tree {tree / MIB:,.0f} MiB), identical {row['identical_to_first']}")
     finally:
         if own:
@@ -277,10 +284,11 @@ def run_scale(count: int, kind: str, commands: list[str], procs: list[int], toke
 def report(result: dict[str, object]) -> list[tuple[str, bool, str]]:
     """Print the table; return the goals as (label, passed, value)."""
     fl = result["floor"]
-    print(f"synthetic {result['kind']}: {result['records']:,} records, seed {result['seed']}, "
-          f"{fl['strings']:,} strings, {fl['tokens']:,} tokens")
+    measured = fl["seconds"] is not None
+    print(f"synthetic {result['kind']}: {result['records']:,} records, seed {result['seed']}"
+          + (f", {fl['strings']:,} strings, {fl['tokens']:,} tokens" if measured else ""))
     print(f"cpus: {result['cpus']}; python {result['python']}; start-up {result['startup_seconds']:.2f} s; "
-          f"floor {fl['seconds']:.1f} s")
+          + (f"floor {fl['seconds']:.1f} s" if measured else "floor not measured (--no-floor)"))
     print("load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f}; after: {:.2f} {:.2f} {:.2f}"
           .format(*result["load_average"]["before"], *result["load_average"]["after"]))
     print()
@@ -289,8 +297,9 @@ def report(result: dict[str, object]) -> list[tuple[str, bool, str]]:
     goals = []
     for r in result["rows"]:
         speed = f"{r['speedup_vs_1']:.2f}" if r["speedup_vs_1"] is not None else "-"
+        ratio = "-" if r["ratio_to_floor"] is None else f"{r['ratio_to_floor']:.2f}"
         print(f"{r['command']:<12} {r['num_proc']:>2} {r['seconds']:>8.1f} {r['records_per_s']:>10,.0f} "
-              f"{r['ratio_to_floor']:>8.2f} {r['peak_rss_max_process'] / MIB:>8,.0f} "
+              f"{ratio:>8} {r['peak_rss_max_process'] / MIB:>8,.0f} "
               f"{r['peak_rss_tree'] / MIB:>9,.0f} {speed:>8} {'yes' if r['identical_to_first'] else 'NO':>5}")
         label = f"{r['command']} --num-proc {r['num_proc']}"
         goals.append((f"{label}: peak RSS (tree) < 1.5 GiB", r["peak_rss_tree"] < RSS_GOAL,
@@ -314,7 +323,8 @@ def main(args, cli: list[str]) -> int:
     procs = [int(n) for n in args.num_proc.split(",")]
     try:
         result = run_scale(count, args.kind, commands, procs, args.tokenizer, cli, args.work,
-                           args.seed, log=lambda line: print(line, file=sys.stderr, flush=True))
+                           args.seed, log=lambda line: print(line, file=sys.stderr, flush=True),
+                           with_floor=not args.no_floor)
     except ValueError as e:
         print(str(e), file=sys.stderr)
         return 2
