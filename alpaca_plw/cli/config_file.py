@@ -7,7 +7,7 @@ have is one error line naming it and the known ones. A relative path in the file
 directory the command runs in, as on the command line.
 
     # run.yaml                          alpaca-plw train --config run.yaml --lr 1e-5
-    weights_dir: weights/               (the command line wins: lr 1e-5)
+    weights_dir: weights/               (the command line wins: lr 1e-5; a list for shards)
     model: llama-7b/
     output-dir: run/
     lr: 2.0e-5
@@ -95,7 +95,9 @@ def apply(ctx: typer.Context, path: Path | None, passthrough: bool = False) -> N
         defaults, extra, unknown = {}, [], []
         for key, value in data.items():
             name = aliases.get(str(key).replace("-", "_"))
-            if name is not None:
+            if name is not None and getattr(params[name], "nargs", 1) == -1:  # train's WEIGHTS_DIR...
+                defaults[name] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+            elif name is not None:
                 defaults[name] = ",".join(map(str, value)) if isinstance(value, list) else value
             elif passthrough:
                 extra += _as_cli(str(key).replace("-", "_"), value)

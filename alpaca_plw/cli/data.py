@@ -19,12 +19,17 @@ MaxRecordChars = Annotated[int, typer.Option(
     "bytes a character); 0: no limit.")]
 
 
-def _options(tokenizer, columns, split, max_record_chars: int):
-    """`data_options` plus the record size limit (0: none)."""
+NumProc = Annotated[Optional[int], typer.Option(
+    "--num-proc", help="Worker processes that tokenize batches of records [default: the available "
+    "cores]; the output is the same for every value.", show_default=False)]
+
+
+def _options(tokenizer, columns, split, max_record_chars: int, num_proc: int | None = None):
+    """`data_options` plus the record size limit (0: none) and the worker processes."""
     import dataclasses
 
     return dataclasses.replace(data_options(tokenizer, columns, split),
-                               max_record_chars=max_record_chars or None)
+                               max_record_chars=max_record_chars or None, num_proc=num_proc)
 
 
 def stats(
@@ -36,6 +41,7 @@ def stats(
     max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per dataset per line.")] = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw length and ratio histograms to this PNG.")] = None,
+    num_proc: NumProc = None,
 ) -> None:
     """Token-length statistics, R_g and the guide's recommended PLW, one row per dataset."""
     from alpaca_plw.cli.render import stats_table
@@ -45,7 +51,7 @@ def stats(
     from alpaca_plw.data.tokenizer import resolve_spec
 
     with progress_bar() as progress:
-        options = _options(tokenizer, columns, split, max_record_chars)
+        options = _options(tokenizer, columns, split, max_record_chars, num_proc)
         inputs = [("source dataset", s) for s in sources or [default_source()]]
         inputs.append(("tokenizer", resolve_spec(options.tokenizer)))
         with file_output(plot, inputs, force=True):  # never over an input; --plot replaces a file
@@ -63,12 +69,14 @@ def stats(
         err.print(f"wrote {plot}")
 
 
-def _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars) -> None:
+def _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars,
+           num_proc=None) -> None:
     from alpaca_plw.data.pipeline import build_dataset
     from alpaca_plw.cli.render import build_summary, stats_table
 
     with progress_bar() as progress:
-        built = build_dataset(source, rule, _options(tokenizer, columns, split, max_record_chars),
+        built = build_dataset(source, rule,
+                              _options(tokenizer, columns, split, max_record_chars, num_proc),
                               output, fmt, force, progress)
     err.print(build_summary(built))
     out().print(stats_table([built.stats]))
@@ -77,35 +85,41 @@ def _build(rule, source, output, fmt, force, tokenizer, columns, split, max_reco
 def build_short(source: Source = None, output: Output = None, fmt: Format = None,
                 force: Force = False, tokenizer: Tokenizer = None, columns: Columns = None,
                 split: Split = "train",
-                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
+                num_proc: NumProc = None) -> None:
     """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
     from alpaca_plw.data.build import SHORT
 
-    guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
+    guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split,
+                         max_record_chars, num_proc))
 
 
 def build_medium(source: Source = None, output: Output = None, fmt: Format = None,
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
                  tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
-                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
+                num_proc: NumProc = None) -> None:
     """Swap toward R_g = 1.0 (AlpacaDataMedium)."""
     from alpaca_plw.data.build import MEDIUM, BuildRule
 
     rule = BuildRule(MEDIUM.name, MEDIUM.target_rg, allow_drop=allow_drop)
-    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split,
+                         max_record_chars, num_proc))
 
 
 def build_tiny(source: Source = None, output: Output = None, fmt: Format = None,
                force: Force = False, allow_drop: Annotated[bool, typer.Option(
                    "--allow-drop/--no-allow-drop", help="Leave out highest-ratio records when swapping alone cannot reach the target (on by default here; always reported).")] = True,
                tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
-                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
+                num_proc: NumProc = None) -> None:
     """Swap toward R_g = 0.042 (AlpacaDataTiny)."""
     from alpaca_plw.data.build import TINY, BuildRule
 
     rule = BuildRule(TINY.name, TINY.target_rg, allow_drop=allow_drop)
-    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars))
+    guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split,
+                         max_record_chars, num_proc))
 
 
 def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="Target R_g (> 0).")],
@@ -113,12 +127,13 @@ def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="T
                  force: Force = False, allow_drop: Annotated[bool, typer.Option(
                      "--allow-drop", help="Leave out highest-ratio records if swapping cannot reach the target.")] = False,
                  tokenizer: Tokenizer = None, columns: Columns = None, split: Split = "train",
-                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS) -> None:
+                max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
+                num_proc: NumProc = None) -> None:
     """Swap toward any target R_g (deterministic prefix rule; see README)."""
     from alpaca_plw.data.build import target_rule
 
     guard(lambda: _build(target_rule(target_rg, allow_drop), source, output, fmt, force,
-                          tokenizer, columns, split, max_record_chars))
+                          tokenizer, columns, split, max_record_chars, num_proc))
 
 
 def weights(
@@ -134,6 +149,8 @@ def weights(
     chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: a Jinja chat template file [default: the tokenizer's own].", show_default=False)] = None,
     role_weights: Annotated[Optional[str], typer.Option("--role-weights", help="Conversations: per-role weights overriding --plw, e.g. system=0,user=0.1,tool=0.1,markup=0.", show_default=False)] = None,
     assistant_turns: Annotated[str, typer.Option("--assistant-turns", help="Conversations: learn 'all' assistant turns, or only the 'last' (earlier ones weigh --plw).")] = "all",
+    num_proc: NumProc = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Write only shard K of N (K/N, 0 <= K < N): the records [K*n//N, (K+1)*n//N) of the n in SOURCE, with source_index counting in the whole source; --plw auto uses the whole source's R_g.", show_default=False)] = None,
 ) -> None:
     """Tokenize with the Alpaca template (or a conversation's chat template) and write per-token
     loss weights (prompt = PLW, completion = 1; conversations: assistant turns = 1)."""
@@ -154,10 +171,13 @@ def weights(
 
             chat = ChatOptions(None if chat_template is None else str(chat_template),
                                parse_role_weights(role_weights), assistant_turns)
+        from alpaca_plw.data.stream_run import parse_shard
+
+        parts = parse_shard(shard)
         with progress_bar() as progress:
             summary = make_weights(source, value,
-                                   _options(tokenizer, columns, split, max_record_chars), output,
-                                   max_length, force, progress, chat)
+                                   _options(tokenizer, columns, split, max_record_chars, num_proc),
+                                   output, max_length, force, progress, chat, parts)
         out().print(weights_summary(summary))
         from alpaca_plw.data.chat_markup import markup_notes
 

@@ -62,7 +62,7 @@ def train_options(args: list[str]) -> dict:
 
 def sweep(
     ctx: typer.Context,
-    source: Annotated[str, typer.Argument(help="A dataset (tokenized once) or a folder written by `alpaca-plw weights`.")],
+    source: Annotated[str, typer.Argument(help="A dataset (tokenized once), a folder written by `alpaca-plw weights`, or a folder holding the shards of one (`weights --shard K/N`), read as one dataset.")],
     model: Annotated[str, typer.Option("--model", help="Causal LM every run starts from (a save_pretrained directory).")],
     output_dir: Annotated[Path, typer.Option("--output-dir", help="OUT: sweep.json, weights/ and one plw-<value>/ run folder per PLW.")],
     plw: Annotated[str, typer.Option("--plw", help="'paper' (the paper's ten values) or a list like 0,0.1,1.")] = "paper",
@@ -105,8 +105,9 @@ def sweep(
         if dry_run:
             from alpaca_plw.study.plan import plan_sweep, tokenized
 
+            partial = bool(cfg.train.get("allow_partial_shards"))
             out().print(sweep_plan_table(plan_sweep(cfg, tokenized(source, options, max_length,
-                                                                   chat))))
+                                                                   chat, partial))))
             return
 
         def make_base(value: float, folder: Path) -> None:

@@ -13,7 +13,7 @@ from alpaca_plw.cli.options import Force, err, guard, out
 
 
 def train(
-    weights_dir: Annotated[Path, typer.Argument(help="A directory written by `alpaca-plw weights`.")],
+    weights_dir: Annotated[list[Path], typer.Argument(help="A folder written by `alpaca-plw weights`; or several, the shards of one dataset (`weights --shard K/N`, in any order), or a folder holding them.", metavar="WEIGHTS_DIR...", show_default=False)],
     model: Annotated[str, typer.Option("--model", help="Causal LM: a save_pretrained directory or hub id.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", help="Checkpoints, log.jsonl and the final model.")],
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="Tokenizer directory when the model folder has none.")] = None,
@@ -54,6 +54,7 @@ def train(
     eval_steps: Annotated[Optional[int], typer.Option("--eval-steps", help="Evaluate every N steps (always after the last one).", rich_help_panel="Evaluation and tracking")] = None,
     report_to: Annotated[str, typer.Option("--report-to", help="none, or comma-separated trackers: tensorboard, wandb, mlflow.", rich_help_panel="Evaluation and tracking")] = "none",
     save_total_limit: Annotated[Optional[int], typer.Option("--save-total-limit", help="Keep only the newest N checkpoints.")] = None,
+    allow_partial_shards: Annotated[bool, typer.Option("--allow-partial-shards", help="Train on shards that do not make a whole dataset (some of the N missing), on purpose.")] = False,
     force: Force = False,
     config: TrainConfigFile = None,
 ) -> None:
@@ -81,7 +82,8 @@ def train(
                           lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target=lora_target,
                           base_dtype=base_dtype, merge_lora=merge_lora, eval_weights=eval_weights,
                           eval_fraction=eval_fraction, eval_steps=eval_steps, report_to=report_to,
-                          save_total_limit=save_total_limit)
+                          save_total_limit=save_total_limit,
+                          allow_partial_shards=allow_partial_shards)
         progress = TrainProgress(err)
 
         def show_plan(plan) -> None:

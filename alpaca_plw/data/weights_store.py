@@ -96,14 +96,20 @@ def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
 
 @dataclass
 class WeightsData:
-    """A weights dataset read back: the Arrow table and its metadata."""
+    """A weights dataset read back: the Arrow table (memory-mapped, not copied) and its metadata;
+    `paths` lists every folder when several shards make it (`weights_set`)."""
 
     path: Path
     table: pa.Table
     meta: dict[str, object]
+    paths: tuple[Path, ...] = ()
 
     def __len__(self) -> int:
         return self.table.num_rows
+
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        return self.paths or (self.path,)
 
 
 def read_weights_dir(directory: Path) -> WeightsData:
@@ -161,20 +167,32 @@ def _meta(directory: Path, raw: bytes) -> dict:
     return meta
 
 
+def list_values(chunk: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """A list chunk's values (a zero-copy slice of its buffers) and its offsets from 0 (int64)."""
+    offsets = chunk.offsets.to_numpy().astype(np.int64)
+    start = int(offsets[0])
+    return chunk.values.slice(start, int(offsets[-1]) - start), offsets - start
+
+
 def _check_values(directory: Path, table: pa.Table, meta: dict) -> dict:
-    """Refuse non-finite or negative loss weights and negative token ids, naming the record."""
+    """Refuse non-finite or negative loss weights and negative token ids, naming the record.
+    Chunk by chunk, over the (memory-mapped) buffers in place: nothing the size of a column."""
     for name, test, what in (("loss_weight", lambda v: ~np.isfinite(v) | (v < 0), "loss weight"),
                              ("input_ids", lambda v: v < 0, "token id")):
-        column = table.column(name).combine_chunks()
-        values = column.values.to_numpy(zero_copy_only=False)
-        bad = np.flatnonzero(test(values))
-        if bad.size:
-            offsets = column.offsets.to_numpy()
-            row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-            source = table.column("source_index")[row].as_py()
-            raise InputError(f"{directory}: record {row} (source record {source}): {what} "
-                             f"{values[bad[0]]} at position {int(bad[0] - offsets[row])}; loss "
-                             "weights must be finite and >= 0; rebuild it with `alpaca-plw weights`")
+        first = 0
+        for chunk in table.column(name).chunks:
+            flat, offsets = list_values(chunk)
+            values = flat.to_numpy(zero_copy_only=False)
+            bad = np.flatnonzero(test(values))
+            if bad.size:
+                local = int(np.searchsorted(offsets, bad[0], side="right") - 1)
+                row = first + local
+                source = table.column("source_index")[row].as_py()
+                raise InputError(f"{directory}: record {row} (source record {source}): {what} "
+                                 f"{values[bad[0]]} at position {int(bad[0] - offsets[local])}; "
+                                 "loss weights must be finite and >= 0; rebuild it with "
+                                 "`alpaca-plw weights`")
+            first += len(chunk)
     return meta
 
 

@@ -61,11 +61,26 @@ def is_weights_dir(path) -> bool:
     return Path(path).is_dir() and (Path(path) / ARROW_FILE).is_file()
 
 
+def is_weights_source(path) -> bool:
+    """A weights folder or a folder holding shard folders (not a source dataset)."""
+    from alpaca_plw.data.weights_set import is_weights_source as found
+
+    return found(path)
+
+
+def read_source(source, allow_partial: bool = False) -> WeightsData:
+    """A sweep's SOURCE when it is tokenized already: a weights folder, or a folder holding the
+    shards of one (`weights --shard K/N`), read as one dataset (`data.weights_set`)."""
+    from alpaca_plw.data.weights_set import read_weights
+
+    return read_weights(Path(source), allow_partial)
+
+
 def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> pa.Table:
     """`data`'s table weighed at `plw` by the rule of `alpaca-plw weights`: Alpaca records by
     their `prompt_length`, conversations by their role codes (with `chat`'s `--role-weights`)."""
     plw = check_plw(plw)
-    ids = data.table.column("input_ids").combine_chunks()
+    ids = data.table.column("input_ids").combine_chunks()  # several shards: written as one
     lengths = np.diff(ids.offsets.to_numpy().astype(np.int64))
     meta = dict(data.meta)
     if ROLE_COLUMN in data.table.column_names:
@@ -89,8 +104,8 @@ def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> 
     meta.update(plw=plw, plw_choice={"mode": "given"})
     list_type = pa.ListArray if ids.type == pa.list_(pa.int32()) else pa.LargeListArray
     column = list_type.from_arrays(ids.offsets, pa.array(weights, pa.float32()))
-    table = data.table.set_column(data.table.column_names.index("loss_weight"), "loss_weight",
-                                  column)
+    table = data.table.combine_chunks() if len(data.folders) > 1 else data.table
+    table = table.set_column(table.column_names.index("loss_weight"), "loss_weight", column)
     return table.replace_schema_metadata(
         schema(meta, ROLE_COLUMN in data.table.column_names).metadata)
 
@@ -140,18 +155,20 @@ def _weighs_as(held: WeightsData, table: pa.Table) -> bool:
 
 
 def prepare_weights(source, plws: list[float], weights_root: Path, make_base,
-                    chat: ChatOptions | None = None) -> dict[float, Path]:
+                    chat: ChatOptions | None = None, allow_partial: bool = False
+                    ) -> dict[float, Path]:
     """A weights folder per PLW under `weights_root`, from one tokenization.
 
-    `source` is a weights folder (read as is) or a dataset. For a dataset, a folder an earlier
+    `source` is a weights folder (read as is), a folder of shards (read as one dataset and
+    written as one folder per PLW) or a dataset. For a dataset, a folder an earlier
     call left under `weights_root` is the base (a PLW added to a sweep is derived from it);
     without one, `make_base(plw, out)` tokenizes it once into the first PLW's folder. A folder
     already there is kept when it holds exactly what the rule gives at its PLW; one that does not
     (another dataset, or weights made by an older, wrong derivation) is refused.
     """
     folders = {plw: weights_root / run_name(plw) for plw in plws}
-    if is_weights_dir(source):
-        base = read_weights_dir(Path(source))
+    if is_weights_source(source):
+        base = read_source(source, allow_partial)
         chat = folder_chat(base, chat)
     else:
         existing = sorted(p for p in weights_root.glob("plw-*") if is_weights_dir(p)) \

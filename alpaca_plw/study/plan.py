@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.weights_store import WeightsData, read_weights_dir, to_table
+from alpaca_plw.data.weights_store import WeightsData, to_table
 from alpaca_plw.study.fit import to_wp
-from alpaca_plw.study.grid import folder_chat, is_weights_dir, reweight, run_name
+from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweight,
+                                  run_name)
 from alpaca_plw.study.sweep import SweepConfig, _check_folder, run_state, train_config
 
 
@@ -38,12 +39,13 @@ class SweepPlan:
         return sum(r.tokens for r in self.runs if r.state != "done")
 
 
-def tokenized(source, options, max_length: int, chat=None) -> WeightsData:
+def tokenized(source, options, max_length: int, chat=None, allow_partial: bool = False
+              ) -> WeightsData:
     """The sweep's tokens without writing anything: a weights folder read, or a dataset tokenized
     in memory at PLW 0 as `weights` would (Alpaca records or conversations; each PLW's weights
     are derived from it, `grid.reweight`)."""
-    if is_weights_dir(source):
-        return read_weights_dir(Path(source))
+    if is_weights_source(source):
+        return read_source(source, allow_partial)
     from alpaca_plw.data.conversations import Conversations
     from alpaca_plw.data.sources import load_records
     from alpaca_plw.data.tokenizer import load_tokenizer
@@ -89,7 +91,7 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
     from alpaca_plw.train.plan import make_plan
 
     _check_folder(cfg)
-    chat = folder_chat(data, cfg.chat) if is_weights_dir(cfg.source) else cfg.chat
+    chat = folder_chat(data, cfg.chat) if is_weights_source(cfg.source) else cfg.chat
     store = SequenceStore.from_weights(data)
     learned_targets = float((store.target_counts() - store.target_prompt_counts()).sum())
     runs, plan = [], None

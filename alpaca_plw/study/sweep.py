@@ -215,7 +215,8 @@ def _sweep(cfg: SweepConfig, make_base, emit: Event, train) -> list[dict]:
     previous = _check_folder(cfg)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     folders = prepare_weights(cfg.source, cfg.plws, cfg.output_dir / "weights", make_base,
-                              cfg.chat)
+                              cfg.chat,
+                              allow_partial=bool(cfg.train.get("allow_partial_shards")))
     states = {plw: run_state(cfg.output_dir / run_name(plw)) for plw in cfg.plws}
     entries = _earlier_runs(previous, cfg.plws)
     entries.update({plw: _entry(plw, "done" if s == "done" else "pending",

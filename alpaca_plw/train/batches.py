@@ -19,30 +19,35 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_store import WeightsData
+from alpaca_plw.data.weights_store import WeightsData, list_values
 from alpaca_plw.train.roles import padded_target_roles, prompt_from_roles
 from alpaca_plw.train.selection import Selection, select_targets
+from alpaca_plw.train.tokens import Tokens, record_sums
 
 
 @dataclass
 class SequenceStore:
-    """All records of a weights dataset as flat numpy arrays (offsets index record i)."""
+    """All records of a weights dataset as flat token columns (offsets index record i): numpy
+    arrays, or `Tokens` views over a weights file (read in place)."""
 
-    ids: np.ndarray
-    weights: np.ndarray
+    ids: np.ndarray | Tokens
+    weights: np.ndarray | Tokens
     offsets: np.ndarray
     prompt_length: np.ndarray
-    roles: np.ndarray | None = None  # int8 per token: conversation weights (train/roles.py)
+    roles: np.ndarray | Tokens | None = None  # int8 per token: conversation weights (train/roles.py)
     role_names: tuple[str, ...] = ()
 
     @classmethod
     def from_weights(cls, data: WeightsData) -> SequenceStore:
-        ids_col = data.table.column("input_ids").combine_chunks()
-        w_col = data.table.column("loss_weight").combine_chunks()
+        """Token columns as views over the (memory-mapped) Arrow buffers: nothing per token is
+        copied, so the ranks of one host share the file's pages (`train.tokens`)."""
+        lengths = np.concatenate([_lengths(c) for c in data.table.column("input_ids").chunks])
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         return cls(
-            ids=ids_col.values.to_numpy().astype(np.int64),
-            weights=w_col.values.to_numpy().astype(np.float32),
-            offsets=ids_col.offsets.to_numpy().astype(np.int64),
+            ids=_tokens(data, "input_ids"),
+            weights=_tokens(data, "loss_weight"),
+            offsets=offsets,
             prompt_length=data.table.column("prompt_length").to_numpy().astype(np.int64),
             **_roles(data),
         )
@@ -56,7 +61,7 @@ class SequenceStore:
 
     def target_weight_sums(self) -> np.ndarray:
         """Per record, the sum of its targets' weights (every token but the first)."""
-        totals = np.add.reduceat(self.weights, self.offsets[:-1]) if len(self) else np.zeros(0)
+        totals = record_sums(self.weights, self.offsets)
         return totals.astype(np.float64) - self.weights[self.offsets[:-1]]
 
     def target_counts(self) -> np.ndarray:
@@ -73,8 +78,10 @@ class SequenceStore:
         """Per record, its prompt-side targets (for conversations: every non-assistant target)."""
         if self.roles is None:
             return np.maximum(self.prompt_length - 1, 0)
-        flags = prompt_from_roles(self, self.roles.astype(np.int64)).astype(np.int64)
-        return np.add.reduceat(flags, self.offsets[:-1]) - flags[self.offsets[:-1]]
+        def flags(roles: np.ndarray) -> np.ndarray:
+            return prompt_from_roles(self, roles.astype(np.int64)).astype(np.int64)
+
+        return record_sums(self.roles, self.offsets, flags) - flags(self.roles[self.offsets[:-1]])
 
 
 @dataclass
@@ -166,13 +173,22 @@ def collate(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -> Micro
                       selection=select_targets(targets, weights, prompt, roles))
 
 
+def _lengths(chunk) -> np.ndarray:
+    offsets = chunk.offsets.to_numpy()
+    return np.diff(offsets).astype(np.int64)
+
+
+def _tokens(data: WeightsData, name: str) -> Tokens:
+    """A list column's values, one zero-copy numpy view per Arrow chunk (empty chunks left out)."""
+    pieces = [list_values(c)[0].to_numpy() for c in data.table.column(name).chunks if len(c)]
+    return Tokens(pieces)
+
+
 def _roles(data: WeightsData) -> dict:
     """The role column and its names, for weights made from conversations."""
     if "role" not in data.table.column_names:
         return {}
-    column = data.table.column("role").combine_chunks()
-    return {"roles": column.values.to_numpy().astype(np.int8),
-            "role_names": tuple(data.meta.get("role_codes", ()))}
+    return {"roles": _tokens(data, "role"), "role_names": tuple(data.meta.get("role_codes", ()))}
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,26 @@ ATTN_IMPLEMENTATIONS = ("torch_varlen", "sdpa", "eager", "flex_attention", "flas
                         "flash_attention_3")
 
 
+class WeightsDirs(tuple):
+    """Several weights folders (the shards of one dataset), shown as `a, b, c` in messages."""
+
+    def __str__(self) -> str:
+        return ", ".join(map(str, self))
+
+
+def weights_dirs(cfg) -> tuple[Path, ...]:
+    """`cfg.weights_dir` as a tuple of folders (one, or the several given)."""
+    value = cfg.weights_dir
+    return tuple(value) if isinstance(value, tuple) else (value,)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything `alpaca-plw train` needs. Errors name the CLI flag to change."""
 
-    weights_dir: Path
+    # one weights folder (or a folder holding shard folders), or several: the shards of one
+    # dataset (`data/weights_set.py`); a list of one is stored as its folder
+    weights_dir: Path | WeightsDirs
     model: str
     output_dir: Path
     tokenizer: str | None = None
@@ -67,8 +82,14 @@ class TrainConfig:
     eval_steps: int | None = None
     report_to: tuple[str, ...] = ()
     save_total_limit: int | None = None
+    allow_partial_shards: bool = False  # train on an incomplete set of shards, on purpose
 
     def __post_init__(self):
+        if isinstance(self.weights_dir, (list, tuple)):
+            if not self.weights_dir:
+                raise ConfigError("no weights folder given")
+            dirs = [Path(p) for p in self.weights_dir]
+            object.__setattr__(self, "weights_dir", dirs[0] if len(dirs) == 1 else WeightsDirs(dirs))
         checks = [
             (self.micro_batch_size >= 1, "--micro-batch-size must be at least 1"),
             (self.grad_accum is None or self.grad_accum >= 1, "--grad-accum must be at least 1"),

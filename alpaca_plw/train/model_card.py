@@ -9,14 +9,12 @@ anything the run did not do.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import platform
 from importlib import metadata
 from pathlib import Path
 
 from alpaca_plw.data.output import atomic_write, text_writer
-from alpaca_plw.data.weights_store import ARROW_FILE
 
 CARD_FILE = "README.md"
 RUN_RECORD = "run.json"
@@ -28,7 +26,7 @@ def config_dict(cfg) -> dict:
     def plain(value):
         if isinstance(value, Path):
             return str(value)
-        return list(value) if isinstance(value, tuple) else value
+        return [plain(v) for v in value] if isinstance(value, tuple) else value
 
     return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
@@ -43,12 +41,12 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _weights_sha256(cfg) -> str:
+    """The Arrow file's sha256; for several folders (shards), `weights_set.digest`'s."""
+    from alpaca_plw.data.weights_set import expand, folders_digest
+    from alpaca_plw.train.config import weights_dirs
+
+    return folders_digest(expand(weights_dirs(cfg)))
 
 
 def run_facts(cfg, plan, meta: dict, results: dict) -> dict:
@@ -59,7 +57,7 @@ def run_facts(cfg, plan, meta: dict, results: dict) -> dict:
         "plan": plan.to_json(),
         "weights": {
             "path": str(cfg.weights_dir),
-            "sha256": file_digest(Path(cfg.weights_dir) / ARROW_FILE),
+            "sha256": _weights_sha256(cfg),
             "source": meta.get("source", {}),
             "records": meta.get("counts", {}).get("written"),
             "tokens": tokens,

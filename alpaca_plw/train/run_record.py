@@ -16,7 +16,6 @@ old run renamed back, and a killed one is undone the same way by the next run on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,9 @@ _HF_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_
 
 
 def inputs(cfg) -> list[tuple[str, object]]:
-    return [("weights folder", cfg.weights_dir), ("model", cfg.model),
+    from alpaca_plw.train.config import weights_dirs
+
+    return [*(("weights folder", p) for p in weights_dirs(cfg)), ("model", cfg.model),
             ("tokenizer", cfg.tokenizer), ("evaluation weights", getattr(cfg, "eval_weights", None))]
 
 
@@ -139,10 +140,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def weights_digest(data) -> str:
-    from alpaca_plw.data.weights_store import ARROW_FILE
+    from alpaca_plw.data.weights_set import digest  # one folder: its Arrow file's sha256
 
-    with open(Path(data.path) / ARROW_FILE, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return digest(data)
 
 
 ADDED_LATER = {"--optim": "adamw", "--lr-scheduler-type": "cosine",  # and what runs before them
@@ -264,10 +264,13 @@ def _versions() -> dict[str, str | None]:
 
 def _record(cfg, plan, data) -> dict:
     meta = {k: v for k, v in data.meta.items() if k not in ("truncated", "skipped")}
-    options = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+    options = {k: (str(v) if isinstance(v, Path) else
+                   [str(x) if isinstance(x, Path) else x for x in v] if isinstance(v, tuple) else v)
                for k, v in vars(cfg).items()}
+    folders = {"folders": [str(p) for p in data.folders]} if len(data.folders) > 1 else {}
     return {"tool": "alpaca-plw", "options": options, "plan": plan.to_json(),
-            "weights": {"path": str(data.path), "sha256": weights_digest(data), "meta": meta},
+            "weights": {"path": str(data.path), **folders, "sha256": weights_digest(data),
+                        "meta": meta},
             "trajectory": trajectory(cfg, plan, weights_digest(data)), "versions": _versions(),
             "finished": False, "steps": plan.steps}
 

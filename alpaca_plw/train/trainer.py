@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_store import read_weights_dir
+from alpaca_plw.data.weights_set import read_weights
 from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.train import attention, run_record
 from alpaca_plw.train.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoint import (is_legacy, load_checkpoint, restore_weights, save_final,
                                           unwrap)
-from alpaca_plw.train.config import TrainConfig
+from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
 from alpaca_plw.train.feed import Feeder, attention_kwargs
@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
     run_record.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
     _check_model_path(cfg.model)  # a missing local folder: at once, not after hub lookups
-    data = read_weights_dir(cfg.weights_dir)
+    data = read_weights(weights_dirs(cfg), cfg.allow_partial_shards)  # memory-mapped, in place
     tokenizer_dir = _check_tokenizer(cfg, data.meta)
     store = features.split(data.meta, SequenceStore.from_weights(data))
     plan = features.annotate(make_plan(cfg, store, data.meta, d))
