@@ -100,6 +100,11 @@ def _mapped(target: Path, write):
     return run
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def save_final(output_dir: Path, model, tokenizer, d: Dist,
                max_shard_bytes: int = shards.MAX_SHARD_BYTES) -> None:
     """Write the final model and tokenizer into `output_dir` (beside checkpoints and the log);

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_store import read_weights_dir
+from alpaca_plw.data.weights_set import read_weights
 from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.train.batches import SequenceStore, collate
 from alpaca_plw.train.config import TrainConfig
@@ -62,7 +62,7 @@ def split_indices(records: int, fraction: float, seed: int) -> tuple[np.ndarray,
 def split_eval(cfg: TrainConfig, meta: dict, store: SequenceStore) -> tuple[SequenceStore, EvalSet | None]:
     """The training store and the evaluation set (None without --eval-weights / --eval-fraction)."""
     if cfg.eval_weights is not None:
-        data = read_weights_dir(cfg.eval_weights)
+        data = read_weights(cfg.eval_weights)
         mine, theirs = meta.get("tokenizer", {}), data.meta.get("tokenizer", {})
         if mine.get("vocab_sha256") != theirs.get("vocab_sha256"):
             raise TokenizerError(
@@ -117,6 +117,7 @@ def evaluate(model, eval_set: EvalSet, cfg: TrainConfig, d: Dist, pad_id: int) -
             t.weighted_sum, t.prompt_loss_sum, t.prompt_count, t.completion_loss_sum,
             t.completion_count)])
         roles.add(t)
+    _reshard(inner)
     d.all_reduce_sum(sums)
     per_role = roles.log(d)  # reduced over ranks; {} for Alpaca weights
     inner.train(was_training)
@@ -126,3 +127,15 @@ def evaluate(model, eval_set: EvalSet, cfg: TrainConfig, d: Dist, pad_id: int) -
             "eval_prompt_loss": s[1] / s[2] if s[2] else None,
             "eval_completion_loss": s[3] / s[4] if s[4] else None,
             **({"eval_role_loss": per_role["role_loss"]} if per_role else {})}
+
+
+def _reshard(model) -> None:
+    """Put FSDP2's shards back in place after forwards with no backward: the root module (which
+    does not reshard after its forward) otherwise keeps its unsharded parameters registered, and
+    a checkpoint taken next would not find the parameters the optimizer holds."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+

@@ -199,7 +199,7 @@ def _corrupt_run(ws: Path, tmp: Path) -> str:
 
 def _corrupt_checkpoint(ws: Path, tmp: Path) -> str:
     run = _copy(ws, tmp, "unfinished")
-    (run / "checkpoint-1" / "trainer_state.pt").write_bytes(b"not a torch file")
+    (run / "checkpoint-1" / "trainer_state.json").write_bytes(b"not a JSON index")
     return str(run)
 
 
@@ -217,19 +217,18 @@ def _planted_checkpoint(ws: Path, tmp: Path) -> str:
     import torch
 
     run = _copy(ws, tmp, "unfinished")
+    (run / "checkpoint-1" / "trainer_state.json").unlink()  # a checkpoint as written before issue 24
     torch.save({"step": 1, "optimizer": _Plant(tmp / "PWNED"), "scheduler": {}},
                run / "checkpoint-1" / "trainer_state.pt")
     return str(run)
 
 
 def _state_without(ws: Path, tmp: Path, key: str) -> str:
-    import torch
-
     run = _copy(ws, tmp, "unfinished")
-    path = run / "checkpoint-1" / "trainer_state.pt"
-    state = torch.load(path, weights_only=True)
+    path = run / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(path.read_text())
     del state[key]
-    torch.save(state, path)
+    path.write_text(json.dumps(state))
     return str(run)
 
 

@@ -25,7 +25,9 @@ class _Plant:
 
 
 def plant(checkpoint: Path, marker: Path) -> None:
-    """Replace `checkpoint/trainer_state.pt` with a real torch file whose optimizer runs code."""
+    """Make `checkpoint` one written before issue 24 (no `trainer_state.json`) whose
+    `trainer_state.pt` is a real torch file whose optimizer runs code."""
+    (checkpoint / "trainer_state.json").unlink(missing_ok=True)
     torch.save({"step": 1, "optimizer": _Plant(marker), "scheduler": {}}, checkpoint / STATE_FILE)
 
 
@@ -55,11 +57,13 @@ def stopped_run(tmp_path_factory, tiny_llama, train_weights):
     return out
 
 
-def test_the_real_trainer_state_loads_as_weights_only(stopped_run):
+def test_the_real_trainer_state_is_json_and_safetensors(stopped_run):
     state = read_state(stopped_run / "checkpoint-1")
-    assert state["step"] == 1 and state["optimizer"]["state"] and "last_epoch" in state["scheduler"]
-    mapped = read_state(stopped_run / "checkpoint-1", mmap=True)
-    assert mapped["step"] == 1
+    assert state["step"] == 1 and "last_epoch" in state["scheduler"]
+    assert any(key.startswith("optim/") for key in state["tensors"])
+    for file in (stopped_run / "checkpoint-1").iterdir():  # no torch (zip) or pickle file at all
+        assert file.suffix in (".json", ".safetensors"), file.name
+        assert file.read_bytes()[:2] not in (b"PK", b"\x80\x02", b"\x80\x04"), file.name
 
 
 def test_resume_refuses_a_planted_pickle_and_never_runs_it(stopped_run, tiny_llama, train_weights,
@@ -84,9 +88,10 @@ def test_resume_refuses_a_trainer_state_missing_keys(stopped_run, tiny_llama, tr
 
     run = tmp_path / "run"
     shutil.copytree(stopped_run, run)
-    state = torch.load(run / "checkpoint-1" / STATE_FILE, weights_only=True)
+    index = run / "checkpoint-1" / "trainer_state.json"
+    state = json.loads(index.read_text())
     del state["scheduler"]
-    torch.save(state, run / "checkpoint-1" / STATE_FILE)
+    index.write_text(json.dumps(state))
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, run, "--resume"))
     assert_one_error(code, stderr, 2, "not a trainer state written by alpaca-plw (missing 'scheduler')")
 
@@ -129,12 +134,22 @@ def test_a_sweep_rerun_refuses_a_planted_pickle_and_never_runs_it(tmp_path, tiny
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_output_error(tiny_llama, train_weights, tmp_path,
                                                                    run_cli, monkeypatch):
-    def full_disk(*args, **kwargs):  # what torch.save raises when the disk is full
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed "
-                           "writing file data/0: file write failed")
+    import errno
 
-    monkeypatch.setattr(torch, "save", full_disk)
+    from alpaca_plw.train import shards
+
+    class _FullDisk:  # a file whose writes fail as they do when the disk is full
+        def __init__(self, path, mode):
+            self.file = open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.file.close()
+
+    monkeypatch.setattr(shards, "open", _FullDisk, raising=False)
     out = tmp_path / "run"
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, out))
-    assert_one_error(code, stderr, 3, f"{out / 'checkpoint-1'}: cannot write it (RuntimeError: ")
+    assert_one_error(code, stderr, 3, f"{out / 'checkpoint-1'}: cannot write it: no space left on device")
     assert not list(out.glob("*checkpoint-1*"))  # no half checkpoint, no temporary folder

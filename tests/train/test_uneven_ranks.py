@@ -136,18 +136,21 @@ def test_evaluation_over_two_ranks_equals_one_process(single, two_processes, run
 def test_sharded_runs_read_the_weights_on_rank_0_only(two_processes):
     """FSDP: rank 1 builds the model on `meta` and gets its shards from rank 0 (one full copy in
     host memory per machine, not one per GPU); DDP still loads on every rank. The FSDP runs above
-    train exactly like one process, so the shards rank 1 received are the right ones."""
+    train exactly like one process, so the shards rank 1 received are the right ones. A resumed
+    FSDP run loads no full model at all: each rank reads its own shards from the checkpoint."""
     loads = (two_processes / "loads.txt").read_text().split("\n")
     by_run = {run: sorted(line.split()[1] for line in loads if line.startswith(run + " "))
               for run in WORKER_RUNS}
     for run, ranks in by_run.items():
-        assert ranks == (["0"] if run.startswith("fsdp") else ["0", "1"]), (run, ranks)
+        expected = [] if run == "fsdp-resumed" else ["0"] if run.startswith("fsdp") else ["0", "1"]
+        assert ranks == expected, (run, ranks)
 
 
 @pytest.mark.slow
 def test_a_resumed_fsdp_run_trains_exactly_like_one_process(single, two_processes):
-    """Stopped after step 2 and resumed from checkpoint-2 (optimizer state read on rank 0 and
-    broadcast to the shards): the final model and the logged losses equal the one-process run's."""
+    """Stopped after step 2 (just after an evaluation) and resumed from checkpoint-2 (each rank
+    reads its own shards of model and optimizer state): the final model and the logged losses
+    equal the one-process run's."""
     a = load_file(str(single / "full" / "model.safetensors"))
     b = load_file(str(two_processes / "fsdp-resumed" / "model.safetensors"))
     for name in a:
