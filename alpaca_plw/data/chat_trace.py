@@ -60,10 +60,6 @@ def _split(rendered: str, where: str) -> tuple[list[str], list[int]]:
     return pieces, indices
 
 
-def _candidates(content: str) -> list[str]:
-    return list(dict.fromkeys((content, content.strip(), content.lstrip(), content.rstrip())))
-
-
 def _common_prefix(tail: str, text: str, start: int, limit: int) -> int:
     """Length of the common prefix of `tail` and `text[start:]`, at most `limit`."""
     limit = min(limit, len(tail))
@@ -88,7 +84,7 @@ class Tracer:
         """Render one conversation with `render` (from `ChatTemplate.renderer`) and trace it."""
         text = render([{"role": r, "content": c} for r, c in zip(roles, contents)],
                       self.bos, self.eos, where)
-        key = (tuple(roles), tuple(bool(c) or r == "assistant" for r, c in zip(roles, contents)))
+        key = (tuple(roles), tuple([r == "assistant" or c != "" for r, c in zip(roles, contents)]))
         shape = self._shapes.get(key)
         if shape is None:
             marked = [{"role": r, "content": chr(_BASE + i) if filled else ""}
@@ -102,8 +98,9 @@ class Tracer:
             if not text.startswith(pieces[k], pos):
                 raise _untraceable(where, index)
             pos += len(pieces[k])
-            follow = pieces[k + 1]
-            for candidate in _candidates(contents[index]):
+            follow, content = pieces[k + 1], contents[index]
+            # the content as is, else trimmed as a template may trim it (the first that fits)
+            for candidate in (content, content.strip(), content.lstrip(), content.rstrip()):
                 if text.startswith(candidate, pos) and text.startswith(follow, pos + len(candidate)):
                     located.append((pos, pos + len(candidate), index))
                     pos += len(candidate)
@@ -113,13 +110,16 @@ class Tracer:
         if text[pos:] != pieces[-1]:
             raise _untraceable(where, indices[-1] if indices else 0)
         spans = [s for s in located if s[1] > s[0]]
+        stops, stop = [], len(text)  # where the markup after each content ends: the next content
+        for start, end, _ in reversed(located):
+            stops.append(stop)
+            stop = start if end > start else stop
         closing: dict[int, tuple[int, int]] = {}
-        for k, (_, end, index) in enumerate(located):
+        for (_, end, index), stop in zip(located, reversed(stops)):
             if roles[index] == "assistant":
-                stop = next((s for s, e, _ in located[k + 1:] if e > s), len(text))
                 tail = self._tail(render, key, marked, index, where)
                 closing[index] = (end, end + _common_prefix(tail, text, end, stop - end))
-        filled = (key, tuple(e > s for s, e, _ in located))
+        filled = (key, tuple([e > s for s, e, _ in located]))
         markers = self._markers.get(filled)
         if markers is None:
             markers = self._markers[filled] = frozenset(markup_markers(pieces, filled[1]))

@@ -7,6 +7,13 @@ come, into a temporary stream (under a placeholder schema) in rows of exactly
 `weights_store`'s 1,000 per Arrow batch; at the end the final file is that stream with its schema
 message replaced: the final schema's message, then the temporary stream's bytes after its own
 (the batch messages do not depend on the schema's metadata), copied 1 MiB at a time.
+
+One detail keeps the bytes equal: the in-memory writer slices batches out of one long buffer per
+column, and Arrow writes a slice's list values padded to 8 bytes with the bytes that follow it in
+that buffer (the next batch's first values) when more follows than Arrow writes whole (a small
+rest of the buffer, as at its end, is written whole). So a batch is written only once the next
+one is known, its values followed by up to `_SLACK` of the next batch's, and Arrow then makes
+the same choice.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from alpaca_plw.errors import ConfigError
 ROWS_PER_BATCH = 1000  # weights_store._write_dir's max_chunksize
 _INT32_TOKENS = 2**31
 _COPY = 1 << 20
+_SLACK = 256  # values of the next batch after a batch's own (see the module docstring)
 
 
 def _schema_message(table_schema: pa.Schema) -> bytes:
@@ -49,6 +57,7 @@ class WeightsWriter:
         self._writer = pa.ipc.new_stream(self._sink, self._placeholder)
         self._pending: list[tuple[np.ndarray, ...]] = []
         self._pending_rows = 0
+        self._held = None  # the batch waiting for the next one
         self.rows = 0
         self.tokens = 0
 
@@ -86,19 +95,33 @@ class WeightsWriter:
         return head, lengths[:rows], prompt[:rows], source[:rows]
 
     def _emit(self, rows: int) -> None:
-        (ids, weights, roles), lengths, prompt, source = self._take(rows)
+        batch = self._take(rows)
+        if self._held is not None:
+            self._write(self._held, batch)
+        self._held = batch
+
+    def _write(self, batch, following) -> None:
+        (ids, weights, roles), lengths, prompt, source = batch
         offsets = pa.array(np.concatenate(([0], np.cumsum(lengths))).astype(np.int32))
-        arrays = [pa.ListArray.from_arrays(offsets, pa.array(ids, pa.int32())),
-                  pa.ListArray.from_arrays(offsets, pa.array(weights, pa.float32())),
+
+        def values(k: int, flat: np.ndarray, kind) -> pa.ListArray:
+            if following is not None:  # the bytes after it, as in one long buffer
+                flat = np.concatenate((flat, following[0][k][:_SLACK]))
+            return pa.ListArray.from_arrays(offsets, pa.array(flat, kind))  # values may run on
+
+        arrays = [values(0, ids, pa.int32()), values(1, weights, pa.float32()),
                   pa.array(prompt, pa.int32()), pa.array(source, pa.int64())]
         if self.roles:
-            arrays.append(pa.ListArray.from_arrays(offsets, pa.array(roles, pa.int8())))
+            arrays.append(values(2, roles, pa.int8()))
         self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._placeholder))
 
     def close(self) -> None:
-        """Flush the last partial batch and close the temporary stream."""
+        """Write the last batches and close the temporary stream."""
         if self._pending_rows:
             self._emit(self._pending_rows)
+        if self._held is not None:
+            self._write(self._held, None)
+            self._held = None
         self._writer.close()
         self._sink.close()
 
