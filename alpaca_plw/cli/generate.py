@@ -23,7 +23,7 @@ def generate(
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="With --do-sample: nucleus sampling [default: 1, off].", show_default=False)] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Write RUN/generations/NAME.jsonl and NAME.json [default: the prompts' file stem].", show_default=False)] = None,
     alpaca_eval: Annotated[bool, typer.Option("--alpaca-eval", help="Also write NAME.alpaca_eval.json, AlpacaEval's model outputs (instruction, output, generator).")] = False,
-    generator: Annotated[Optional[str], typer.Option("--generator", help="The --alpaca-eval file's generator [default: the run folder's name].", show_default=False)] = None,
+    generator: Annotated[Optional[str], typer.Option("--generator", help="The --alpaca-eval file's generator, the name AlpacaEval reports (and caches) results under; {run} is replaced by the run folder's name, and is needed with several runs (e.g. 'short-{run}') [default: the run folder's name].", show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto (cuda when available), cuda, cuda:N or cpu.")] = "auto",
     tokenizer: Annotated[Optional[str], typer.Option("--tokenizer", help="The tokenizer the run's data was made with [default: found from run.json, the run folder, a LoRA base and $ALPACA_PLW_TOKENIZER, checked against run.json].", show_default=False)] = None,
     chat_template: Annotated[Optional[Path], typer.Option("--chat-template", help="Conversations: the Jinja template the run trained with, when it is not the tokenizer's own (checked against run.json).", show_default=False)] = None,

@@ -20,6 +20,7 @@ from pathlib import Path
 from alpaca_plw.errors import ConfigError
 
 SEED_STRIDE = 1_000_003
+RUN = "{run}"  # in --generator: the run folder's name
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,14 @@ class GenerateOptions:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.generator is not None and not self.alpaca_eval:
             raise ConfigError("--generator names the model in the --alpaca-eval file: add --alpaca-eval")
+        if self.generator is not None and not self.generator.replace(RUN, "x").strip():
+            raise ConfigError(f"--generator {self.generator!r}: expected a name, e.g. 'short-{RUN}'")
         check_name(self.output_name)
+
+    def generator_of(self, run_name: str) -> str:
+        """The --alpaca-eval file's generator for a run: --generator with `{run}` replaced by the
+        run folder's name, else that name."""
+        return run_name if self.generator is None else self.generator.replace(RUN, run_name)
 
     @property
     def output_name(self) -> str:
@@ -146,5 +154,10 @@ def generate_runs(run_dirs: list[Path], options: GenerateOptions, on_run=None, p
     summary per run {run, path, count, state} with state "generated", "resumed" or "complete"."""
     from alpaca_plw.study.generate_run import generate_one, check_runs
 
+    if options.generator is not None and len(run_dirs) > 1 and RUN not in options.generator:
+        raise ConfigError(f"--generator {options.generator!r} would name the outputs of all "
+                          f"{len(run_dirs)} runs alike, and AlpacaEval keys its results by that "
+                          f"name; put {RUN} in it (replaced by each run folder's name), e.g. "
+                          f"--generator 'short-{RUN}'")
     runs = check_runs(run_dirs)
     return [generate_one(r, spec, options, on_run, progress, note) for r, spec in runs]

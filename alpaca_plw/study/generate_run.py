@@ -127,7 +127,7 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
         header = {**header, "complete": True, "count": len(rows)}
         items = [(head, lambda tmp: tmp.write_text(header_text(header), encoding="utf-8"))]
         if options.alpaca_eval:
-            text = alpaca_eval_text(rows, options.generator or run_dir.name)
+            text = alpaca_eval_text(rows, options.generator_of(run_dir.name))
             items.append((ae, lambda tmp: tmp.write_text(text, encoding="utf-8")))
         publish_files(items)
     return {"run": str(run_dir), "path": str(jsonl), "count": len(rows), "state": state}

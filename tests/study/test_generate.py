@@ -161,3 +161,31 @@ def test_the_stop_string_cuts_the_text_and_counts_the_tokens_before_it():
     assert finish_row([5, 6, 2, 2], {2}, "<|end|>", decode) == ("Hello", 2, "eos")
     assert finish_row([5, 6, 10], {2}, "<|end|>", decode) == ("Hello more", 3, "length")
     assert finish_row([5, 9, 6], {9, 2}, None, decode) == ("Hel", 1, "eos")
+
+
+def test_the_alpaca_eval_file_names_each_run_by_generator_with_run_replaced(full_run):
+    """AlpacaEval reports (and caches in its leaderboard) results under the file's `generator`:
+    `{run}` in --generator becomes the run folder's name, the default is that name."""
+    _generate(full_run, max_new_tokens=1, name="ae-named", alpaca_eval=True,
+              generator="short-{run}")
+    _generate(full_run, max_new_tokens=1, name="ae-default", alpaca_eval=True)
+    folder = full_run / "generations"
+    named = json.loads((folder / "ae-named.alpaca_eval.json").read_text(encoding="utf-8"))
+    default = json.loads((folder / "ae-default.alpaca_eval.json").read_text(encoding="utf-8"))
+    assert {r["generator"] for r in named} == {f"short-{full_run.name}"}
+    assert {r["generator"] for r in default} == {full_run.name}
+    assert [r["output"] for r in named] == [r["output"] for r in _lines(full_run, "ae-named")]
+
+
+@pytest.mark.parametrize("generator,runs,needle", [
+    ("short", 2, "would name the outputs of all 2 runs alike"),
+    ("", 1, "expected a name"),
+    (" ", 1, "expected a name"),
+])
+def test_one_generator_name_for_several_runs_is_refused_before_any_run_is_read(
+        tmp_path, generator, runs, needle):
+    from alpaca_plw.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        options = GenerateOptions(prompts="p.json", alpaca_eval=True, generator=generator)
+        generate_runs([tmp_path / "missing-a", tmp_path / "missing-b"][:runs], options)
