@@ -120,7 +120,7 @@ def save_final(output_dir: Path, model, tokenizer, d: Dist,
     hf = unwrap(model)
     target = output_dir / FINAL_STAGE
     if _is_peft(hf):
-        state = gathered_model_state(model, d)
+        state = adapter_state(model, d)
         if d.is_main:
             save_pretrained_dir(target, hf, state, tokenizer)
     else:
@@ -180,22 +180,14 @@ def sharded(model) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def gathered_model_state(model, d: Dist) -> dict:
-    """The full (unsharded) state dict of the Hugging Face model, gathered on every rank (keys as
-    `save_pretrained` expects them): for a LoRA run, whose adapter PEFT saves from it."""
-    if d.world == 1 and not sharded(model):
-        model_state = model.state_dict()
-    else:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        model_state = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    model_state = {k.removeprefix("module.").removeprefix("_orig_mod.").removeprefix("model."): v
-                   for k, v in model_state.items()}
-    tied = _tied_output_key(unwrap(model))
-    if tied is not None and (d.world > 1 or sharded(model)):  # gathered apart: 2 copies of one
-        model_state.pop(tied, None)                          # tensor; the config ties them again
-    return model_state
+def adapter_state(model, d: Dist) -> dict:
+    """The trainable tensors of a LoRA model (its adapter, what PEFT's `save_pretrained` keeps),
+    on every rank, gathered one at a time when sharded; the frozen base is never gathered. Keys
+    as `save_pretrained` expects them."""
+    hf = unwrap(model)
+    trainable = {name for name, param in hf.named_parameters() if param.requires_grad}
+    return {e.name: e.produce().detach().to("cpu")
+            for e in shards.gathered_entries(hf, d.device) if e.name in trainable}
 
 
 def _tied_output_key(hf_model) -> str | None:
@@ -217,7 +209,7 @@ def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: 
     written, the index, then renames the folder into place."""
     check_params(model, d, target.name, step, target.parent)  # never a non-finite checkpoint
     hf = unwrap(model)
-    adapter = gathered_model_state(model, d) if _is_peft(hf) else None  # small: the adapter
+    adapter = adapter_state(model, d) if _is_peft(hf) else None
 
     def write(tmp: Path | None) -> None:
         folder = shards.share_folder(tmp, d.world)

@@ -11,6 +11,8 @@ argv[1] is a JSON object {"model", "tokenizer", "weights", "out", "max_shard_byt
    saved again, unchanged, as direct/checkpoint-2.
 3. `stopped/`: a real FSDP training run stopped before step 2, leaving checkpoint-1 and an
    unfinished run.json (the folder a one-process `--resume` must refuse).
+4. `lora/`: a LoRA run under FSDP (checkpoint-1 and the final adapter), with the number of elements
+   of every tensor gathered whole logged per rank (gathered-<rank>.txt).
 """
 
 import json
@@ -105,16 +107,44 @@ def main() -> None:
             raise _Crash
         return original(run, step)
 
+    common = dict(weights_dir=Path(spec["weights"]), model=spec["model"], micro_batch_size=2,
+                  batch_size=4, save_steps=1, lr=1e-3, warmup_ratio=0.0, device="cpu", fsdp=True)
     trainer._optimizer_step = crashing
     try:
-        trainer.train(TrainConfig(weights_dir=Path(spec["weights"]), model=spec["model"],
-                                  output_dir=out / "stopped", micro_batch_size=2, batch_size=4,
-                                  max_steps=3, save_steps=1, lr=1e-3, warmup_ratio=0.0,
-                                  device="cpu", fsdp=True))
+        trainer.train(TrainConfig(output_dir=out / "stopped", max_steps=3, **common))
     except _Crash:
         pass
     finally:
         trainer._optimizer_step = original
+
+    # 4. a LoRA run under FSDP, 2 steps (checkpoint-1, then the final adapter), logging the number
+    # of elements of every tensor gathered whole (DTensor.full_tensor, and what torch's
+    # get_model_state_dict returns) to gathered-<rank>.txt
+    import torch.distributed.checkpoint.state_dict as dcp_state
+    from torch.distributed.tensor import DTensor
+
+    full_tensor, get_model_state_dict = DTensor.full_tensor, dcp_state.get_model_state_dict
+
+    def log(numel: int) -> None:
+        with open(out / f"gathered-{d.rank}.txt", "a") as file:
+            file.write(f"{numel}\n")
+
+    def logged(self, *args, **kwargs):
+        value = full_tensor(self, *args, **kwargs)
+        log(value.numel())
+        return value
+
+    def logged_state(*args, **kwargs):
+        state = get_model_state_dict(*args, **kwargs)
+        log(sum(v.numel() for v in state.values()))
+        return state
+
+    DTensor.full_tensor, dcp_state.get_model_state_dict = logged, logged_state
+    try:
+        trainer.train(TrainConfig(output_dir=out / "lora", max_steps=2, lora_r=4,
+                                  lora_dropout=0.0, **common))
+    finally:
+        DTensor.full_tensor, dcp_state.get_model_state_dict = full_tensor, get_model_state_dict
 
 
 class _Crash(Exception):
