@@ -6,11 +6,16 @@ The passes (each reads the source in batches, `stream.py`, on `--num-proc` worke
 2. target rules only: the token count of every record's swapped instruction (an int32 column);
    then `build.plan_swaps` decides from the columns alone which records are swapped or left out;
 3. write: each batch's kept records, swapped where planned, serialised by the worker into the
-   output (JSON, JSONL; Parquet gathers Arrow columns and writes once, see below); for the Short
-   rule the worker also counts the tokens of the swapped records' new instructions.
+   output (JSON, JSONL; Parquet gathers Arrow columns and writes once, see below).
+
+The Short rule needs only a record's own lengths to choose, so for it passes 1 and 3 are one: the
+worker measures its batch, swaps, serialises and counts the tokens of the new instructions, and
+the source is read once.
 
 The manifest is written last, its provenance rows made from the columns a block at a time. What
-grows with the records: ~40 bytes a record of NumPy columns (lengths, actions, ratios and ranks).
+grows with the records: NumPy columns only (lengths, actions, prompt and completion counts; for
+the target rules also ratios and ranks): about 60 bytes a record for Short, 110 for the target
+rules, at the peak.
 Parquet output is the exception: it holds the output's text in Arrow buffers (about the size of
 the file's text, no Python object per record) so that `pq.write_table` writes the same row groups,
 and so the same bytes, as the in-memory builder did.
@@ -20,13 +25,15 @@ The bytes of every output equal those of `pipeline._build` on the same input (`t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.data.build import ACTION_NAMES, DROPPED, SWAPPED, plan_swaps
+from json.encoder import encode_basestring
+
+from alpaca_plw.data.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, plan_swaps
 from alpaca_plw.data.lengths import FieldLengths, LengthCache
+from alpaca_plw.data.lengths import measure as measure_lengths
 from alpaca_plw.data.swap import swapped_instruction
 
 _ROWS = 65536  # provenance rows formatted per block
@@ -39,15 +46,22 @@ def swap_lengths_batch(tokenizer, item) -> np.ndarray:
 
 
 def write_batch(tokenizer, item):
-    """One batch of the output: `(payload, new_inst)`.
+    """One batch of the output: `(payload, new_inst, lengths)`.
 
     `item` is `(first, records, action, fmt, measure)` with `action` the batch's slice of the
-    plan. The payload is the kept records, swapped where planned: the JSON array's elements
-    joined by ",\\n" (fmt json), JSONL lines (jsonl) or three lists of strings (parquet).
-    `new_inst` holds the token counts of the swapped records' new instructions when `measure`.
+    plan, or None for the Short rule, whose choice needs only the record's own lengths: then the
+    batch is measured here (`lengths`, a `FieldLengths`, else None) and a record is swapped when
+    its completion has more tokens than its prompt. The payload is the kept records, swapped
+    where planned: the JSON array's elements joined by ",\n" (fmt json), JSONL lines (jsonl) or
+    three lists of strings (parquet). `new_inst` holds the token counts of the swapped records'
+    new instructions when `measure`.
     """
     _, records, action, fmt, measure = item
-    dumps = json.dumps
+    cache = LengthCache(tokenizer)
+    lengths = None
+    if action is None:
+        lengths = measure_lengths(records, cache)
+        action = np.where(lengths.completion > lengths.prompt, SWAPPED, KEPT).astype(np.int8)
     instruction, input_, output = records.instruction, records.input, records.output
     swapped = np.flatnonzero(action == SWAPPED).tolist()
     new = [swapped_instruction(input_[i]) for i in swapped]
@@ -57,18 +71,17 @@ def write_batch(tokenizer, item):
     keep = np.flatnonzero(action != DROPPED).tolist()
     if len(keep) != len(action):
         rows = [[column[i] for i in keep] for column in rows]
-    new_inst = LengthCache(tokenizer).lengths(new) if measure else None
+    new_inst = cache.lengths(new) if measure else None
     if fmt == "parquet":
-        return rows, new_inst
+        return rows, new_inst, lengths
+    q = encode_basestring  # what json.dumps(str, ensure_ascii=False) returns
     if fmt == "json":
-        text = ",\n".join(f'  {{\n    "instruction": {dumps(i, ensure_ascii=False)},\n'
-                          f'    "input": {dumps(x, ensure_ascii=False)},\n'
-                          f'    "output": {dumps(o, ensure_ascii=False)}\n  }}'
-                          for i, x, o in zip(*rows))
+        text = ",\n".join(f'  {{\n    "instruction": {q(i)},\n    "input": {q(x)},\n'
+                          f'    "output": {q(o)}\n  }}' for i, x, o in zip(*rows))
     else:
-        text = "".join(dumps({"instruction": i, "input": x, "output": o}, ensure_ascii=False)
-                       + "\n" for i, x, o in zip(*rows))
-    return text, new_inst
+        text = "".join(f'{{"instruction": {q(i)}, "input": {q(x)}, "output": {q(o)}}}\n'
+                       for i, x, o in zip(*rows))
+    return text, new_inst, lengths
 
 
 class _Output:
@@ -122,10 +135,11 @@ def write_manifest(tmp: Path, head: dict, plan, records: int) -> None:
         sink.write("[\n" if records else "[]")
         for lo in range(0, records, _ROWS):
             hi = min(lo + _ROWS, records)
+            # json.dumps(row, sort_keys=True, ensure_ascii=False), spelled out: 3x faster
             rows = [
-                "    " + json.dumps({"source_index": i, "action": ACTION_NAMES[a], "reason": why,
-                                     "output_index": None if a == DROPPED else j},
-                                    sort_keys=True, ensure_ascii=False)
+                f'    {{"action": "{ACTION_NAMES[a]}", "output_index": '
+                f'{"null" if a == DROPPED else j}, "reason": {encode_basestring(why)}, '
+                f'"source_index": {i}}}'
                 for i, a, why, j in zip(range(lo, hi), plan.action[lo:hi].tolist(),
                                         plan.reasons(lo, hi), output_index[lo:hi].tolist())]
             sink.write((",\n" if lo else "") + ",\n".join(rows))
@@ -143,40 +157,53 @@ def stream_build(stream, rule, tokenizer, spec: str, identity: dict, num_proc: i
     from alpaca_plw.data.stats import compute_stats
     from alpaca_plw.data.stream_run import measure_stream
 
-    lengths = measure_stream(stream, tokenizer, spec, num_proc, progress)
-    records = int(lengths.instruction.size)
     args = (setup_tokenizer, (spec, WORKER_THREADS), tokenizer)
+    short = rule.target_rg is None
+    state: dict[str, object] = {}
+    if not short:
+        state["lengths"] = lengths = measure_stream(stream, tokenizer, spec, num_proc, progress)
 
-    def swap_lengths(order: np.ndarray) -> np.ndarray:
-        parts = ordered_map(swap_lengths_batch, stream.batches(), num_proc, *args)
-        every = np.concatenate(list(parts)).astype(np.int32)
-        return every[order]
+        def swap_lengths(order: np.ndarray) -> np.ndarray:
+            parts = ordered_map(swap_lengths_batch, stream.batches(), num_proc, *args)
+            return np.concatenate(list(parts)).astype(np.int32)[order]
 
-    plan = plan_swaps(lengths, rule, swap_lengths, stream.source.name)
-    measure = plan.new_inst is None
-    result: dict[str, object] = {}
+        state["plan"] = plan_swaps(lengths, rule, swap_lengths, stream.source.name)
+    label = f"tokenizing {stream.source.name}" if short else f"writing {out.name}"
 
     def items():
         for first, batch in stream.batches():
-            yield first, batch, plan.action[first:first + len(batch)], fmt, measure
+            action = None if short else state["plan"].action[first:first + len(batch)]
+            yield first, batch, action, fmt, short
             if progress:
-                progress(f"writing {out.name}", first + len(batch), records)
+                done = first + len(batch)
+                progress(label, done, max(done, stream._count or 0))
 
     def write_output(tmp: Path) -> None:
-        output = _Output(tmp, fmt)
-        for payload, new_inst in ordered_map(write_batch, items(), num_proc, *args):
+        output, parts = _Output(tmp, fmt), []
+        for payload, new_inst, lengths in ordered_map(write_batch, items(), num_proc, *args):
             output.add(payload, new_inst)
+            parts.append(lengths)
         output.close()
-        new_inst = (np.concatenate(output.new_inst).astype(np.int32) if output.new_inst
-                    else np.zeros(0, np.int32)) if measure else plan.new_inst
-        result["stats"] = compute_stats(out.name, _out_lengths(lengths, plan, new_inst), identity)
+        if short:  # the lengths came with the batches; the plan is the workers' choice
+            state["lengths"] = FieldLengths(*(np.concatenate([getattr(p, f) for p in parts])
+                                              .astype(np.int32) for f in ("instruction", "input",
+                                                                          "output")))
+            state["plan"] = plan_swaps(state["lengths"], rule, None, stream.source.name)
+            new_inst = (np.concatenate(output.new_inst).astype(np.int32) if output.new_inst
+                        else np.zeros(0, np.int32))
+        else:
+            new_inst = state["plan"].new_inst
+        state["stats"] = compute_stats(out.name, _out_lengths(state["lengths"], state["plan"],
+                                                              new_inst), identity)
 
     def write_meta(tmp: Path) -> None:
-        head = manifest_head(result["stats"], counts(plan.action), plan.summary)
-        write_manifest(tmp, head, plan, records)
+        plan = state["plan"]
+        head = manifest_head(state["stats"], counts(plan.action), plan.summary)
+        write_manifest(tmp, head, plan, plan.action.size)
 
     held.publish_files([(out, write_output), (manifest_path(out), write_meta)])
-    return result["stats"], counts(plan.action), plan.summary
+    plan = state["plan"]
+    return state["stats"], counts(plan.action), plan.summary
 
 
 def counts(action: np.ndarray) -> dict[str, int]:
