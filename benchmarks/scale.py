@@ -84,16 +84,28 @@ def tree_rss(pid: int) -> int:
 
 
 class TreeSampler(threading.Thread):
-    """Samples `tree_rss(pid)` every `every` seconds until `stop()`; keeps the peak."""
+    """Samples `tree_rss(pid)` every `every` seconds until `stop()`; keeps the peak, and every
+    `trace_every` seconds logs the time, the current and the peak RSS (so that a run cut short
+    still shows whether memory grew)."""
 
-    def __init__(self, pid: int, every: float = 0.2):
+    def __init__(self, pid: int, every: float = 0.2, trace_every: float = 60.0, log=None):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak = pid, every, 0
+        self.trace_every, self.log, self.trace = trace_every, log, []
         self._done = threading.Event()
 
     def run(self) -> None:
+        start = next_trace = time.perf_counter()
         while not self._done.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            now_rss = tree_rss(self.pid)
+            self.peak = max(self.peak, now_rss)
+            now = time.perf_counter()
+            if now >= next_trace:
+                self.trace.append((round(now - start, 1), now_rss, self.peak))
+                if self.log:
+                    self.log(f"  {now - start:7.0f} s: tree RSS {now_rss / MIB:,.0f} MiB "
+                             f"(peak {self.peak / MIB:,.0f} MiB)")
+                next_trace += self.trace_every
             self._done.wait(self.every)
 
     def stop(self) -> int:
@@ -102,13 +114,14 @@ class TreeSampler(threading.Thread):
         return self.peak
 
 
-def run_measured(argv: list[str], env: dict[str, str], stdout: Path, stderr: Path
+def run_measured(argv: list[str], env: dict[str, str], stdout: Path, stderr: Path, log=None
                  ) -> tuple[float, int, int]:
-    """Run `argv`; (wall s, largest process's peak RSS, sampled peak RSS of the process tree)."""
+    """Run `argv`; (wall s, largest process's peak RSS, sampled peak RSS of the process tree).
+    With `log`, the tree's RSS is logged once a minute while it runs."""
     with stdout.open("wb") as out, stderr.open("wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=stdout.parent)
-        sampler = TreeSampler(proc.pid)
+        sampler = TreeSampler(proc.pid, log=log)
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
@@ -249,8 +262,9 @@ def run_scale(count: int, kind: str, commands: list[str], procs: list[int], toke
             for n in procs:
                 argv, out = command_argv(cli, name, data, kind, tok, n, work)
                 _remove(out)
+                log(f"{name} --num-proc {n}: started")
                 wall, maxrss, tree = run_measured(argv, env, work / f"{name}-{n}.out",
-                                                  work / f"{name}-{n}.err")
+                                                  work / f"{name}-{n}.err", log)
                 same = digest(out if out is not None else work / f"{name}-{n}.out")
                 if out is not None and out.with_suffix(".manifest.json").exists():
                     same += digest(out.with_suffix(".manifest.json"))
