@@ -64,6 +64,7 @@ def write_safetensors(path: Path | None, entries: list[Entry], metadata: dict[st
         for e in entries:
             tensor = e.produce()
             if out is None:
+                del tensor  # before the next gather: one full tensor at a time here too
                 continue
             tensor = tensor.detach().to("cpu").contiguous()
             if tuple(tensor.shape) != e.shape or tensor.dtype != e.dtype:
