@@ -22,7 +22,7 @@ from alpaca_plw.study.generate import GenerateOptions, generate_runs  # noqa: E4
 
 @pytest.fixture()
 def alpaca_eval_utils(monkeypatch):
-    """alpaca_eval's utils module. alpaca_eval 0.6.6 imports `pkg_resources`, which setuptools >= 81
+    """alpaca_eval's utils module. alpaca_eval 0.6.6 imports `pkg_resources`, which setuptools >= 82
     no longer ships; where it is missing, a stand-in with the two functions it uses is put in place
     for this test only (README: its own CLI needs `setuptools<81` beside it)."""
     pytest.importorskip("pandas")
