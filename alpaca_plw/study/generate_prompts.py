@@ -103,7 +103,12 @@ def load_prompts(source: str, spec, tokenizer, tokenizer_spec: str, indices_for,
     """(source records, prompts, stop string, stop token, template identity) for one run."""
     from alpaca_plw.data.conversations import Conversations
     from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.weights_set import is_weights_source
 
+    if is_weights_source(source):
+        raise InputError(f"--prompts {source}: a weights folder (token ids and loss weights), not "
+                         "records to prompt with; pass the dataset it was made from (each run's "
+                         "run.json names it: weights.meta.source.path)")
     data = load_records(source, columns, split)
     indices = indices_for(len(data))
     is_chat = isinstance(data, Conversations)

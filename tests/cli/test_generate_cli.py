@@ -116,6 +116,14 @@ def test_unreadable_prompts_are_one_error(copies, tmp_path, run_cli):
     assert not (run / "generations").exists()
 
 
+def test_a_weights_folder_as_prompts_is_one_error_naming_what_to_pass(copies, trained, run_cli):
+    """A sweep's SOURCE may be a weights folder; its token ids are not prompts."""
+    run, _, _ = copies
+    code, _, err = run_cli(["generate", run, "--prompts", trained.parent / "w"])
+    assert_one_error(code, err, 2, "a weights folder (token ids and loss weights), not records")
+    assert "weights.meta.source.path" in err and not (run / "generations").exists()
+
+
 def test_sampling_options_without_do_sample_are_refused(copies, run_cli):
     run, _, prompts = copies
     code, _, err = run_cli(["generate", run, "--prompts", prompts, "--temperature", "0.7"])
