@@ -227,3 +227,30 @@ def test_lora_under_fsdp_saves_the_adapter_without_gathering_the_base(two_ranks,
     for rank in range(2):
         sizes = [int(x) for x in (two_ranks / f"gathered-{rank}.txt").read_text().split()]
         assert sum(n for n in sizes if n > 1) == 2 * adapter, rank  # scalars: grad norms
+
+
+@pytest.mark.slow
+def test_a_missing_shard_of_rank_1_stops_a_two_process_resume_with_its_error(
+        two_ranks, odd_llama, train_weights, tmp_path):
+    """Under torchrun the rank that cannot read its shard prints the one `error:` line and exits 2;
+    torchrun then stops the other rank (its own summary and exit status follow). Nothing in the
+    run folder changes."""
+    run = tmp_path / "run"
+    shutil.copytree(two_ranks / "stopped", run)
+    latest = max(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (latest / "state-00001-of-00002.safetensors").unlink()
+    before = {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "-m", "alpaca_plw", "train", str(train_weights), "--model", str(odd_llama),
+               "--output-dir", str(run), "--micro-batch-size", "2", "--batch-size", "4",
+               "--max-steps", "3", "--save-steps", "1", "--lr", "1e-3", "--warmup-ratio", "0",
+               "--device", "cpu", "--fsdp", "--resume"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1",
+                                 "ALPACA_PLW_TOKENIZER": str(LLAMA)})
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert f"{latest.name}/state-00001-of-00002.safetensors: cannot read the checkpoint" in errors[0]
+    assert "exitcode  : 2" in result.stderr  # rank 1's own exit status, as torchrun reports it
+    assert {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
