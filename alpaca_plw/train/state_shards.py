@@ -137,6 +137,43 @@ def _index_problem(index) -> str | None:
     if not isinstance(index["tensors"], dict) or not isinstance(index["param_groups"], list) \
             or not isinstance(index["scheduler"], dict):
         return "'tensors', 'param_groups' or 'scheduler' has the wrong type"
+    world, split = index["world_size"], index["sharded"]
+    if isinstance(world, bool) or not isinstance(world, int) or world < 1 \
+            or not isinstance(split, bool):
+        return "'world_size' must be an integer >= 1 and 'sharded' true or false"
+    if len(files) != (world if split else 1):
+        return f"'files' lists {len(files)} files for {world if split else 1} writers"
+    for key, entry in index["tensors"].items():
+        problem = _entry_problem(entry, world if split else None)
+        if problem:
+            return f"tensor {key!r:.80}: {problem}"
+    if not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+               and all(isinstance(n, str) for n in g["params"]) for g in index["param_groups"]):
+        return "'param_groups' must be objects that list their parameters' names"
+    return None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(entry, world: int | None) -> str | None:
+    """What is wrong with one tensor's index entry (None: fine); `world` None: not sharded, else
+    the rows must be FSDP's split of dim 0 over `world` processes."""
+    if not isinstance(entry, dict):
+        return f"expected an object, found {type(entry).__name__}"
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+        return "'shape' must be a list of sizes"
+    if entry.get("dtype") not in NAMES:
+        return f"'dtype' {entry.get('dtype')!r:.20} is not one of {', '.join(NAMES)}"
+    spans = entry.get("rows")
+    if spans is None:
+        return None
+    if world is None:
+        return "'rows' given in an unsharded checkpoint"
+    if not shape or spans != [list(rows(shape[0], world, r)) for r in range(world)]:
+        return f"'rows' {spans!r:.60} are not dim 0 of {shape} split over {world} processes"
     return None
 
 

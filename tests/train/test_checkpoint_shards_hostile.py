@@ -113,6 +113,26 @@ def _index_shape(run: Path) -> None:
     _edit_index(run, lambda i: i["tensors"][EMBED].update(shape=[7, 7], rows=None))
 
 
+def _rows_malformed(run: Path) -> None:
+    _edit_index(run, lambda i: i["tensors"][EMBED].update(rows=[[0]]))
+
+
+def _entry_not_an_object(run: Path) -> None:
+    _edit_index(run, lambda i: i["tensors"].update({EMBED: 5}))
+
+
+def _groups_malformed(run: Path) -> None:
+    _edit_index(run, lambda i: i.update(param_groups=[["lr", 1]]))
+
+
+def _rows_not_split(run: Path) -> None:  # not FSDP's split, or rows in an unsharded checkpoint
+    _edit_index(run, lambda i: i["tensors"][EMBED].update(rows=[[0, 1]]))
+
+
+def _files_short(run: Path) -> None:  # fewer files than the processes that wrote it
+    _edit_index(run, lambda i: i.update(world_size=2, sharded=True))
+
+
 def _missing(run: Path) -> None:
     (run / "checkpoint-1" / STATE).unlink()
 
@@ -134,6 +154,11 @@ CASES = {  # name: (make it hostile, what the error line says)
     "dtype-changed-in-file-and-index": (_dtype_everywhere,
                                         "this run's is [32000, 32] torch.float32"),
     "index-lies-about-a-shape": (_index_shape, "index says [7, 7] torch.float32"),
+    "index-rows-malformed": (_rows_malformed, "not a trainer state written by alpaca-plw"),
+    "index-entry-not-an-object": (_entry_not_an_object, "not a trainer state written by alpaca-plw"),
+    "index-groups-malformed": (_groups_malformed, "not a trainer state written by alpaca-plw"),
+    "index-rows-not-the-split": (_rows_not_split, "not a trainer state written by alpaca-plw"),
+    "index-world-without-its-files": (_files_short, "'files' lists 1 files for 2 writers"),
     "missing-state-file": (_missing, f"{STATE}: cannot read the checkpoint"),
     "truncated-state-file": (_truncated, f"{STATE}: cannot read the checkpoint"),
 }
