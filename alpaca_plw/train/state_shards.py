@@ -103,7 +103,7 @@ def read_index(path: Path) -> dict:
         index = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{file}: cannot read the checkpoint ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'corrupt'}); {hint}") from None
+                         f"{_first(exc)}); {hint}") from None
     problem = _index_problem(index)
     if not problem and path.name.startswith("checkpoint-") and \
             path.name.removeprefix("checkpoint-") != str(index["step"]):
@@ -204,11 +204,12 @@ class _Files:
         entry = self.index["tensors"].get(key)
         if entry is None:
             raise _bad(self.path / INDEX_FILE, f"it holds no {key!r}")
-        handle = self.first if key.startswith("buffer/") else self.mine
+        handle, name = (self.first, self.index["files"][0]) if key.startswith("buffer/") \
+            else (self.mine, self.mine_name)
         try:
             value = handle.get_tensor(key)
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt tensor
-            raise _bad(self.path / self.mine_name, f"{key}: {type(exc).__name__}: {_first(exc)}") from None
+            raise _bad(self.path / name, f"{key}: {type(exc).__name__}: {_first(exc)}") from None
         shape, spans = entry.get("shape"), entry.get("rows")
         expected = shape
         if spans is not None:
@@ -337,5 +338,6 @@ def restore_optimizer(path: Path, model, optimizer, scheduler, index: dict, rank
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         scheduler.load_state_dict(index["scheduler"])
     except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
-        raise _layout(path, f"its optimizer or scheduler state: {type(exc).__name__}: {_first(exc)}")
+        raise _layout(path, f"its optimizer or scheduler state: {type(exc).__name__}: "
+                            f"{_first(exc)}") from None
     return index["step"]

@@ -255,3 +255,27 @@ def test_a_missing_shard_of_rank_1_stops_a_two_process_resume_with_its_error(
     assert missing in errors[0]
     assert "exitcode  : 2" in result.stderr  # rank 1's own exit status, as torchrun reports it
     assert {str(p): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow
+def test_a_buffer_missing_from_rank_0s_file_is_named_in_that_file(two_ranks, tmp_path):
+    """Every rank reads the buffers from file 0: rank 1's error names file 0, not its own."""
+    import struct
+
+    from alpaca_plw.errors import InputError
+    from alpaca_plw.train.state_shards import _Files, read_index
+
+    checkpoint = tmp_path / "checkpoint-1"
+    shutil.copytree(two_ranks / "direct" / "checkpoint-1", checkpoint)
+    first = checkpoint / "state-00000-of-00002.safetensors"
+    data = first.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    buffer = next(k for k in header if k.startswith("buffer/"))
+    header["renamed"] = header.pop(buffer)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    first.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length:])
+    files = _Files(checkpoint, read_index(checkpoint), rank=1)
+    with pytest.raises(InputError, match=r"state-00000-of-00002\.safetensors: cannot read"):
+        files.tensor(buffer)
