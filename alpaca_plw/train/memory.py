@@ -43,7 +43,7 @@ It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The ter
   they are (train/state_shards.py); the final model is gathered one parameter at a time
   (train/shards.py), so a save holds one full parameter more on the GPU and on rank 0's host
   (7B: the 0.49 GiB embedding, less than the step's activations freed before it), never the
-  full state that gathering everything on rank 0 took (7B: 78 GiB of host memory). Measured on
+  full state that gathering everything on rank 0 took (7B: 75 GiB of host memory). Measured on
   CPU in benchmarks/bench_checkpoint.py (benchmarks/RESULTS.md).
 
 Each term is tested against a measured CPU run of a small model (tests/train/test_memory_*.py).
