@@ -190,3 +190,30 @@ def test_an_untouched_copy_resumes(stopped, tiny_llama, train_weights, tmp_path,
     code, _, stderr = run_cli(_args(train_weights, tiny_llama, run, *extra))
     assert code == 0, stderr
     assert (run / "model.safetensors").is_file()
+
+
+class _Plant:
+    """Unpickling this calls `open(marker, "w")`: what a tampered torch file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_trainer_state_pt_beside_the_index_is_never_loaded(stopped, tiny_llama,
+                                                                      train_weights, tmp_path,
+                                                                      run_cli):
+    """The index decides the format: a `trainer_state.pt` added to a new checkpoint is not read."""
+    import torch
+
+    source, extra = stopped
+    run = tmp_path / "run"
+    shutil.copytree(source, run)
+    marker = tmp_path / "PWNED"
+    torch.save({"step": 1, "optimizer": _Plant(marker), "scheduler": {}},
+               run / "checkpoint-1" / "trainer_state.pt")
+    code, _, stderr = run_cli(_args(train_weights, tiny_llama, run, *extra))
+    assert code == 0, stderr
+    assert not marker.exists(), "the planted pickle ran"
