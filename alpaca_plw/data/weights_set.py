@@ -94,7 +94,26 @@ def _shard(part: WeightsData) -> dict:
     if not (ints and len(span) == 2 and 0 <= index < count and 0 <= span[0] <= span[1]):
         raise InputError(f"{part.path}: shard metadata {abbreviate(shard)} is not "
                          "{index: K, count: N, source_records: [start, stop]} with 0 <= K < N")
+    _check_rows_in_span(part, span)
     return shard
+
+
+def _check_rows_in_span(part: WeightsData, span: list[int]) -> None:
+    """The shard's rows are source records of its own range, in increasing order (each once):
+    else rows of another shard (or repeated rows) would be read as this one's."""
+    index = np.concatenate([c.to_numpy() for c in part.table.column("source_index").chunks])
+    outside = np.flatnonzero((index < span[0]) | (index >= span[1]))
+    if outside.size:
+        row = int(outside[0])
+        raise InputError(f"{part.path}: record {row} is source record {int(index[row])}, outside "
+                         f"the shard's source records {span}; rebuild it with `alpaca-plw weights "
+                         "--shard K/N`")
+    back = np.flatnonzero(np.diff(index) <= 0)
+    if back.size:
+        row = int(back[0]) + 1
+        raise InputError(f"{part.path}: record {row} is source record {int(index[row])}, after "
+                         f"source record {int(index[row - 1])}: rows out of order (or repeated); "
+                         "rebuild it with `alpaca-plw weights --shard K/N`")
 
 
 def _defining(meta: dict) -> dict:

@@ -1,0 +1,55 @@
+"""Hostile shard sets (data/weights_set.py): a shard's rows must be the source records its
+metadata claims. A folder whose `source_index` values lie outside its `source_records` (rows of
+another shard under this shard's metadata) passed every check and the set trained on some records
+twice and on others never."""
+
+import json
+
+import pytest
+from reference import LLAMA_DIR, SAMPLE
+from shard_helpers import make_shards
+
+from alpaca_plw.data.pipeline import DataOptions, make_weights
+from alpaca_plw.data.weights_set import read_weights
+from alpaca_plw.data.weights_store import read_weights_dir, schema, write_weights_dir
+from alpaca_plw.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    records = json.loads(SAMPLE.read_text(encoding="utf-8"))[:20]
+    source = tmp_path_factory.mktemp("src") / "records.json"
+    source.write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path_factory.mktemp("w") / "whole"
+    make_weights(str(source), 0.1, DataOptions(tokenizer=str(LLAMA_DIR)), out, max_length=256)
+    return out
+
+
+def _rows_under_meta(rows_of, meta_of, out):
+    """A folder holding `rows_of`'s rows and `meta_of`'s metadata."""
+    rows, meta = read_weights_dir(rows_of), read_weights_dir(meta_of).meta
+    write_weights_dir(out, rows.table.replace_schema_metadata(schema(meta).metadata), force=False)
+    return out
+
+
+def test_a_shard_whose_rows_are_another_shards_is_refused(whole, tmp_path):
+    shards = make_shards(whole, [0, 10, 20], tmp_path / "set")
+    assert len(read_weights(shards)) == len(read_weights_dir(whole))  # the honest set reads
+    fake = _rows_under_meta(shards[0], shards[1], tmp_path / "fake-1")
+    with pytest.raises(InputError) as info:
+        read_weights([shards[0], fake])
+    message = str(info.value)
+    assert str(fake) in message and "source record 0" in message and "[10, 20]" in message
+
+
+def test_a_shard_whose_rows_repeat_a_record_is_refused(whole, tmp_path):
+    import pyarrow as pa
+
+    shards = make_shards(whole, [0, 10, 20], tmp_path / "set")
+    data = read_weights_dir(shards[1])
+    table = pa.concat_tables([data.table.slice(0, 1), data.table.slice(0, len(data) - 1)])
+    twice = tmp_path / "twice-1"
+    write_weights_dir(twice, table, force=False)
+    with pytest.raises(InputError) as info:
+        read_weights([shards[0], twice])
+    assert str(twice) in str(info.value) and "order" in str(info.value)
