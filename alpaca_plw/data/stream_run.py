@@ -125,6 +125,9 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
     job = state.job = WeightsJob(plw, max_length, chat)
     records = len(stream)
     start, stop = shard_range(shard, records) if shard else (0, None)
+    if shard and start == stop:
+        raise ConfigError(f"--shard {shard[0]}/{shard[1]}: that shard holds no records "
+                          f"({stream.source.path} has {records}; N may be at most that)")
     totals = _Totals()
     temporary = _temporary(out_dir)
     from alpaca_plw.data.weights_writer import WeightsWriter

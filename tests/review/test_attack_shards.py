@@ -53,3 +53,16 @@ def test_a_shard_whose_rows_repeat_a_record_is_refused(whole, tmp_path):
     with pytest.raises(InputError) as info:
         read_weights([shards[0], twice])
     assert str(twice) in str(info.value) and "order" in str(info.value)
+
+
+def test_a_shard_beyond_the_records_says_so_not_that_records_were_skipped(tmp_path):
+    from cli_invoke import assert_one_error, invoke_cli
+
+    source = tmp_path / "three.json"
+    source.write_text(json.dumps(json.loads(SAMPLE.read_text(encoding="utf-8"))[:3]),
+                      encoding="utf-8")
+    code, _, err = invoke_cli(["weights", source, "--plw", "0.1", "--shard", "0/5", "-o",
+                               tmp_path / "out", "--num-proc", "1"])
+    assert_one_error(code, err, 2, "--shard 0/5")
+    assert "holds no records" in err and "skipped" not in err
+    assert not (tmp_path / "out").exists()
