@@ -491,7 +491,7 @@ def test_ctrl_c_prints_one_line(ws, tmp_path, run_cli, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("alpaca_plw.data.pipeline.build", interrupt)
+    monkeypatch.setattr("alpaca_plw.data.build_stream.stream_build", interrupt)  # Alpaca sources
     code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(tmp_path / "o.json")])
     _assert_one_error_line(code, stdout, stderr, 130, "interrupted")
     assert list(tmp_path.iterdir()) == []
