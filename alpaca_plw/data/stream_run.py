@@ -123,7 +123,8 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
     plw, choice = choose_plw(plw, lambda: stream_stats(stream, tokenizer, spec, identity, num_proc,
                                                        progress)[1].rg)
     job = state.job = WeightsJob(plw, max_length, chat)
-    records = len(stream)
+    # a row-wise file is counted by a pass of its own: only a shard needs the count up front
+    records = len(stream) if shard else None
     start, stop = shard_range(shard, records) if shard else (0, None)
     if shard and start == stop:
         raise ConfigError(f"--shard {shard[0]}/{shard[1]}: that shard holds no records "
@@ -135,7 +136,7 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
     writer = WeightsWriter(temporary, roles=conv)
     label = "rendering and tokenizing conversations" if conv else "tokenizing training sequences"
     try:
-        done, total = 0, (records if stop is None else stop) - start
+        done = 0
         for tw in ordered_map(chat_weights if conv else alpaca_weights,
                               stream.batches(start=start, stop=stop), num_proc, setup_weights,
                               (spec, WORKER_THREADS, job), state):
@@ -143,8 +144,10 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
             totals.add(tw)
             done += int(tw.source_index.size) + len(tw.skipped)
             if progress:
-                progress(label, done, total)
+                progress(label, done, stop - start if shard else max(done, _total(stream)))
         writer.close()
+        if records is None:
+            records = len(stream)  # known now that the pass has read every record
         processed = (records if stop is None else stop) - start
         meta = _meta(stream, tokenizer, totals, plw, choice, state, identity, max_length,
                      records, processed)
