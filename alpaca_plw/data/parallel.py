@@ -43,6 +43,11 @@ def check_num_proc(num_proc: int | None) -> int:
 
 
 def _init(setup: Callable, args: tuple) -> None:
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down; a
+    # worker waiting for its next batch would print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _STATE["state"] = setup(*args)
 
 
