@@ -42,10 +42,9 @@ def _header(run_dir, spec, options, data, indices, sampling, template, tokenizer
 
 
 def _settle(paths, header, indices, force) -> tuple[int, str]:
-    """(lines already done, state) under the lock; writes the fresh header when starting."""
-    from alpaca_plw.data.publish import publish_files
-    from alpaca_plw.study.generate_store import (complete_lines, differences, header_text,
-                                                 read_header)
+    """(lines already done, state) under the lock; a fresh start ("generated") writes nothing
+    yet: `_start` does, once the model has loaded (a failure before it leaves nothing behind)."""
+    from alpaca_plw.study.generate_store import complete_lines, differences, read_header
 
     jsonl, head, ae = paths
     old = read_header(head)
@@ -64,10 +63,18 @@ def _settle(paths, header, indices, force) -> tuple[int, str]:
         if old.get("complete") and done == len(indices):
             return done, "complete"
         return done, "resumed"
+    return 0, "generated"
+
+
+def _start(paths, header) -> None:
+    """The fresh header and an empty NAME.jsonl (replacing ours under --force)."""
+    from alpaca_plw.data.publish import publish_files
+    from alpaca_plw.study.generate_store import header_text
+
+    jsonl, head, ae = paths
     ae.unlink(missing_ok=True)  # ours (its NAME.json is): stale once the lines are regenerated
     publish_files([(head, lambda tmp: tmp.write_text(header_text(header), encoding="utf-8")),
                    (jsonl, lambda tmp: tmp.write_bytes(b""))])
-    return 0, "generated"
 
 
 def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=None) -> dict:
@@ -106,6 +113,8 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
             stop_ids = [t for t in (tokenizer.eos_id, stop_id) if t is not None]
             decode = decoder(tokenizer)
             model, _ = load_run_model(run_dir, device)
+            if state == "generated":
+                _start(paths, header)
             from alpaca_plw.study.generate import _reset_generation_config
 
             _reset_generation_config(model)
