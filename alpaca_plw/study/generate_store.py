@@ -91,7 +91,9 @@ def complete_lines(path: Path, indices: list[int]) -> int:
 
 
 def read_lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    # split at "\n" only: str.splitlines() also ends a line at U+2028, U+2029 and U+0085, which
+    # json.dumps(ensure_ascii=False) leaves raw inside a string
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def header_text(header: dict) -> str:

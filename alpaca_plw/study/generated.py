@@ -104,7 +104,7 @@ def read_set(run_dir: Path, name: str) -> GenerationSet:
                        f"{meta.get('n', '?')} records so far, its .json says complete: false); "
                        "finish it by running the same `alpaca-plw generate` again")
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): see read_lines
         if not line.strip():
             continue
         try:
