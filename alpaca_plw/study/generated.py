@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.errors import InputError
+from alpaca_plw.errors import InputError, abbreviate
 
 FOLDER = "generations"
 
@@ -59,7 +59,8 @@ def _int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check(path: Path, number: int, row) -> dict:
+def _check(path: Path, number: int, row, most: int | None = None) -> dict:
+    """One line as `generate` writes it; `most`: the set's max_new_tokens, when it says."""
     where = f"{path}, line {number}"
     if not isinstance(row, dict):
         raise InputError(f"{where}: a JSON {type(row).__name__}, expected an object")
@@ -67,9 +68,12 @@ def _check(path: Path, number: int, row) -> dict:
         raise InputError(f"{where}: 'index' {row.get('index')!r} is not an integer")
     if not isinstance(row.get("output"), str):
         raise InputError(f"{where}: 'output' is not a string")
-    if not _int(row.get("output_tokens")) or row["output_tokens"] < 0:
-        raise InputError(f"{where}: 'output_tokens' {row.get('output_tokens')!r} is not a "
-                         "count of tokens")
+    if not _int(row.get("output_tokens")) or not 0 <= row["output_tokens"] < 2 ** 53:
+        raise InputError(f"{where}: 'output_tokens' {abbreviate(row.get('output_tokens'))} is "
+                         "not a count of tokens")
+    if most is not None and row["output_tokens"] > most:
+        raise InputError(f"{where}: 'output_tokens' {row['output_tokens']} is above the set's "
+                         f"max_new_tokens {most}")
     if row.get("finish") not in ("eos", "length"):
         raise InputError(f"{where}: 'finish' {row.get('finish')!r} is neither 'eos' nor 'length'")
     if row.get("reference") is not None and not isinstance(row["reference"], str):
@@ -103,6 +107,9 @@ def read_set(run_dir: Path, name: str) -> GenerationSet:
         raise Unusable(f"generations set {name!r} is incomplete ({text.count(chr(10))} of "
                        f"{meta.get('n', '?')} records so far, its .json says complete: false); "
                        "finish it by running the same `alpaca-plw generate` again")
+    sampling = meta.get("sampling")
+    most = sampling.get("max_new_tokens") if isinstance(sampling, dict) else None
+    most = most if _int(most) else None
     records = []
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): see read_lines
         if not line.strip():
@@ -111,7 +118,7 @@ def read_set(run_dir: Path, name: str) -> GenerationSet:
             row = json.loads(line)
         except (ValueError, RecursionError):
             raise InputError(f"{rows_path}, line {number}: not JSON ({line[:60]!r})") from None
-        records.append(_check(rows_path, number, row))
+        records.append(_check(rows_path, number, row, most))
     if len(records) != meta["count"]:
         raise Unusable(f"generations set {name!r} holds {len(records)} records but its .json "
                        f"says count {meta['count']}; make it again with `alpaca-plw generate`")
