@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from itertools import chain, islice
 
 from alpaca_plw.errors import ConfigError
@@ -40,6 +41,23 @@ def check_num_proc(num_proc: int | None) -> int:
     if num_proc < 1:
         raise ConfigError(f"--num-proc must be at least 1, got {num_proc}")
     return int(num_proc)
+
+
+@contextmanager
+def _sigint_held():
+    """SIGINT blocked in this thread while `submit` may start a worker: the mask is inherited
+    through fork and exec, so a Ctrl-C during a worker's start-up (spawn imports the main module
+    again before any initializer runs) is not the worker's; here it waits and is raised after."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _init(setup: Callable, args: tuple) -> None:
@@ -81,7 +99,8 @@ def _pool(func, items, num_proc: int, setup, args) -> Iterator:
     pending: deque = deque()
     try:
         for item in items:
-            pending.append(pool.submit(_call, func, item))
+            with _sigint_held():  # a worker started here starts with SIGINT blocked
+                pending.append(pool.submit(_call, func, item))
             if len(pending) >= 2 * num_proc:
                 yield pending.popleft().result()
         while pending:

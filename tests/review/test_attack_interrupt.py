@@ -30,6 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])
 import job
+
+if __name__ == "__mp_main__" and sys.argv[2:] == ["slow-start"]:  # a worker starting up slowly,
+    import os                                                     # as the CLI's imports are
+    (Path(sys.argv[1]) / f"starting-{os.getpid()}").touch()
+    time.sleep(1.0)
 from alpaca_plw.data.parallel import ordered_map
 
 
@@ -51,17 +56,18 @@ if __name__ == "__main__":
 '''
 
 
-def test_ctrl_c_with_idle_workers_prints_one_line_and_leaves_no_worker(tmp_path):
+def _interrupt(tmp_path, ready, *extra) -> str:
+    """Run MAIN in its own process group, wait until `ready()`, Ctrl-C the group; its stderr."""
     (tmp_path / "job.py").write_text(textwrap.dedent(JOB))
     (tmp_path / "main.py").write_text(textwrap.dedent(MAIN))
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "main.py"), str(tmp_path)],
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "main.py"), str(tmp_path), *extra],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while not all((tmp_path / f"done-{i}").exists() for i in (0, 1)):
+        while not ready():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        time.sleep(0.2)  # let both workers go back to waiting for their next batch
+        time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole group
         _, err = proc.communicate(timeout=120)
     finally:
@@ -69,6 +75,17 @@ def test_ctrl_c_with_idle_workers_prints_one_line_and_leaves_no_worker(tmp_path)
             proc.kill()
     assert proc.returncode == 130, err
     assert err.splitlines() == ["error: interrupted"], err
+    return err
+
+
+def test_ctrl_c_while_workers_start_prints_one_line(tmp_path):
+    """A worker still importing (spawn runs the main module again first) got the KeyboardInterrupt
+    before any initializer could ignore it."""
+    _interrupt(tmp_path, lambda: any(tmp_path.glob("starting-*")), "slow-start")
+
+
+def test_ctrl_c_with_idle_workers_prints_one_line_and_leaves_no_worker(tmp_path):
+    _interrupt(tmp_path, lambda: all((tmp_path / f"done-{i}").exists() for i in (0, 1)))
     for i in (0, 1):
         pid = int((tmp_path / f"done-{i}").read_text())
         try:
