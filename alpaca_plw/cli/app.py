@@ -80,6 +80,9 @@ def main() -> None:
     handlers have run: native thread pools (Arrow's, after reading a Parquet file) can otherwise
     abort the interpreter's own teardown ("terminate called without an active exception", exit
     134) depending on load, and the exit code must not depend on timing."""
+    import signal
+
+    signal.signal(signal.SIGINT, _interrupt_once)
     try:
         app()
         code = 0
@@ -91,6 +94,15 @@ def main() -> None:
         if isinstance(exc.code, str):
             err.print(exc.code, markup=False)
     _exit(code)
+
+
+def _interrupt_once(signum, frame) -> None:
+    """The first Ctrl-C stops the command; later ones are ignored, so that they cut neither its
+    cleanup (temporary files, worker processes) nor its one error line short."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _exit(code: int) -> None:

@@ -94,3 +94,41 @@ def test_ctrl_c_with_idle_workers_prints_one_line_and_leaves_no_worker(tmp_path)
             continue
         status = open(f"/proc/{pid}/status").read()
         assert "zombie" in status, f"worker {pid} outlived the command"
+
+
+SECOND = '''
+import os
+import signal
+import sys
+import time
+
+import alpaca_plw.cli  # noqa: F401
+
+cli = sys.modules["alpaca_plw.cli.app"]  # the package's `app` attribute is the Typer app
+
+
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+        time.sleep(5)
+    finally:  # the command cleans up (temporary files, workers)...
+        os.kill(os.getpid(), signal.SIGINT)  # ...and an impatient user presses Ctrl-C again
+        time.sleep(0.5)
+        print("cleaned up", file=sys.stderr, flush=True)
+
+
+cli.app = command
+cli.main()
+'''
+
+
+def test_a_second_ctrl_c_does_not_cut_the_cleanup_or_print_a_traceback(tmp_path):
+    """After the first Ctrl-C the command cleans up and prints one line; a second one (a user
+    pressing again, or `timeout -s INT`, which signals the process and its group) raised a
+    KeyboardInterrupt in the middle of that cleanup or in the exit path (a traceback)."""
+    script = tmp_path / "second.py"
+    script.write_text(SECOND)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.splitlines() == ["cleaned up", "error: interrupted"], proc.stderr
