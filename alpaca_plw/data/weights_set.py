@@ -118,6 +118,9 @@ def _check_rows_in_span(part: WeightsData, span: list[int]) -> None:
 
 def _defining(meta: dict) -> dict:
     keys = {k: v for k, v in meta.items() if k not in PER_SHARD}
+    source = keys.get("source")
+    if isinstance(source, dict) and source.get("sha256"):  # one source, wherever it was read
+        keys["source"] = {k: v for k, v in source.items() if k != "path"}
     keys["shard.count"] = meta[SHARD_KEY]["count"]
     return keys
 

@@ -66,3 +66,25 @@ def test_a_shard_beyond_the_records_says_so_not_that_records_were_skipped(tmp_pa
     assert_one_error(code, err, 2, "--shard 0/5")
     assert "holds no records" in err and "skipped" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_shards_of_one_source_read_at_different_paths_make_one_set(whole, tmp_path):
+    """README: run the N commands wherever you like (another machine, another folder); the source
+    is the same when its digest is. A shard whose source was given by another path (same bytes,
+    same sha256) was refused: "differ in 'source'"."""
+    def moved(k, meta):
+        if k == 1:
+            meta["source"] = {**meta["source"], "path": "/elsewhere/records.json"}
+        return meta
+
+    shards = make_shards(whole, [0, 10, 20], tmp_path / "set", meta_edit=moved)
+    data = read_weights(shards)
+    assert data.meta == read_weights_dir(whole).meta  # shard 0's path, as the whole folder's
+
+    def other(k, meta):
+        if k == 1:
+            meta["source"] = {**meta["source"], "sha256": "0" * 64}
+        return meta
+
+    with pytest.raises(InputError, match="differ in 'source'"):
+        read_weights(make_shards(whole, [0, 10, 20], tmp_path / "other", meta_edit=other))
