@@ -121,6 +121,9 @@ def _defining(meta: dict) -> dict:
     source = keys.get("source")
     if isinstance(source, dict) and source.get("sha256"):  # one source, wherever it was read
         keys["source"] = {k: v for k, v in source.items() if k != "path"}
+    tokenizer = keys.get("tokenizer")
+    if isinstance(tokenizer, dict) and tokenizer.get("vocab_sha256"):  # its folder's name aside
+        keys["tokenizer"] = {k: v for k, v in tokenizer.items() if k != "name"}
     keys["shard.count"] = meta[SHARD_KEY]["count"]
     return keys
 

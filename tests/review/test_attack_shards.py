@@ -88,3 +88,23 @@ def test_shards_of_one_source_read_at_different_paths_make_one_set(whole, tmp_pa
 
     with pytest.raises(InputError, match="differ in 'source'"):
         read_weights(make_shards(whole, [0, 10, 20], tmp_path / "other", meta_edit=other))
+
+
+def test_shards_made_with_one_tokenizer_in_folders_of_other_names_make_one_set(whole, tmp_path):
+    """The tokenizer is the same when its vocabulary digest is (as train and eval compare it); its
+    `name` is the folder it was read from, which differs between machines."""
+    def renamed(k, meta):
+        if k == 1:
+            meta["tokenizer"] = {**meta["tokenizer"], "name": "llama-copy"}
+        return meta
+
+    data = read_weights(make_shards(whole, [0, 10, 20], tmp_path / "set", meta_edit=renamed))
+    assert data.meta == read_weights_dir(whole).meta
+
+    def other(k, meta):
+        if k == 1:
+            meta["tokenizer"] = {**meta["tokenizer"], "vocab_sha256": "0" * 16}
+        return meta
+
+    with pytest.raises(InputError, match="differ in 'tokenizer'"):
+        read_weights(make_shards(whole, [0, 10, 20], tmp_path / "other", meta_edit=other))
