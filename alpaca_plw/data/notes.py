@@ -22,9 +22,15 @@ def count_notes(meta: dict) -> list[str]:
     notes = []
     skipped, truncated = counts.get("skipped", 0), counts.get("truncated", 0)
     if skipped > MAJORITY * source:
-        notes.append(f"{skipped:,} of {source:,} records ({skipped / source:.0%}) were skipped: "
+        notes.append(f"{skipped:,} of {source:,} records ({_percent(skipped, source)}) were skipped: "
                      "their prompt alone fills --max-length; raise --max-length")
     if truncated > MAJORITY * source:
-        notes.append(f"{truncated:,} of {source:,} records ({truncated / source:.0%}) were cut at "
+        notes.append(f"{truncated:,} of {source:,} records ({_percent(truncated, source)}) were cut at "
                      "--max-length (their completions end early); raise --max-length")
     return notes
+
+
+def _percent(part: int, whole: int) -> str:
+    """`part / whole` as a whole percentage; never "100%" while some records are not in `part`."""
+    text = f"{part / whole:.0%}"
+    return ">99%" if text == "100%" and part < whole else text
