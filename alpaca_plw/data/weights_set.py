@@ -95,6 +95,11 @@ def _shard(part: WeightsData) -> dict:
         raise InputError(f"{part.path}: shard metadata {abbreviate(shard)} is not "
                          "{index: K, count: N, source_records: [start, stop]} with 0 <= K < N")
     _check_rows_in_span(part, span)
+    counts = part.meta.get("counts")
+    written = counts.get("written") if isinstance(counts, dict) else None
+    if isinstance(written, int) and written != len(part):
+        raise InputError(f"{part.path}: {len(part)} rows, but its metadata says {written} written; "
+                         "rebuild it with `alpaca-plw weights --shard K/N`")
     return shard
 
 

@@ -108,3 +108,15 @@ def test_shards_made_with_one_tokenizer_in_folders_of_other_names_make_one_set(w
 
     with pytest.raises(InputError, match="differ in 'tokenizer'"):
         read_weights(make_shards(whole, [0, 10, 20], tmp_path / "other", meta_edit=other))
+
+
+def test_a_shard_with_rows_removed_is_refused(whole, tmp_path):
+    """Rows cut out of a shard kept increasing, in-range source indices; its metadata's written
+    count (summed into the set's) no longer matched the rows."""
+    shards = make_shards(whole, [0, 10, 20], tmp_path / "set")
+    data = read_weights_dir(shards[1])
+    cut = tmp_path / "cut-1"
+    write_weights_dir(cut, data.table.slice(1), force=False)
+    with pytest.raises(InputError) as info:
+        read_weights([shards[0], cut])
+    assert str(cut) in str(info.value) and f"{len(data) - 1} rows" in str(info.value)
