@@ -109,7 +109,8 @@ def alpaca_eval_text(rows: list[dict], generator: str) -> str:
 
 
 def check_name(name: str) -> str:
-    if not name or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
-        raise ConfigError(f"--name {name!r}: expected a plain file name (no '/', not starting "
-                          "with '.')")
+    if not name.strip() or name.startswith(".") or "/" in name or "\\" in name or \
+            any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ConfigError(f"--name {name!r}: expected a plain file name (no '/', no control "
+                          "characters, not blank, not starting with '.')")
     return name

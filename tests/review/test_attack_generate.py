@@ -66,3 +66,14 @@ def test_analyze_reads_a_set_whose_texts_hold_unicode_line_separators(tmp_path):
     (folder / "g.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     (folder / "g.json").write_text(json.dumps({"complete": True, "count": 1}), encoding="utf-8")
     assert read_set(tmp_path / "run", "g").records == [row]
+
+
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", " ", "bell\x07"])
+def test_a_name_with_control_characters_or_only_blanks_is_refused(name):
+    """--name 'a<newline>b' wrote generations/a<newline>b.jsonl, and the summary line printed for it
+    broke in two; ' ' wrote ' .jsonl'."""
+    from alpaca_plw.errors import ConfigError
+    from alpaca_plw.study.generate import GenerateOptions
+
+    with pytest.raises(ConfigError, match="--name"):
+        GenerateOptions(prompts="p.json", name=name)
