@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.weights_store import (ARROW_FILE, ROLE_COLUMN, WeightsData, list_values,
-                                           read_weights_dir, schema)
+from alpaca_plw.data.weights_store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
+                                           list_values, read_weights_dir, schema)
 from alpaca_plw.errors import InputError, abbreviate
 
 SHARD_KEY = "shard"
@@ -37,15 +37,29 @@ PARTIAL_FLAG = "--allow-partial-shards"
 
 
 def is_weights_source(path) -> bool:
-    """A weights folder, or a folder holding shard folders."""
+    """A weights folder, or a folder holding shard folders (not a `save_to_disk` folder of records,
+    whose Arrow file has the same name)."""
     path = Path(path)
-    return path.is_dir() and ((path / ARROW_FILE).is_file() or bool(shard_folders(path)))
+    return path.is_dir() and (_holds_weights(path) or bool(shard_folders(path)))
+
+
+def _holds_weights(folder: Path) -> bool:
+    """Its Arrow file is one `weights` wrote: alpaca_plw metadata, or token and weight columns."""
+    arrow = folder / ARROW_FILE
+    if not arrow.is_file():
+        return False
+    try:
+        with pa.memory_map(str(arrow)) as source:
+            found = pa.ipc.open_stream(source).schema
+    except (OSError, pa.ArrowException):
+        return True  # unreadable: `read_weights_dir` names the error
+    return META_KEY in (found.metadata or {}) or {"input_ids", "loss_weight"} <= set(found.names)
 
 
 def shard_folders(directory: Path) -> list[Path]:
     """The weights folders directly inside `directory` (by name)."""
     try:
-        return sorted(p for p in Path(directory).iterdir() if (p / ARROW_FILE).is_file())
+        return sorted(p for p in Path(directory).iterdir() if _holds_weights(p))
     except OSError:
         return []
 

@@ -120,3 +120,21 @@ def test_a_shard_with_rows_removed_is_refused(whole, tmp_path):
     with pytest.raises(InputError) as info:
         read_weights([shards[0], cut])
     assert str(cut) in str(info.value) and f"{len(data) - 1} rows" in str(info.value)
+
+
+def test_a_save_to_disk_records_folder_is_not_taken_for_a_weights_folder(whole, tmp_path):
+    """datasets.save_to_disk writes the same data-00000-of-00001.arrow as `weights`: every records
+    folder was taken for weights (`generate --prompts DIR` refused it as 'a weights folder'; sweep
+    read it as weights: 'no alpaca_plw metadata')."""
+    import datasets
+
+    from alpaca_plw.data.weights_set import is_weights_source
+
+    records = json.loads(SAMPLE.read_text(encoding="utf-8"))[:5]
+    folder = tmp_path / "records"
+    datasets.Dataset.from_list(records).save_to_disk(str(folder))
+    holder = tmp_path / "holder"
+    datasets.Dataset.from_list(records).save_to_disk(str(holder / "part"))
+    assert not is_weights_source(folder) and not is_weights_source(holder)
+    shards = make_shards(whole, [0, 10, 20], tmp_path / "set")
+    assert is_weights_source(whole) and is_weights_source(shards[0].parent)
