@@ -330,6 +330,12 @@ def locate(source) -> Located:
     path = Path(source) if source is not None else default_source()
     shown = display_path(path)
     if path.is_dir():
+        from alpaca_plw.data.weights_set import is_weights_source
+
+        if is_weights_source(path):
+            raise InputError(f"{shown}: a weights folder (token ids and loss weights), not records; "
+                             "pass the dataset it was made from (its metadata names it: "
+                             "source.path)")
         return Located("dir", path, shown, path.name)
     if not path.exists():
         text = str(source)

@@ -138,3 +138,14 @@ def test_a_save_to_disk_records_folder_is_not_taken_for_a_weights_folder(whole, 
     assert not is_weights_source(folder) and not is_weights_source(holder)
     shards = make_shards(whole, [0, 10, 20], tmp_path / "set")
     assert is_weights_source(whole) and is_weights_source(shards[0].parent)
+
+
+@pytest.mark.parametrize("command", [["stats"], ["weights", "--plw", "0.1"], ["build-short"]])
+def test_a_weights_folder_given_to_a_data_command_says_what_it_is(whole, tmp_path, command):
+    """It said "missing column 'instruction'; ... map them with --columns", which no mapping fixes."""
+    from cli_invoke import assert_one_error, invoke_cli
+
+    out = ["-o", tmp_path / "out"] if command[0] != "stats" else []
+    code, _, err = invoke_cli([*command, whole, *out, "--num-proc", "1"])
+    assert_one_error(code, err, 2, "a weights folder (token ids and loss weights), not records")
+    assert not (tmp_path / "out").exists()
