@@ -149,3 +149,30 @@ def load_run_model(run_dir: Path, device: str):
         raise InputError(f"{run_dir}: cannot load its model ({type(exc).__name__}: "
                          f"{first[:200]})") from None
     return model.to(device).eval(), str(dtype).removeprefix("torch.")
+
+
+def check_positions(model, prompts, max_new_tokens: int, where: str, note=None) -> None:
+    """Refuse prompts the model has no positions for, before anything is written: a prompt longer
+    than its positions, or, with learned absolute positions (`n_positions`, GPT-2 style, which
+    fail with an index error past them), a prompt plus --max-new-tokens longer. Rotary models can
+    run past their trained length: a note says how many prompts may."""
+    from alpaca_plw.errors import InputError
+
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not prompts or isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return
+    absolute = isinstance(getattr(config, "n_positions", None), int)
+    longest = max(prompts, key=lambda p: len(p.ids))
+    room = limit - (max_new_tokens if absolute else 0)
+    if len(longest.ids) > room:
+        what = f"{len(longest.ids)} tokens" + (f" + --max-new-tokens {max_new_tokens}" if absolute
+                                               else "")
+        raise InputError(f"{where}: the prompt of source row {longest.index}: {what} exceed the "
+                         f"model's {limit} positions; shorten it, leave it out, or lower "
+                         "--max-new-tokens")
+    over = sum(len(p.ids) + max_new_tokens > limit for p in prompts)
+    if over and note is not None:
+        note(f"note: {where}: {over:,} of {len(prompts):,} prompts may run past the model's {limit} "
+             f"positions with --max-new-tokens {max_new_tokens} (beyond what it was trained on)")
+

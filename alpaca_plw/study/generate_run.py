@@ -83,7 +83,8 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
     from alpaca_plw.data.publish import kill_point, publish_files
     from alpaca_plw.data.safety import claim
     from alpaca_plw.study.generate import decoder, finish_row, generate_batch, line
-    from alpaca_plw.study.generate_model import load_run_model, resolve_device, run_tokenizer
+    from alpaca_plw.study.generate_model import (check_positions, load_run_model, resolve_device,
+                                                 run_tokenizer)
     from alpaca_plw.study.generate_prompts import load_prompts, sample_indices
     from alpaca_plw.study.generate_store import (alpaca_eval_text, header_text, output_paths,
                                                  read_lines)
@@ -113,6 +114,7 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
             stop_ids = [t for t in (tokenizer.eos_id, stop_id) if t is not None]
             decode = decoder(tokenizer)
             model, _ = load_run_model(run_dir, device)
+            check_positions(model, prompts[done:], options.max_new_tokens, str(run_dir), note)
             if state == "generated":
                 _start(paths, header)
             from alpaca_plw.study.generate import _reset_generation_config
