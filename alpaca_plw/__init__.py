@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from alpaca_plw.version import __version__
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -28,13 +28,13 @@ _EXPORTS = {
     "dataset_stats": "alpaca_plw.data.pipeline",
     "build_dataset": "alpaca_plw.data.pipeline",
     "make_weights": "alpaca_plw.data.pipeline",
-    "BuildRule": "alpaca_plw.data.build",
-    "SHORT": "alpaca_plw.data.build",
-    "MEDIUM": "alpaca_plw.data.build",
-    "TINY": "alpaca_plw.data.build",
-    "target_rule": "alpaca_plw.data.build",
-    "ColumnMap": "alpaca_plw.data.records",
-    "read_weights_dir": "alpaca_plw.data.weights_store",
+    "BuildRule": "alpaca_plw.data.alpaca.build",
+    "SHORT": "alpaca_plw.data.alpaca.build",
+    "MEDIUM": "alpaca_plw.data.alpaca.build",
+    "TINY": "alpaca_plw.data.alpaca.build",
+    "target_rule": "alpaca_plw.data.alpaca.build",
+    "ColumnMap": "alpaca_plw.data.reading.records",
+    "read_weights_dir": "alpaca_plw.data.weights_dir.store",
     "TrainConfig": "alpaca_plw.train.config",
     "PLWError": "alpaca_plw.errors",
     "InputError": "alpaca_plw.errors",

@@ -99,10 +99,10 @@ def _build(shape: dict, d):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_plw.train.model import WeightedCausalLM
+    from alpaca_plw.train.modeling.model import WeightedCausalLM
     from alpaca_plw.train.optim import make_optimizer
     from alpaca_plw.train.schedule import make_scheduler
-    from alpaca_plw.train.wrap import shard
+    from alpaca_plw.train.modeling.wrap import shard
 
     torch.manual_seed(0)
     model = WeightedCausalLM(LlamaForCausalLM(LlamaConfig(**shape)))
@@ -126,8 +126,8 @@ def _gather_all_checkpoint(target: Path, model, optimizer, scheduler, tokenizer,
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
-    from alpaca_plw.data.output import atomic_write_dir
-    from alpaca_plw.train.checkpoint import _save_config, unwrap
+    from alpaca_plw.data.outputs.atomic import atomic_write_dir
+    from alpaca_plw.train.checkpoints.checkpoint import _save_config, unwrap
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
@@ -148,8 +148,8 @@ def _gather_all_final(target: Path, model, tokenizer, d) -> None:
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from alpaca_plw.data.output import atomic_write_dir
-    from alpaca_plw.train.checkpoint import _save_config, unwrap
+    from alpaca_plw.data.outputs.atomic import atomic_write_dir
+    from alpaca_plw.train.checkpoints.checkpoint import _save_config, unwrap
 
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True,
                                                                    cpu_offload=True))
@@ -167,7 +167,7 @@ def worker(spec: dict) -> None:
     the final save; writes `spec["result"]`.rank<r>.json."""
     from transformers import AutoTokenizer
 
-    from alpaca_plw.train.checkpoint import save_checkpoint, save_final
+    from alpaca_plw.train.checkpoints.checkpoint import save_checkpoint, save_final
     from alpaca_plw.train.distributed import setup, teardown
 
     d = setup("cpu")

@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from alpaca_plw.train import attention  # noqa: E402
+from alpaca_plw.train.modeling import attention  # noqa: E402
 
 GIB = 2**30
 SHAPE_1B = dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32,
@@ -83,8 +83,8 @@ class Context:
         return self.args.budget_s - (time.perf_counter() - self.began)
 
     def store(self):
-        from alpaca_plw.data.weights_store import read_weights_dir
-        from alpaca_plw.train.batches import SequenceStore
+        from alpaca_plw.data.weights_dir.store import read_weights_dir
+        from alpaca_plw.train.batching.batches import SequenceStore
 
         if self._store is None:
             self._store = SequenceStore.from_weights(read_weights_dir(self.weights()))
@@ -163,8 +163,8 @@ def stage_attention_work(ctx: Context) -> dict:
     """Pairs of (query, key) each packed path computes per optimizer step, over the bench's steps
     (batch 128 records, micro 8, budget 8 x 512 tokens), relative to the causal pairs inside each
     record (the least any exact kernel must do)."""
-    from alpaca_plw.train.batches import DataOrder
-    from alpaca_plw.train.packing import pack_records
+    from alpaca_plw.train.batching.batches import DataOrder
+    from alpaca_plw.train.batching.packing import pack_records
 
     store = ctx.store()
     lengths = store.lengths.astype(np.int64)
@@ -219,7 +219,7 @@ def _shared(starts, lengths, k0, k1, q0) -> bool:
 
 def stage_kernels(ctx: Context) -> dict:
     """torch_varlen on one real packed row, bf16 on CUDA (the reference kernel on CPU)."""
-    from alpaca_plw.train.packing import pack_records
+    from alpaca_plw.train.batching.packing import pack_records
 
     store = ctx.store()
     lengths = store.lengths.astype(np.int64)
@@ -307,10 +307,10 @@ def _timings(q, k, v, cu, ls) -> dict:
 def stage_equivalence(ctx: Context) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_plw.train.batches import collate
-    from alpaca_plw.train.head import head_mismatch
-    from alpaca_plw.train.model import WeightedCausalLM
-    from alpaca_plw.train.packing import collate_packed
+    from alpaca_plw.train.batching.batches import collate
+    from alpaca_plw.train.modeling.head import head_mismatch
+    from alpaca_plw.train.modeling.model import WeightedCausalLM
+    from alpaca_plw.train.batching.packing import collate_packed
 
     attention.register()
     store = ctx.store()
@@ -429,8 +429,8 @@ def _trainer_run(ctx: Context, model_dir: Path, name: str, steps: int = 3, **opt
 
 def _largest_micro(ctx: Context, plan, base: dict) -> int:
     """Tokens in the largest micro-batch the run's steps formed (packing by the plan's budget)."""
-    from alpaca_plw.train.batches import DataOrder
-    from alpaca_plw.train.packing import pack_records
+    from alpaca_plw.train.batching.batches import DataOrder
+    from alpaca_plw.train.batching.packing import pack_records
 
     store = ctx.store()
     order = DataOrder(len(store), 42, plan.micro_batch_size, plan.grad_accum, 1)

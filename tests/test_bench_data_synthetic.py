@@ -82,9 +82,9 @@ def test_generator_is_a_prefix_of_a_larger_set(tmp_path):
 
 
 def test_the_sets_load_as_their_kind(tmp_path):
-    from alpaca_plw.data.conversations import Conversations
-    from alpaca_plw.data.records import Records
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.chat.conversations import Conversations
+    from alpaca_plw.data.reading.records import Records
+    from alpaca_plw.data.reading.sources import load_records
 
     alpaca = load_records(synthetic.generate(tmp_path / "a.jsonl", 300, "alpaca"))
     chat = load_records(synthetic.generate(tmp_path / "c.jsonl", 300, "chat"))

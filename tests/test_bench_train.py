@@ -84,7 +84,7 @@ def test_device_check_catches_targets_left_on_host_by_the_baseline(weights, monk
 
 
 def test_device_check_catches_a_trainer_selection_left_on_host(weights, monkeypatch):
-    from alpaca_plw.train import selection
+    from alpaca_plw.train.batching import selection
 
     move = selection.Selection.to
     monkeypatch.setattr(selection.Selection, "to",

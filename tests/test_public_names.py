@@ -39,3 +39,15 @@ def test_the_train_package_is_still_callable_and_its_names_are_the_trainers():
 
     assert callable(alpaca_plw.train)
     assert alpaca_plw.train.TrainConfig is TrainConfig is alpaca_plw.TrainConfig
+
+
+def test_the_version_has_one_source_that_pyproject_agrees_with():
+    import tomllib
+    from pathlib import Path
+
+    import alpaca_plw
+    from alpaca_plw.version import __version__
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"] == __version__
+    assert alpaca_plw.__version__ is __version__

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from alpaca_plw.data.limits import MAX_RECORD_CHARS as _MAX_RECORD_CHARS
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS as _MAX_RECORD_CHARS
 from alpaca_plw.cli.options import (Columns, Force, Format, Output, Source, Split, Tokenizer,
                                     data_options, err, guard, out, progress_bar)
 
@@ -45,9 +45,9 @@ def stats(
 ) -> None:
     """Token-length statistics, R_g and the guide's recommended PLW, one row per dataset."""
     from alpaca_plw.cli.render import stats_table
-    from alpaca_plw.data.output_claim import file_output
+    from alpaca_plw.data.outputs.file_output import file_output
     from alpaca_plw.data.pipeline import dataset_stats
-    from alpaca_plw.data.sources import default_source
+    from alpaca_plw.data.reading.sources import default_source
     from alpaca_plw.data.tokenizer import resolve_spec
 
     with progress_bar() as progress:
@@ -88,7 +88,7 @@ def build_short(source: Source = None, output: Output = None, fmt: Format = None
                 max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
                 num_proc: NumProc = None) -> None:
     """Swap exactly the records whose completion is longer than their prompt (AlpacaDataShort)."""
-    from alpaca_plw.data.build import SHORT
+    from alpaca_plw.data.alpaca.build import SHORT
 
     guard(lambda: _build(SHORT, source, output, fmt, force, tokenizer, columns, split,
                          max_record_chars, num_proc))
@@ -101,7 +101,7 @@ def build_medium(source: Source = None, output: Output = None, fmt: Format = Non
                 max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
                 num_proc: NumProc = None) -> None:
     """Swap toward R_g = 1.0 (AlpacaDataMedium)."""
-    from alpaca_plw.data.build import MEDIUM, BuildRule
+    from alpaca_plw.data.alpaca.build import MEDIUM, BuildRule
 
     rule = BuildRule(MEDIUM.name, MEDIUM.target_rg, allow_drop=allow_drop)
     guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split,
@@ -115,7 +115,7 @@ def build_tiny(source: Source = None, output: Output = None, fmt: Format = None,
                 max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
                 num_proc: NumProc = None) -> None:
     """Swap toward R_g = 0.042 (AlpacaDataTiny)."""
-    from alpaca_plw.data.build import TINY, BuildRule
+    from alpaca_plw.data.alpaca.build import TINY, BuildRule
 
     rule = BuildRule(TINY.name, TINY.target_rg, allow_drop=allow_drop)
     guard(lambda: _build(rule, source, output, fmt, force, tokenizer, columns, split,
@@ -130,7 +130,7 @@ def build_target(target_rg: Annotated[float, typer.Option("--target-rg", help="T
                 max_record_chars: MaxRecordChars = _MAX_RECORD_CHARS,
                 num_proc: NumProc = None) -> None:
     """Swap toward any target R_g (deterministic prefix rule; see README)."""
-    from alpaca_plw.data.build import target_rule
+    from alpaca_plw.data.alpaca.build import target_rule
 
     guard(lambda: _build(target_rule(target_rg, allow_drop), source, output, fmt, force,
                           tokenizer, columns, split, max_record_chars, num_proc))
@@ -167,7 +167,7 @@ def weights(
                 raise ConfigError(f"--plw must be a number in [0, 1] or 'auto', got {plw!r}") from None
         chat = None
         if chat_template is not None or role_weights is not None or assistant_turns != "all":
-            from alpaca_plw.data.chat_weights import ChatOptions, parse_role_weights
+            from alpaca_plw.data.chat.weights import ChatOptions, parse_role_weights
 
             chat = ChatOptions(None if chat_template is None else str(chat_template),
                                parse_role_weights(role_weights), assistant_turns)
@@ -179,7 +179,7 @@ def weights(
                                    _options(tokenizer, columns, split, max_record_chars, num_proc),
                                    output, max_length, force, progress, chat, parts)
         out().print(weights_summary(summary))
-        from alpaca_plw.data.chat_markup import markup_notes
+        from alpaca_plw.data.chat.markup import markup_notes
 
         from alpaca_plw.data.notes import count_notes
 
@@ -202,9 +202,9 @@ def inspect(
     from alpaca_plw.cli.render_inspect import inspection_html, inspection_view
 
     def run() -> None:
-        from alpaca_plw.data.inspect import inspect_weights
-        from alpaca_plw.data.output import atomic_write, text_writer
-        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.weights_dir.inspect import inspect_weights
+        from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
+        from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.data.tokenizer import resolve_spec
 
         inputs = [("weights folder", weights_dir), ("tokenizer", resolve_spec(tokenizer))]

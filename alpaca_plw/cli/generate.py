@@ -40,7 +40,7 @@ def generate(
 
         require("torch", "alpaca-plw generate")
         require("transformers", "alpaca-plw generate", "train")
-        from alpaca_plw.data.records import ColumnMap
+        from alpaca_plw.data.reading.records import ColumnMap
         from alpaca_plw.study.generate import GenerateOptions, generate_runs
 
         options = GenerateOptions(

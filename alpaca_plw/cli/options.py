@@ -54,7 +54,7 @@ def guard(call) -> None:
     `OSError` the library did not name end in one line too (exit 130; for the `OSError` see
     `_os_error`); library notices (leftovers of a killed run cleaned up) are printed as they
     come."""
-    from alpaca_plw.data.safety import set_reporter
+    from alpaca_plw.data.outputs.safety import set_reporter
     from alpaca_plw.errors import Interrupted
 
     set_reporter(lambda message: err.print(message, markup=False))
@@ -102,7 +102,7 @@ def _os_error(exc: OSError) -> PLWError:
     the path (or says none was named) with exit 1, claiming neither."""
     import os
 
-    from alpaca_plw.data.publish import reason
+    from alpaca_plw.data.outputs.publish import reason
     from alpaca_plw.errors import InputError, OutputError
 
     why = reason(exc)
@@ -183,6 +183,6 @@ def progress_bar():
 def data_options(tokenizer, columns, split):
     """The library's `DataOptions` from the shared data-command flags."""
     from alpaca_plw.data.pipeline import DataOptions
-    from alpaca_plw.data.records import ColumnMap
+    from alpaca_plw.data.reading.records import ColumnMap
 
     return DataOptions(tokenizer=tokenizer, columns=ColumnMap.parse(columns), split=split)

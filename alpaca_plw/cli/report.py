@@ -25,8 +25,8 @@ def report(
     def run() -> None:
         require("matplotlib", "alpaca-plw report", "study")
         require("torch", "alpaca-plw report")
-        from alpaca_plw.data.output import atomic_write, text_writer
-        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
+        from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.study.report import build_report, render_html
 
         inputs = [("sweep", sweep_dir), *[("scores", s) for s in scores or []]]

@@ -90,7 +90,7 @@ def sweep(
         from alpaca_plw.study.sweep import SweepConfig
         from alpaca_plw.study.sweep import sweep as run_sweep
 
-        from alpaca_plw.data.chat_weights import ChatOptions, parse_role_weights
+        from alpaca_plw.data.chat.weights import ChatOptions, parse_role_weights
 
         options = dataclasses.replace(data_options(tokenizer, columns, split),
                                       max_record_chars=max_record_chars or None)
@@ -150,11 +150,11 @@ def evaluate(
     from alpaca_plw.cli.render_study import scores_table
 
     def run() -> None:
-        from alpaca_plw.data.output import atomic_write, text_writer
-        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
+        from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.study.evaluate import EvalOptions, evaluate_runs, scores_csv
 
-        from alpaca_plw.data.publish import reason
+        from alpaca_plw.data.outputs.publish import reason
         from alpaca_plw.errors import InputError
 
         options = EvalOptions(tasks=[t.strip() for t in tasks.split(",") if t.strip()],
@@ -189,7 +189,7 @@ def fit(
     from alpaca_plw.cli.render_study import figure1_table, fit_table
 
     def run() -> None:
-        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.study.aggregate import figure1
         from alpaca_plw.study.fit import fit_scores
         from alpaca_plw.study.scores import read_scores
@@ -225,7 +225,7 @@ def analyze(
     from alpaca_plw.cli.render_study import analysis_table
 
     def run() -> None:
-        from alpaca_plw.data.output_claim import file_output
+        from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.study.analyze import analyze_runs
 
         inputs = [("run folder", r) for r in runs] + [("base model", base)]

@@ -40,8 +40,8 @@ def setup_weights(spec: str, threads: int | None, job: WeightsJob, tokenizer=Non
     tokenizer = tokenizer or load_tokenizer(spec, threads)
     template = None
     if job.chat is not None:
-        from alpaca_plw.data.chat_pipeline import tokenizer_dir
-        from alpaca_plw.data.chat_template import load_template
+        from alpaca_plw.data.chat.pipeline import tokenizer_dir
+        from alpaca_plw.data.chat.template import load_template
 
         template = load_template(job.chat.chat_template, tokenizer_dir(spec))
     return WeightsState(tokenizer, job, template)
@@ -55,7 +55,7 @@ def alpaca_lengths(tokenizer, item):
 
 def chat_lengths(tokenizer, item):
     """Content tokens of every message (`ChatLengths`, offsets from 0 within the batch)."""
-    from alpaca_plw.data.chat_stats import measure_conversations
+    from alpaca_plw.data.chat.stats import measure_conversations
 
     first, conv = item
     return measure_conversations(conv, LengthCache(tokenizer))
@@ -70,7 +70,7 @@ def _shift(tw, first: int):
 
 
 def alpaca_weights(state: WeightsState, item):
-    from alpaca_plw.data.weights import build_weights
+    from alpaca_plw.data.alpaca.weights import build_weights
 
     first, records = item
     job = state.job
@@ -78,14 +78,14 @@ def alpaca_weights(state: WeightsState, item):
 
 
 def _takes_first_index() -> bool:
-    from alpaca_plw.data.chat_weights import build_chat_weights
+    from alpaca_plw.data.chat.weights import build_chat_weights
 
     return "first_index" in inspect.signature(build_chat_weights).parameters
 
 
 def chat_weights(state: WeightsState, item):
     """`build_chat_weights` on one batch; its indices (and its messages) count from `first`."""
-    from alpaca_plw.data.chat_weights import build_chat_weights
+    from alpaca_plw.data.chat.weights import build_chat_weights
 
     first, conv = item
     job = state.job

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alpaca_plw.data.records import Records
+from alpaca_plw.data.reading.records import Records
 from alpaca_plw.data.tokenizer import Tokenizer
 
 # progress(label, done, total): called as work advances; the CLI draws it, the library never prints.

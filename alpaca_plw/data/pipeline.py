@@ -8,17 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw import __version__
-from alpaca_plw.data.build import ACTION_NAMES, DROPPED, BuildRule, build
-from alpaca_plw.data.chat_pipeline import measure_chat
-from alpaca_plw.data.conversations import KIND as CONVERSATIONS, Conversations
-from alpaca_plw.data.kinds import check_one_kind
+from alpaca_plw.version import __version__
+from alpaca_plw.data.alpaca.build import ACTION_NAMES, DROPPED, BuildRule, build
+from alpaca_plw.data.chat.pipeline import measure_chat
+from alpaca_plw.data.chat.conversations import KIND as CONVERSATIONS, Conversations
+from alpaca_plw.data.reading.kinds import check_one_kind
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
-from alpaca_plw.data.limits import MAX_RECORD_CHARS
-from alpaca_plw.data.output import manifest_json, text_writer, write_records
-from alpaca_plw.data.records import ColumnMap, Records
-from alpaca_plw.data.safety import claim, precheck
-from alpaca_plw.data.sources import default_source, load_records
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS
+from alpaca_plw.data.outputs.atomic import manifest_json, text_writer, write_records
+from alpaca_plw.data.reading.records import ColumnMap, Records
+from alpaca_plw.data.outputs.safety import claim, precheck
+from alpaca_plw.data.reading.sources import default_source, load_records
 from alpaca_plw.data.stats import DatasetStats, compute_stats
 from alpaca_plw.data.tokenizer import load_tokenizer
 
@@ -79,8 +79,8 @@ def _inputs(local: Path | None, options: DataOptions) -> list[tuple[str, object]
 def open_streams(sources: list, options: DataOptions):
     """(tokenizer, streams): each source opened for reading in batches (`stream.py`), all of one
     kind (decided from each source's record 0 or columns)."""
-    from alpaca_plw.data.kinds import mixed_error
-    from alpaca_plw.data.stream import open_stream
+    from alpaca_plw.data.reading.kinds import mixed_error
+    from alpaca_plw.data.reading.stream import open_stream
 
     tokenizer = load_tokenizer(options.tokenizer, _threads(options))
     streams = [open_stream(s, options.columns, options.split, options.max_record_chars)
@@ -133,7 +133,7 @@ def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
 
 def output_format(out: Path | None, fmt: str | None) -> str:
     from alpaca_plw.errors import ConfigError
-    from alpaca_plw.data.output import RECORD_FORMATS
+    from alpaca_plw.data.outputs.atomic import RECORD_FORMATS
 
     implied = out.suffix.lower().lstrip(".") if out is not None else ""
     implied = implied if implied in RECORD_FORMATS else None
@@ -186,7 +186,7 @@ def build_dataset(
 
 def _build_streamed(stream, tokenizer, rule, options, out, fmt, progress, held) -> Built:
     """An Alpaca source, read in batches (`build_stream.py`); the same bytes as `_build`."""
-    from alpaca_plw.data.build_stream import stream_build
+    from alpaca_plw.data.alpaca.build_stream import stream_build
     from alpaca_plw.data.parallel import check_num_proc
     from alpaca_plw.data.tokenizer import resolve_spec
 
@@ -217,7 +217,7 @@ def _build(tokenizer, loaded, rule, options, out, fmt, progress, held) -> Built:
     [measured], cache, identity = _measure_loaded(tokenizer, loaded, progress)
     records = measured.records
     if isinstance(records, Conversations):  # see chat_build.py
-        from alpaca_plw.data.chat_build import build_chat_dataset
+        from alpaca_plw.data.chat.build import build_chat_dataset
 
         return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, held)
     result = build(records, measured.lengths, rule, cache)
@@ -265,7 +265,7 @@ def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, 
     `out_dir` is claimed (checked against the inputs, locked) before any tokenizing.
     """
     from alpaca_plw.data.parallel import check_num_proc
-    from alpaca_plw.data.weights import check_plw
+    from alpaca_plw.data.alpaca.weights import check_plw
 
     local = Path(source) if source is not None else default_source()
     inputs = _inputs(local, options)

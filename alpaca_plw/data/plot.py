@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.data.output import atomic_write
+from alpaca_plw.data.outputs.atomic import atomic_write
 
 
 def plot_lengths(measured, path: Path) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw import __version__
+from alpaca_plw.version import __version__
 from alpaca_plw.data.batch_work import (WeightsJob, alpaca_lengths, alpaca_weights, chat_lengths,
                                         chat_weights, setup_tokenizer, setup_weights)
-from alpaca_plw.data.conversations import KIND
+from alpaca_plw.data.chat.conversations import KIND
 from alpaca_plw.data.lengths import FieldLengths, Progress
 from alpaca_plw.data.parallel import WORKER_THREADS, ordered_map
 from alpaca_plw.errors import ConfigError, InputError
@@ -48,7 +48,7 @@ def _total(stream) -> int:
 
 def measure_stream(stream, tokenizer, spec: str, num_proc: int, progress: Progress | None = None):
     """Token lengths of every record: `FieldLengths` (Alpaca) or `ChatLengths` (conversations)."""
-    from alpaca_plw.data.chat_stats import ChatLengths
+    from alpaca_plw.data.chat.stats import ChatLengths
 
     conv = stream.kind == KIND
     label = f"tokenizing {stream.source.name}"
@@ -72,7 +72,7 @@ def measure_stream(stream, tokenizer, spec: str, num_proc: int, progress: Progre
 def stream_stats(stream, tokenizer, spec: str, identity: dict, num_proc: int,
                  progress: Progress | None = None):
     """(lengths, stats) of a streamed source."""
-    from alpaca_plw.data.chat_stats import compute_chat_stats
+    from alpaca_plw.data.chat.stats import compute_chat_stats
     from alpaca_plw.data.stats import compute_stats
 
     lengths = measure_stream(stream, tokenizer, spec, num_proc, progress)
@@ -98,7 +98,7 @@ class _Totals:
         self.skipped += tw.skipped
         roles = getattr(tw, "roles", None)
         if roles is not None:
-            from alpaca_plw.data.chat_weights import ROLE_CODES
+            from alpaca_plw.data.chat.weights import ROLE_CODES
 
             counts = np.bincount(roles, minlength=len(ROLE_CODES)).astype(np.int64)
             self.roles = counts if self.roles is None else self.roles + counts
@@ -110,7 +110,7 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
                    progress: Progress | None = None) -> dict[str, object]:
     """Weigh `stream` (or its shard) and publish the folder `out_dir` (claimed by the caller);
     returns the metadata. `plw="auto"` takes the guide's PLW at the WHOLE source's R_g."""
-    from alpaca_plw.data.chat_weights import ChatOptions
+    from alpaca_plw.data.chat.weights import ChatOptions
     from alpaca_plw.data.guide import choose_plw
 
     conv = stream.kind == KIND
@@ -131,7 +131,7 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
                           f"({stream.source.path} has {records}; N may be at most that)")
     totals = _Totals()
     temporary = _temporary(out_dir)
-    from alpaca_plw.data.weights_writer import WeightsWriter
+    from alpaca_plw.data.weights_dir.writer import WeightsWriter
 
     writer = WeightsWriter(temporary, roles=conv)
     label = "rendering and tokenizing conversations" if conv else "tokenizing training sequences"
@@ -161,14 +161,14 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
 
 
 def _temporary(out_dir: Path) -> Path:
-    from alpaca_plw.data.publish import TMP_TAG, _new_name
+    from alpaca_plw.data.outputs.publish import TMP_TAG, _new_name
 
     return _new_name(Path(out_dir), TMP_TAG)
 
 
 def _publish(out_dir: Path, writer, meta: dict, force: bool) -> None:
-    from alpaca_plw.data.publish import publish_dir
-    from alpaca_plw.data.weights_store import check_output_dir
+    from alpaca_plw.data.outputs.publish import publish_dir
+    from alpaca_plw.data.weights_dir.store import check_output_dir
 
     check_output_dir(out_dir, force)
     publish_dir(out_dir, lambda tmp: writer.finish(tmp, meta), "weights", replace=force)
@@ -185,9 +185,9 @@ def _meta(stream, tokenizer, totals: _Totals, plw, choice, state, identity, max_
         raise InputError(f"{src.path}: every record was skipped (prompt fills --max-length "
                          f"{max_length}); nothing to write")
     if stream.kind == KIND:
-        from alpaca_plw.data.chat_markup import split_markers
-        from alpaca_plw.data.chat_pipeline import chat_meta, share_from_counts
-        from alpaca_plw.data.chat_weights import ROLE_CODES
+        from alpaca_plw.data.chat.markup import split_markers
+        from alpaca_plw.data.chat.pipeline import chat_meta, share_from_counts
+        from alpaca_plw.data.chat.weights import ROLE_CODES
 
         counts = {name: int(c) for name, c in zip(ROLE_CODES, totals.roles)}
         chat = state.job.chat
@@ -196,7 +196,7 @@ def _meta(stream, tokenizer, totals: _Totals, plw, choice, state, identity, max_
         return chat_meta(src, records, totals.written, counts, share, totals.truncated,
                          totals.skipped, plw, choice, state.template, chat, identity, max_length,
                          split, processed)
-    from alpaca_plw.data.weights import prompt_weight_share
+    from alpaca_plw.data.alpaca.weights import prompt_weight_share
 
     completion = totals.tokens - totals.prompt
     return {

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.output import atomic_write, text_writer
+from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
 from alpaca_plw.errors import ConfigError, InputError, PLWError
 from alpaca_plw.extras import require
 from alpaca_plw.study.runs import ADAPTER_CONFIG, check_run, is_adapter, run_plw
@@ -243,7 +243,7 @@ def evaluate_runs(run_dirs: list[Path], options: EvalOptions, on_run=None) -> li
 
 
 def _is_run_folder(run_dir: Path) -> bool:
-    from alpaca_plw.data.safety import marker_kind
+    from alpaca_plw.data.outputs.safety import marker_kind
 
     return marker_kind(run_dir) == "run"
 
@@ -268,7 +268,7 @@ def _read_eval_json(run_dir: Path) -> dict:
 
 def _write_eval_json(run_dir: Path, plw, tasks: dict, version, model: str | None = None) -> None:
     """Merge `tasks` into the run's `eval.json` (locked; every other key and task kept)."""
-    from alpaca_plw.data.safety import claim, report
+    from alpaca_plw.data.outputs.safety import claim, report
 
     path = run_dir / EVAL_FILE
     if not _is_run_folder(run_dir):

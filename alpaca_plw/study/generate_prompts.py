@@ -37,7 +37,7 @@ def sample_indices(size: int, n: int | None, seed: int) -> list[int]:
 
 
 def alpaca_prompts(records, indices: list[int], tokenizer) -> list[Prompt]:
-    from alpaca_plw.data.template import format_prompt
+    from alpaca_plw.data.alpaca.template import format_prompt
 
     head = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     texts = [format_prompt(records.instruction[i], records.input[i]) for i in indices]
@@ -54,8 +54,8 @@ def _cut(roles: list[str]) -> int | None:
 
 
 def chat_prompts(conv, indices: list[int], tokenizer, template) -> list[Prompt]:
-    from alpaca_plw.data.chat_template import MARKUP, trace
-    from alpaca_plw.data.chat_tokens import special_texts, tokens_with_chars
+    from alpaca_plw.data.chat.template import MARKUP, trace
+    from alpaca_plw.data.chat.tokens import special_texts, tokens_with_chars
 
     bos, eos = special_texts(tokenizer)
     prompts = []
@@ -84,8 +84,8 @@ def chat_stop(tokenizer, template) -> tuple[str | None, int | None]:
     """(stop string, stop token) of a chat template: the markup that closes an assistant turn
     (as `weights` finds it), stripped; its token when it is one token (`<|im_end|>`), None when it
     is only the EOS string (EOS always stops)."""
-    from alpaca_plw.data.chat_template import MARKUP, trace
-    from alpaca_plw.data.chat_tokens import special_texts, tokens_with_chars
+    from alpaca_plw.data.chat.template import MARKUP, trace
+    from alpaca_plw.data.chat.tokens import special_texts, tokens_with_chars
 
     bos, eos = special_texts(tokenizer)
     traced = trace(template, ["user", "assistant"], ["Hi", "Hello"], bos, eos,
@@ -101,9 +101,9 @@ def chat_stop(tokenizer, template) -> tuple[str | None, int | None]:
 def load_prompts(source: str, spec, tokenizer, tokenizer_spec: str, indices_for,
                  chat_template=None, columns=None, split: str = "train"):
     """(source records, prompts, stop string, stop token, template identity) for one run."""
-    from alpaca_plw.data.conversations import Conversations
-    from alpaca_plw.data.sources import load_records
-    from alpaca_plw.data.weights_set import is_weights_source
+    from alpaca_plw.data.chat.conversations import Conversations
+    from alpaca_plw.data.reading.sources import load_records
+    from alpaca_plw.data.weights_dir.folders import is_weights_source
 
     if is_weights_source(source):
         raise InputError(f"--prompts {source}: a weights folder (token ids and loss weights), not "
@@ -118,8 +118,8 @@ def load_prompts(source: str, spec, tokenizer, tokenizer_spec: str, indices_for,
                          f"{'conversations' if spec.template == 'chat' else 'Alpaca records'}")
     if not is_chat:
         return data, alpaca_prompts(data, indices, tokenizer), None, None, {"name": "alpaca"}
-    from alpaca_plw.data.chat_pipeline import tokenizer_dir
-    from alpaca_plw.data.chat_template import load_template
+    from alpaca_plw.data.chat.pipeline import tokenizer_dir
+    from alpaca_plw.data.chat.template import load_template
 
     template = load_template(chat_template, tokenizer_dir(tokenizer_spec))
     want = (spec.chat_template or {}).get("sha256")

@@ -68,7 +68,7 @@ def _settle(paths, header, indices, force) -> tuple[int, str]:
 
 def _start(paths, header) -> None:
     """The fresh header and an empty NAME.jsonl (replacing ours under --force)."""
-    from alpaca_plw.data.publish import publish_files
+    from alpaca_plw.data.outputs.publish import publish_files
     from alpaca_plw.study.generate_store import header_text
 
     jsonl, head, ae = paths
@@ -80,8 +80,8 @@ def _start(paths, header) -> None:
 def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=None) -> dict:
     import json
 
-    from alpaca_plw.data.publish import kill_point, publish_files
-    from alpaca_plw.data.safety import claim
+    from alpaca_plw.data.outputs.publish import kill_point, publish_files
+    from alpaca_plw.data.outputs.safety import claim
     from alpaca_plw.study.generate import decoder, finish_row, generate_batch, line
     from alpaca_plw.study.generate_model import (check_positions, load_run_model, resolve_device,
                                                  run_tokenizer)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.chat_weights import LEARNED, ChatOptions
-from alpaca_plw.data.weights import check_plw, prompt_weight_share, prompt_weights
-from alpaca_plw.data.weights_store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
+from alpaca_plw.data.chat.weights import LEARNED, ChatOptions
+from alpaca_plw.data.alpaca.weights import check_plw, prompt_weight_share, prompt_weights
+from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
                                            read_weights_dir, schema, write_weights_dir)
 from alpaca_plw.errors import ConfigError
 
@@ -63,7 +63,7 @@ def is_weights_dir(path) -> bool:
 
 def is_weights_source(path) -> bool:
     """A weights folder or a folder holding shard folders (not a source dataset)."""
-    from alpaca_plw.data.weights_set import is_weights_source as found
+    from alpaca_plw.data.weights_dir.folders import is_weights_source as found
 
     return found(path)
 
@@ -71,7 +71,7 @@ def is_weights_source(path) -> bool:
 def read_source(source, allow_partial: bool = False) -> WeightsData:
     """A sweep's SOURCE when it is tokenized already: a weights folder, or a folder holding the
     shards of one (`weights --shard K/N`), read as one dataset (`data.weights_set`)."""
-    from alpaca_plw.data.weights_set import read_weights
+    from alpaca_plw.data.weights_dir.folders import read_weights
 
     return read_weights(Path(source), allow_partial)
 
@@ -87,7 +87,7 @@ def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> 
         chat = chat or ChatOptions()
         roles = data.table.column(ROLE_COLUMN).combine_chunks().values.to_numpy()
         weights = chat.weigh(roles, plw)
-        from alpaca_plw.data.chat_pipeline import chat_prompt_share
+        from alpaca_plw.data.chat.pipeline import chat_prompt_share
 
         learned = int(np.isin(roles, LEARNED).sum())
         meta.update(role_weights=chat.role_weights_at(plw),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.weights_store import WeightsData, to_table
+from alpaca_plw.data.weights_dir.store import WeightsData, to_table
 from alpaca_plw.study.fit import to_wp
 from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweight,
                                   run_name)
@@ -46,15 +46,15 @@ def tokenized(source, options, max_length: int, chat=None, allow_partial: bool =
     are derived from it, `grid.reweight`)."""
     if is_weights_source(source):
         return read_source(source, allow_partial)
-    from alpaca_plw.data.conversations import Conversations
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.chat.conversations import Conversations
+    from alpaca_plw.data.reading.sources import load_records
     from alpaca_plw.data.tokenizer import load_tokenizer
-    from alpaca_plw.data.weights import build_weights
+    from alpaca_plw.data.alpaca.weights import build_weights
 
     tokenizer = load_tokenizer(options.tokenizer)
     records = load_records(source, options.columns, options.split, options.max_record_chars)
     if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
-        from alpaca_plw.data.chat_pipeline import chat_weights
+        from alpaca_plw.data.chat.pipeline import chat_weights
 
         tw, meta = chat_weights(records, tokenizer, options.tokenizer, 0.0, chat, max_length)
         return WeightsData(Path(str(source)), to_table(tw, meta), meta)
@@ -70,7 +70,7 @@ def tokenized(source, options, max_length: int, chat=None, allow_partial: bool =
 
 def run_tokens(store, seed: int, micro: int, accum: int, world: int, steps: int) -> int:
     """Tokens a run reads over `steps` optimizer steps (whole epochs read every record once)."""
-    from alpaca_plw.train.batches import DataOrder
+    from alpaca_plw.train.batching.batches import DataOrder
 
     order = DataOrder(len(store), seed, micro, accum, world)
     lengths = store.lengths
@@ -85,7 +85,7 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
     """The plan of every run of `cfg` on `data`; nothing is written."""
     import torch
 
-    from alpaca_plw.train.batches import SequenceStore
+    from alpaca_plw.train.batching.batches import SequenceStore
     from alpaca_plw.train.distributed import Dist
     from alpaca_plw.train.evaluation import split_eval
     from alpaca_plw.train.plan import make_plan

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.data.output import atomic_write
+from alpaca_plw.data.outputs.atomic import atomic_write
 from alpaca_plw.extras import require
 from alpaca_plw.study.fit import EXPONENT, to_wp
 from alpaca_plw.study.runs import read_log, run_plw, step_records

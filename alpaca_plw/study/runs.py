@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from alpaca_plw.errors import InputError
-from alpaca_plw.train.runlog import LOG_FILE
+from alpaca_plw.train.run.log import LOG_FILE
 
 ADAPTER_CONFIG = "adapter_config.json"
 _PLW_NAME = re.compile(r"^plw-(.+)$")
@@ -64,7 +64,7 @@ def final_staged(run_dir: Path) -> bool:
     """True when the trainer's `.final/` staging folder is there: the final model was written
     complete but not all of its files were moved into the run folder (`train --resume`, or the
     sweep run again, places them)."""
-    from alpaca_plw.train.checkpoint import FINAL_STAGE
+    from alpaca_plw.train.checkpoints.checkpoint import FINAL_STAGE
 
     return (Path(run_dir) / FINAL_STAGE).is_dir()
 

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alpaca_plw.data.chat_weights import ChatOptions
-from alpaca_plw.data.output import atomic_write, text_writer
+from alpaca_plw.data.chat.weights import ChatOptions
+from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
 from alpaca_plw.errors import ConfigError, InputError, PLWError
 from alpaca_plw.study.grid import prepare_weights, run_name
 from alpaca_plw.study.runs import LOG_FILE, final_losses, final_staged, read_log, run_finished
@@ -102,7 +102,7 @@ def train_config(cfg: SweepConfig, plw: float, weights_dir: Path, resume: bool, 
 def run_state(run_dir: Path) -> str:
     """`done` (finished, `runs.run_finished`), `resume` (a checkpoint to continue from, or a final
     model still staged in `.final/`), `restart` (stopped before its first checkpoint) or `new`."""
-    from alpaca_plw.train.checkpoint import latest_checkpoint
+    from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
 
     if run_finished(run_dir):
         return "done"
@@ -191,7 +191,7 @@ def sweep(cfg: SweepConfig, make_base, on_event: Event | None = None) -> list[di
     `on_event(kind, info)` hears `run` (before each run: plw, folder, state) and `step` (log
     records of in-process runs).
     """
-    from alpaca_plw.data.safety import claim
+    from alpaca_plw.data.outputs.safety import claim
     from alpaca_plw.data.tokenizer import resolve_spec
     from alpaca_plw.train.trainer import train
 

@@ -124,9 +124,9 @@ class TrainConfig:
             (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
              f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
         ]
-        from alpaca_plw.train.features import feature_checks
+        from alpaca_plw.train.hooks import feature_checks
 
-        from alpaca_plw.train.run_record import option_checks
+        from alpaca_plw.train.run.record import option_checks
 
         for ok, message in option_checks(self) + checks + feature_checks(self):
             if not ok:

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_set import read_weights
+from alpaca_plw.data.weights_dir.folders import read_weights
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.train.batches import SequenceStore, collate
+from alpaca_plw.train.batching.batches import SequenceStore, collate
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
-from alpaca_plw.train.model import as_terms
-from alpaca_plw.train.roles import RoleTally
+from alpaca_plw.train.modeling.model import as_terms
+from alpaca_plw.train.modeling.roles import RoleTally
 
 _SPLIT_STREAM = 0x65766C  # a fixed second seed word: the split never shares the data-order stream
 

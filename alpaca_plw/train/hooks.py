@@ -65,7 +65,7 @@ def rotate_checkpoints(output_dir: Path, keep: int) -> list[Path]:
     """Remove all but the newest `keep` complete `checkpoint-<step>` folders; returns the removed.
     Each is renamed to a hidden name first, so no half-deleted checkpoint is ever visible; what a
     killed rotation left under such a name is deleted first."""
-    from alpaca_plw.train.checkpoint import finish_removals, is_complete
+    from alpaca_plw.train.checkpoints.checkpoint import finish_removals, is_complete
 
     finish_removals(output_dir)
     found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
@@ -139,7 +139,7 @@ class RunFeatures:
 
     def start(self, run) -> None:
         """The model is ready: open trackers, note the clock (continuing a resumed run's)."""
-        from alpaca_plw.train.model_card import config_dict
+        from alpaca_plw.train.run.card import config_dict
         from alpaca_plw.train.tracking import Trackers
 
         params = list(run.model.parameters())
@@ -172,7 +172,7 @@ class RunFeatures:
 
     def maybe_checkpoint(self, run, done: int) -> None:
         """Every --save-steps steps (not after the last one): `checkpoint-<done>`, then rotation."""
-        from alpaca_plw.train.checkpoint import save_checkpoint
+        from alpaca_plw.train.checkpoints.checkpoint import save_checkpoint
 
         every = self.cfg.save_steps
         if not (every and done % every == 0 and done < run.plan.steps):
@@ -186,7 +186,7 @@ class RunFeatures:
 
     def finish(self, run) -> None:
         """After the final save: the merged model (--merge-lora), the model card, trackers closed."""
-        from alpaca_plw.train.model_card import run_facts, write_model_card
+        from alpaca_plw.train.run.card import run_facts, write_model_card
 
         cfg = self.cfg
         if self.d.is_main:
@@ -194,7 +194,7 @@ class RunFeatures:
             self.event("final_saved", path=str(cfg.output_dir),
                        what="LoRA adapter and tokenizer" if lora else "model and tokenizer")
             if cfg.merge_lora:
-                from alpaca_plw.train.lora import write_merged
+                from alpaca_plw.train.modeling.lora import write_merged
 
                 self.event("merging", path=str(cfg.output_dir))
                 merged = write_merged(cfg, cfg.output_dir, run.tokenizer)

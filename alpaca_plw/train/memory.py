@@ -199,7 +199,7 @@ def plan_memory(cfg, plan, longest: int) -> dict | None:
     """The estimate for a run's plan, or None when the model's config cannot be read; with
     `gpu_memory` (GiB: `--gpu-memory`, else the planned CUDA device's when this machine has it,
     else None) and `fits` (total <= gpu_memory, None when unknown)."""
-    from alpaca_plw.train.lora import base_dtype_name, target_pattern
+    from alpaca_plw.train.modeling.lora import base_dtype_name, target_pattern
 
     try:
         meta = meta_model(cfg.model)

@@ -21,28 +21,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_set import read_weights
+from alpaca_plw.data.weights_dir.folders import read_weights
 from alpaca_plw.errors import ConfigError, TokenizerError
-from alpaca_plw.train import attention, run_record
-from alpaca_plw.train.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoint import (is_legacy, load_checkpoint, restore_weights, save_final,
+from alpaca_plw.train.modeling import attention
+from alpaca_plw.train.run import record as run_record
+from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
+from alpaca_plw.train.checkpoints.checkpoint import (is_legacy, load_checkpoint, restore_weights, save_final,
                                           unwrap)
 from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup
-from alpaca_plw.train.features import EventCallback, RunFeatures, grad_norm_value
-from alpaca_plw.train.feed import Feeder, attention_kwargs
+from alpaca_plw.train.hooks import EventCallback, RunFeatures, grad_norm_value
+from alpaca_plw.train.batching.feed import Feeder, attention_kwargs
 from alpaca_plw.train.finite import check_params, check_step
-from alpaca_plw.train.lora import load_dtype, load_trainable
-from alpaca_plw.train.checks import check_speed_paths
+from alpaca_plw.train.modeling.lora import load_dtype, load_trainable
+from alpaca_plw.train.modeling.checks import check_speed_paths
 from alpaca_plw.train.memory import plan_memory
-from alpaca_plw.train.model import as_terms
-from alpaca_plw.train.packing import pack_records
+from alpaca_plw.train.modeling.model import as_terms
+from alpaca_plw.train.batching.packing import pack_records
 from alpaca_plw.train.plan import Plan, lr_factor, make_plan
-from alpaca_plw.train.roles import RoleTally
-from alpaca_plw.train.runlog import LOG_FILE, append_log, trim_log
+from alpaca_plw.train.modeling.roles import RoleTally
+from alpaca_plw.train.run.log import LOG_FILE, append_log, trim_log
 from alpaca_plw.train.optim import make_optimizer
 from alpaca_plw.train.schedule import learns_nothing, make_scheduler
-from alpaca_plw.train.wrap import wrap_model as _wrap
+from alpaca_plw.train.modeling.wrap import wrap_model as _wrap
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
 
@@ -136,7 +137,7 @@ def _check_lora_target(cfg: TrainConfig) -> None:
     """--dry-run: a --lora-target that matches no linear layer is refused, as the run refuses it."""
     if cfg.lora_r is None or not cfg.lora_target:
         return
-    from alpaca_plw.train.lora import target_pattern
+    from alpaca_plw.train.modeling.lora import target_pattern
     from alpaca_plw.train.memory import lora_params, meta_model, shape_of
 
     try:

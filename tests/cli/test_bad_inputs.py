@@ -465,7 +465,7 @@ def test_write_error_names_the_path_and_reason_and_keeps_the_old_output(ws, tmp_
     def no_space(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("alpaca_plw.data.publish.os.fsync", no_space)
+    monkeypatch.setattr("alpaca_plw.data.outputs.publish.os.fsync", no_space)
     code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(out), "--force"])
     _assert_one_error_line(code, stdout, stderr, 3, "no space left on device")
     assert str(out) in stderr
@@ -478,7 +478,7 @@ def test_write_error_names_the_path_and_reason_and_keeps_the_old_output(ws, tmp_
 
 def test_of_two_runs_racing_for_one_output_exactly_one_wins(ws, tmp_path, run_cli):
     from alpaca_plw.data.pipeline import manifest_path
-    from alpaca_plw.data.safety import claim
+    from alpaca_plw.data.outputs.safety import claim
 
     out = tmp_path / "out.json"
     with claim([out, manifest_path(out)], [], force=False):  # the other run, mid-way
@@ -491,7 +491,7 @@ def test_ctrl_c_prints_one_line(ws, tmp_path, run_cli, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("alpaca_plw.data.build_stream.stream_build", interrupt)  # Alpaca sources
+    monkeypatch.setattr("alpaca_plw.data.alpaca.build_stream.stream_build", interrupt)  # Alpaca sources
     code, stdout, stderr = run_cli(["build-short", str(ws / "records.json"), "-o", str(tmp_path / "o.json")])
     _assert_one_error_line(code, stdout, stderr, 130, "interrupted")
     assert list(tmp_path.iterdir()) == []
@@ -524,7 +524,7 @@ def _cli(args, env=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("point,env", [("publish", {}), ("swapped", {}),
                                        ("between-renames", {"ALPACA_PLW_TEST_NO_RENAMEAT2": "1"})])
 def test_weights_force_killed_at_a_rename_point_leaves_old_or_new(point, env, ws, tmp_path, run_cli):
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     out = _copy(ws, tmp_path, "weights")
     old = (out / ARROW).read_bytes()
@@ -624,7 +624,7 @@ def test_resume_finishes_what_a_killed_checkpoint_rotation_left(ws, tmp_path, ru
 
 
 def test_rotation_finishes_a_killed_rotation_first(tmp_path):
-    from alpaca_plw.train.features import rotate_checkpoints
+    from alpaca_plw.train.hooks import rotate_checkpoints
 
     for step in (1, 2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()
@@ -637,7 +637,7 @@ def test_rotation_finishes_a_killed_rotation_first(tmp_path):
 
 
 def test_a_chat_template_that_never_ends_is_stopped_by_its_time_limit(tmp_path, run_cli, monkeypatch):
-    monkeypatch.setattr("alpaca_plw.data.chat_template.RENDER_SECONDS", 0.3)
+    monkeypatch.setattr("alpaca_plw.data.chat.template.RENDER_SECONDS", 0.3)
     template = tmp_path / "slow.jinja"
     template.write_text("{% for a in range(100000) %}{% for b in range(1000) %}{% endfor %}"
                         "{% endfor %}{{ messages[0].content }}")

@@ -101,7 +101,7 @@ def plan(sample_records, sp_counter) -> Plan:
 # --- swap strings ----------------------------------------------------------------------------
 
 def test_swap_strings_are_exactly_the_reference_strings():
-    from alpaca_plw.data import swap
+    from alpaca_plw.data.alpaca import swap
 
     assert swap.SWAP_NO_INPUT == "Predict the prompt that generated the following AI output."
     assert swap.SWAP_WITH_INPUT == ("Predict the prompt that generated the below AI output given "
@@ -110,14 +110,14 @@ def test_swap_strings_are_exactly_the_reference_strings():
 
 
 def test_swap_without_input_moves_output_to_input_and_instruction_to_output():
-    from alpaca_plw.data.swap import swap
+    from alpaca_plw.data.alpaca.swap import swap
 
     assert swap("Name a colour.", "", "Blue.") == (
         "Predict the prompt that generated the following AI output.", "Blue.", "Name a colour.")
 
 
 def test_swap_with_input_appends_input_verbatim_after_one_space():
-    from alpaca_plw.data.swap import swap
+    from alpaca_plw.data.alpaca.swap import swap
 
     assert swap("Summarise.", "  Text\nwith lines ", "Short.") == (
         ("Predict the prompt that generated the below AI output given the following context. "
@@ -424,7 +424,7 @@ def test_jsonl_output_reads_back_with_unicode_line_separator(tmp_path, run_cli):
     code, stdout, stderr = run_cli(["stats", "--json", tmp_path / "sep-short.jsonl"])
     assert code == 0, stderr
     assert json.loads(stdout)["records"] == 1
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.reading.sources import load_records
 
     assert load_records(tmp_path / "sep-short.jsonl").record(0) == reference_swap(records[0])
 

@@ -10,10 +10,10 @@ import json
 import pytest
 
 from alpaca_plw.data import pipeline
-from alpaca_plw.data.build import MEDIUM, SHORT, TINY
-from alpaca_plw.data.safety import claim
-from alpaca_plw.data.sources import load_records
-from alpaca_plw.data.stream import BATCH
+from alpaca_plw.data.alpaca.build import MEDIUM, SHORT, TINY
+from alpaca_plw.data.outputs.safety import claim
+from alpaca_plw.data.reading.sources import load_records
+from alpaca_plw.data.reading.stream import BATCH
 from alpaca_plw.data.tokenizer import load_tokenizer
 
 RECORDS = BATCH + 953  # two batches, the last one odd

@@ -2,7 +2,7 @@
 page, and the split-markup warning of `weights` and `inspect`, all through the real entry point.
 
 Expected values are hand-checked (an Alpaca record tokenized here with SentencePiece) or computed
-independently from the Arrow file with numpy, never taken from `alpaca_plw.data.inspect`.
+independently from the Arrow file with numpy, never taken from `alpaca_plw.data.weights_dir.inspect`.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def expected_mass(directory: Path) -> dict[str, tuple[int, float]]:
 
 @pytest.mark.parametrize("kind", ["alpaca", "chatml"])
 def test_role_summary_equals_an_independent_numpy_computation_over_the_folder(folders, kind):
-    from alpaca_plw.data.inspect import inspect_weights
+    from alpaca_plw.data.weights_dir.inspect import inspect_weights
 
     expected = expected_mass(folders[kind])
     total = sum(w for _, w in expected.values())

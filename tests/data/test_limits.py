@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alpaca_plw.data.limits import MAX_RECORD_CHARS, decoded_budget
-from alpaca_plw.data.sources import load_records
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, decoded_budget
+from alpaca_plw.data.reading.sources import load_records
 from alpaca_plw.errors import InputError
 
 LLAMA = Path(__file__).resolve().parents[2].parent / "shared" / "tokenizers" / "llama"

@@ -19,7 +19,7 @@ ALPACA_RECORDS = 52002
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory, alpaca_path, llama_dir):
     """The three builds, each through the library's one entry point, written once per module."""
-    from alpaca_plw.data.build import MEDIUM, SHORT, TINY
+    from alpaca_plw.data.alpaca.build import MEDIUM, SHORT, TINY
     from alpaca_plw.data.pipeline import DataOptions, build_dataset
 
     out_dir = tmp_path_factory.mktemp("real")

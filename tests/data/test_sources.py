@@ -357,7 +357,7 @@ def test_json_jsonl_parquet_csv_and_save_to_disk_give_identical_stats(tmp_path, 
 
 
 def test_all_formats_load_the_exact_strings(tmp_path):
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.reading.sources import load_records
 
     for path in _write_all_formats(tmp_path, GOOD):
         records = load_records(path)
@@ -431,7 +431,7 @@ SEPARATORS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2
 
 @pytest.mark.parametrize("sep", SEPARATORS, ids=[repr(s) for s in SEPARATORS])
 def test_jsonl_with_line_separator_inside_a_string_loads(sep, tmp_path):
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.reading.sources import load_records
 
     records = [{"instruction": "Join these lines.", "input": f"one{sep}two", "output": "one two"},
                {"instruction": f"Second{sep}record", "input": "", "output": f"x{sep}y"}]
@@ -444,7 +444,7 @@ def test_jsonl_with_line_separator_inside_a_string_loads(sep, tmp_path):
 
 @pytest.mark.parametrize("sep", SEPARATORS, ids=[repr(s) for s in SEPARATORS])
 def test_csv_with_line_separator_inside_a_quoted_cell_loads(sep, tmp_path):
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.reading.sources import load_records
 
     records = [{"instruction": "Clean this text.", "input": f"col1{sep}col2", "output": "col1 col2"},
                {"instruction": f"Second{sep}record", "input": "", "output": f"x{sep}y"}]

@@ -211,9 +211,9 @@ def test_length_cache_tokenizes_each_distinct_text_once(sp_counter):
 
 
 def test_builder_measures_only_new_swapped_texts(sample_path, sample_records, sp_counter):
-    from alpaca_plw.data.build import MEDIUM, SHORT, build
+    from alpaca_plw.data.alpaca.build import MEDIUM, SHORT, build
     from alpaca_plw.data.lengths import LengthCache, measure
-    from alpaca_plw.data.sources import load_records
+    from alpaca_plw.data.reading.sources import load_records
 
     tok = CountingTokenizer(sp_counter.sp)
     cache = LengthCache(tok)
@@ -231,7 +231,7 @@ def test_builder_measures_only_new_swapped_texts(sample_path, sample_records, sp
 
 def test_pipeline_tokenizes_each_distinct_text_once_per_run(tmp_path, monkeypatch, llama_dir):
     from alpaca_plw.data import pipeline
-    from alpaca_plw.data.build import TINY
+    from alpaca_plw.data.alpaca.build import TINY
     from alpaca_plw.data.tokenizer import load_tokenizer
 
     seen: list[str] = []

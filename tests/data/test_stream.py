@@ -1,4 +1,4 @@
-"""Reading in batches (`alpaca_plw/data/stream.py`) and writing weights in batches
+"""Reading in batches (`alpaca_plw/data/reading/stream.py`) and writing weights in batches
 (`weights_writer.py`), compared with the whole-file reference the library kept: `load_records`
 for records and errors, and `build_weights` / `chat_weights` + `weights_store.to_table` +
 `_write_dir` (the in-memory writer) for the weights folder, byte for byte.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from alpaca_plw.data import stream as stream_mod
-from alpaca_plw.data.records import ColumnMap
-from alpaca_plw.data.sources import load_records
-from alpaca_plw.data.stream import open_stream
+from alpaca_plw.data.reading import stream as stream_mod
+from alpaca_plw.data.reading.records import ColumnMap
+from alpaca_plw.data.reading.sources import load_records
+from alpaca_plw.data.reading.stream import open_stream
 from alpaca_plw.errors import InputError
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi "

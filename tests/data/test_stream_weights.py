@@ -14,13 +14,13 @@ import pyarrow as pa
 import pytest
 from test_stream import alpaca_rows, chat_rows
 
-from alpaca_plw.data import stream as stream_mod
-from alpaca_plw.data import weights_writer
-from alpaca_plw.data.chat_weights import ChatOptions
+from alpaca_plw.data.reading import stream as stream_mod
+from alpaca_plw.data.weights_dir import writer as weights_writer
+from alpaca_plw.data.chat.weights import ChatOptions
 from alpaca_plw.data.pipeline import DataOptions, dataset_stats, make_weights
-from alpaca_plw.data.sources import load_records
+from alpaca_plw.data.reading.sources import load_records
 from alpaca_plw.data.tokenizer import load_tokenizer
-from alpaca_plw.data.weights_store import ARROW_FILE, META_KEY, _write_dir, to_table
+from alpaca_plw.data.weights_dir.store import ARROW_FILE, META_KEY, _write_dir, to_table
 from alpaca_plw.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +58,7 @@ def test_alpaca_weights_equal_the_in_memory_writer_byte_for_byte(tmp_path, llama
     out = tmp_path / "w"
     options = DataOptions(tokenizer=str(llama_dir), num_proc=1)
     summary = make_weights(path, 0.25, options, out, max_length=40)
-    from alpaca_plw.data.weights import build_weights
+    from alpaca_plw.data.alpaca.weights import build_weights
 
     records = load_records(path)
     tw = build_weights(records, load_tokenizer(str(llama_dir)), 0.25, 40)
@@ -77,7 +77,7 @@ def test_alpaca_weights_equal_the_in_memory_writer_byte_for_byte(tmp_path, llama
 
 
 def test_chat_weights_and_meta_equal_the_in_memory_path(tmp_path, llama_dir):
-    from alpaca_plw.data.chat_pipeline import chat_weights
+    from alpaca_plw.data.chat.pipeline import chat_weights
 
     path = _jsonl(tmp_path, chat_rows(2203, seed=5))
     out = tmp_path / "w"

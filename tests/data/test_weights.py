@@ -301,9 +301,9 @@ def test_boundary_is_capped_so_eos_weighs_one_when_the_joint_text_is_shorter():
     The LLaMA vocabulary cannot do this after "### Response:", so a stub tokenizer does: it
     encodes any text ending in "#" as one token, and others as one token per character.
     """
-    from alpaca_plw.data.records import Records, Source
+    from alpaca_plw.data.reading.records import Records, Source
     from alpaca_plw.data.tokenizer import Tokenizer
-    from alpaca_plw.data.weights import build_weights
+    from alpaca_plw.data.alpaca.weights import build_weights
 
     def encode(texts, add_special_tokens=False):
         return {"input_ids": [[7] if t.endswith("#") else [5] * len(t) for t in texts]}
@@ -366,7 +366,7 @@ def test_two_runs_write_byte_identical_files(handcrafted, tmp_path):
 
 
 def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     table, meta = handcrafted_table
     data = read_weights_dir(handcrafted[0])
@@ -377,7 +377,7 @@ def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
 
 def test_weights_dir_missing_a_column_is_refused_naming_it(tmp_path):
     from alpaca_plw.errors import InputError
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -595,7 +595,7 @@ if __name__ == "__main__":
 def test_weights_warns_when_most_records_are_skipped_or_cut(run_cli, tmp_path, max_length, kind):
     """On the sample, --max-length 50 leaves most prompts filling it (skipped) and 80 cuts most
     completions; the command still succeeds and says so once on stderr. At 512 nothing is said."""
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     sample = Path(__file__).resolve().parents[2] / "data" / "sample.json"
     code, _, err = run_cli(["weights", sample, "--plw", "0.1", "--max-length", max_length, "-o",

@@ -11,8 +11,8 @@ from reference import LLAMA_DIR, SAMPLE
 from shard_helpers import make_shards
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_set import read_weights
-from alpaca_plw.data.weights_store import read_weights_dir
+from alpaca_plw.data.weights_dir.folders import read_weights
+from alpaca_plw.data.weights_dir.store import read_weights_dir
 from alpaca_plw.errors import InputError
 
 CHAT = SAMPLE.parents[1] / "tests" / "fixtures" / "chat"
@@ -31,7 +31,7 @@ def whole(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def whole_chat(tmp_path_factory):
-    from alpaca_plw.data.chat_weights import ChatOptions
+    from alpaca_plw.data.chat.weights import ChatOptions
 
     out = tmp_path_factory.mktemp("wc") / "whole"
     make_weights(str(CHAT / "conversations.jsonl"), 0.1, DataOptions(tokenizer=str(LLAMA_DIR)),
@@ -187,7 +187,7 @@ def test_a_whole_folder_among_several_is_refused(whole, shards):
 def test_each_folder_is_still_checked_with_its_own_record_numbers(whole, tmp_path):
     import pyarrow as pa
 
-    from alpaca_plw.data.weights_store import ARROW_FILE
+    from alpaca_plw.data.weights_dir.store import ARROW_FILE
 
     folders = make_shards(whole, BOUNDS, tmp_path)
     arrow = folders[1] / ARROW_FILE

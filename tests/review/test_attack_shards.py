@@ -10,8 +10,8 @@ from reference import LLAMA_DIR, SAMPLE
 from shard_helpers import make_shards
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_set import read_weights
-from alpaca_plw.data.weights_store import read_weights_dir, schema, write_weights_dir
+from alpaca_plw.data.weights_dir.folders import read_weights
+from alpaca_plw.data.weights_dir.store import read_weights_dir, schema, write_weights_dir
 from alpaca_plw.errors import InputError
 
 
@@ -128,7 +128,7 @@ def test_a_save_to_disk_records_folder_is_not_taken_for_a_weights_folder(whole, 
     read it as weights: 'no alpaca_plw metadata')."""
     import datasets
 
-    from alpaca_plw.data.weights_set import is_weights_source
+    from alpaca_plw.data.weights_dir.folders import is_weights_source
 
     records = json.loads(SAMPLE.read_text(encoding="utf-8"))[:5]
     folder = tmp_path / "records"

@@ -8,7 +8,7 @@ from cli_invoke import invoke_cli
 from tiny_models import save_tiny_llama
 from transformers import LlamaConfig
 
-from alpaca_plw.train import attention
+from alpaca_plw.train.modeling import attention
 
 
 def test_a_model_with_attention_dropout_is_not_given_torch_varlen():
@@ -72,13 +72,13 @@ def test_torch_varlen_asked_for_on_an_alibi_model_is_one_error_line(tmp_path, tr
 def test_a_chosen_attention_that_raises_in_the_probe_falls_back():
     from transformers import AttentionInterface, LlamaForCausalLM
 
-    from alpaca_plw.train.checks import check_speed_paths
-    from alpaca_plw.train.model import WeightedCausalLM
+    from alpaca_plw.train.modeling.checks import check_speed_paths
+    from alpaca_plw.train.modeling.model import WeightedCausalLM
 
     def _store():  # four records of 7, 4, 9 and 3 tokens (tests/train/test_packing.py's)
         import numpy as np
 
-        from alpaca_plw.train.batches import SequenceStore
+        from alpaca_plw.train.batching.batches import SequenceStore
 
         rng = np.random.default_rng(3)
         lengths = [7, 4, 9, 3]

@@ -17,7 +17,7 @@ LOCAL = ["--include-path", TASKS, "--trust-tasks"]
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny model in a run folder (marker, run.json naming its base model, as train writes)."""
-    from alpaca_plw.data.publish import write_marker
+    from alpaca_plw.data.outputs.publish import write_marker
 
     run = save_tiny_llama(tmp_path_factory.mktemp("runs") / "plw-0.1")
     write_marker(run, "run")

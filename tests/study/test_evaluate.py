@@ -38,7 +38,7 @@ def test_one_loglikelihood_equals_the_model_computed_directly(model_dir, monkeyp
 
 
 def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
-    from alpaca_plw.data.publish import write_marker
+    from alpaca_plw.data.outputs.publish import write_marker
     from alpaca_plw.study.evaluate import _write_eval_json
 
     write_marker(tmp_path, "run")
@@ -49,7 +49,7 @@ def test_eval_json_keeps_the_tasks_of_earlier_calls(tmp_path):
 
 
 def test_eval_json_merge_keeps_every_key_of_the_existing_file(tmp_path):
-    from alpaca_plw.data.publish import write_marker
+    from alpaca_plw.data.outputs.publish import write_marker
     from alpaca_plw.study.evaluate import _write_eval_json
 
     write_marker(tmp_path, "run")
@@ -61,7 +61,7 @@ def test_eval_json_merge_keeps_every_key_of_the_existing_file(tmp_path):
 
 
 def test_eval_json_is_written_only_into_a_run_folder(tmp_path):
-    from alpaca_plw.data.safety import set_reporter
+    from alpaca_plw.data.outputs.safety import set_reporter
     from alpaca_plw.study.evaluate import _write_eval_json
 
     notes = []

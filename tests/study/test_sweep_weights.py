@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from study_helpers import REPO, save_tiny_llama, small_source
 
-from alpaca_plw.data.weights_store import ARROW_FILE, META_KEY
+from alpaca_plw.data.weights_dir.store import ARROW_FILE, META_KEY
 
 CHAT = REPO / "tests" / "fixtures" / "chat"
 TRAIN = ["--batch-size", "2", "--micro-batch-size", "2", "--max-steps", "1", "--lr", "1e-3",

@@ -32,8 +32,8 @@ def rollup() -> dict[str, int]:
 
 
 def build(folder: Path, tokens: int) -> None:
-    from alpaca_plw.data.weights import TokenizedWeights, prompt_weights
-    from alpaca_plw.data.weights_store import to_table, write_weights_dir
+    from alpaca_plw.data.alpaca.weights import TokenizedWeights, prompt_weights
+    from alpaca_plw.data.weights_dir.store import to_table, write_weights_dir
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(200, 800, size=tokens // 500 + 1)
@@ -50,8 +50,8 @@ def build(folder: Path, tokens: int) -> None:
 def read(folder: Path, out: Path) -> None:
     import torch  # noqa: F401  (imported before the first measure, as the trainer has it)
 
-    from alpaca_plw.data.weights_set import read_weights
-    from alpaca_plw.train.batches import SequenceStore, collate
+    from alpaca_plw.data.weights_dir.folders import read_weights
+    from alpaca_plw.train.batching.batches import SequenceStore, collate
 
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))

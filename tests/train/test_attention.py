@@ -17,11 +17,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alpaca_plw.train import attention
-from alpaca_plw.train.batches import SequenceStore, collate
-from alpaca_plw.train.checks import check_speed_paths
-from alpaca_plw.train.model import WeightedCausalLM
-from alpaca_plw.train.packing import collate_packed
+from alpaca_plw.train.modeling import attention
+from alpaca_plw.train.batching.batches import SequenceStore, collate
+from alpaca_plw.train.modeling.checks import check_speed_paths
+from alpaca_plw.train.modeling.model import WeightedCausalLM
+from alpaca_plw.train.batching.packing import collate_packed
 from test_packing import _store  # four records of 7, 4, 9 and 3 tokens, prompts weighted 0.3
 
 REPO = Path(__file__).resolve().parents[2]
@@ -185,7 +185,7 @@ def test_the_kernel_self_test_accepts_a_right_kernel_and_rejects_a_wrong_one(mon
 
 
 def test_a_leaking_default_falls_back_to_sdpa_and_keeps_packing(monkeypatch):
-    from alpaca_plw.train import checks
+    from alpaca_plw.train.modeling import checks
 
     store = _store()
     model = WeightedCausalLM(_model(attention.NAME), 4096)
@@ -280,7 +280,7 @@ def test_fsdp_bf16_policy_never_rounds_the_loss_weights():
     import torch.distributed as dist
 
     from alpaca_plw.train.distributed import Dist
-    from alpaca_plw.train.wrap import shard
+    from alpaca_plw.train.modeling.wrap import shard
 
     store = _store()
     store.weights = np.where(store.weights < 1, np.float32(0.1), store.weights).astype(np.float32)
@@ -318,7 +318,7 @@ def test_compile_with_checkpointing_compiles_checkpoints_and_trains_like_eager()
     """--compile with --gradient-checkpointing: graphs are compiled (transformers' own
     checkpointing inside a compiled layer compiles nothing), the layers keep only their inputs,
     and the gradients equal the plain eager model's."""
-    from alpaca_plw.train.compile import compile_decoder
+    from alpaca_plw.train.modeling.compile import compile_decoder
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -24,7 +24,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chat_weights(tmp_path_factory) -> Path:
-    from alpaca_plw.data.chat_weights import ChatOptions
+    from alpaca_plw.data.chat.weights import ChatOptions
     from alpaca_plw.data.pipeline import DataOptions, make_weights
 
     out = tmp_path_factory.mktemp("chat-w") / "weights"
@@ -49,7 +49,7 @@ def _independent_role_losses(weights, model_dir) -> tuple[dict, float, float]:
     model's own forward (no alpaca_plw training code)."""
     from transformers import LlamaForCausalLM
 
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     data = read_weights_dir(weights)
     names = data.meta["role_codes"]
@@ -98,8 +98,8 @@ def test_alpaca_weights_log_no_role_loss(tiny_llama, tmp_path):
 
 
 def test_plan_counts_every_non_assistant_target_as_prompt(chat_weights):
-    from alpaca_plw.data.weights_store import read_weights_dir
-    from alpaca_plw.train.batches import SequenceStore
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.train.batching.batches import SequenceStore
 
     data = read_weights_dir(chat_weights)
     store = SequenceStore.from_weights(data)

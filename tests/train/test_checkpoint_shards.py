@@ -195,7 +195,7 @@ def test_restoring_two_ranks_shards_in_one_process_names_the_world_size(two_rank
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alpaca_plw.errors import InputError
-    from alpaca_plw.train.checkpoint import restore_weights
+    from alpaca_plw.train.checkpoints.checkpoint import restore_weights
     from alpaca_plw.train.distributed import Dist
 
     with torch.device("meta"):
@@ -263,7 +263,7 @@ def test_a_buffer_missing_from_rank_0s_file_is_named_in_that_file(two_ranks, tmp
     import struct
 
     from alpaca_plw.errors import InputError
-    from alpaca_plw.train.state_shards import _Files, read_index
+    from alpaca_plw.train.checkpoints.state import _Files, read_index
 
     checkpoint = tmp_path / "checkpoint-1"
     shutil.copytree(two_ranks / "direct" / "checkpoint-1", checkpoint)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from alpaca_plw.train import feed
-from alpaca_plw.train.batches import SequenceStore
-from alpaca_plw.train.feed import Feeder
+from alpaca_plw.train.batching import feed
+from alpaca_plw.train.batching.batches import SequenceStore
+from alpaca_plw.train.batching.feed import Feeder
 
 
 def _store():

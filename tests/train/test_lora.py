@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alpaca_plw.train.checkpoint import unwrap
-from alpaca_plw.train.features import RunFeatures
+from alpaca_plw.train.checkpoints.checkpoint import unwrap
+from alpaca_plw.train.hooks import RunFeatures
 from alpaca_plw.train.trainer import train
 
 pytest.importorskip("peft")

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alpaca_plw.train.batches import SequenceStore, collate
-from alpaca_plw.train.loss import loss_terms, weighted_token_loss
+from alpaca_plw.train.batching.batches import SequenceStore, collate
+from alpaca_plw.train.modeling.loss import loss_terms, weighted_token_loss
 
 
 def _tiny_model(vocab=50):

@@ -4,7 +4,7 @@ adapter, its gradients and optimizer state stay float32; auto is bfloat16 on CUD
 import pytest
 import torch
 
-from alpaca_plw.train.lora import base_dtype_name, load_dtype, load_trainable
+from alpaca_plw.train.modeling.lora import base_dtype_name, load_dtype, load_trainable
 
 
 def test_auto_base_dtype_is_bfloat16_on_cuda_and_float32_on_cpu(train_weights, tiny_llama,

@@ -77,7 +77,7 @@ def step_peak(checkpointing: bool, fsdp: bool) -> tuple[int, dict]:
     """Peak bytes of the second of two steps of 2 accumulated micro-batches of TOKENS tokens (the
     AdamW state exists by then) through train.wrap, and the estimate for the same run."""
     from alpaca_plw.train.distributed import Dist
-    from alpaca_plw.train.wrap import wrap_model
+    from alpaca_plw.train.modeling.wrap import wrap_model
 
     import gc
 

@@ -22,7 +22,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from alpaca_plw.train.lora import add_adapter, target_pattern
+from alpaca_plw.train.modeling.lora import add_adapter, target_pattern
 from alpaca_plw.train.memory import estimate_bytes, lora_params, shape_of
 
 T = 80  # tokens of the measured record; differs from every dimension, so no activation is T x T
@@ -46,7 +46,7 @@ def tiny(shape="mha", layers=2, dtype=torch.float32):
 
 
 def with_lora(model):
-    """The trainer's own adapter (alpaca_plw.train.lora), and its parameter count."""
+    """The trainer's own adapter (alpaca_plw.train.modeling.lora), and its parameter count."""
     adapters = lora_params(shape_of(model), LORA.lora_r, target_pattern(model, None))
     return add_adapter(model, LORA), adapters
 
@@ -271,7 +271,7 @@ def test_logit_bytes_equal_the_peak_of_the_lm_head_and_loss(chunk):
     """The chunked head (train.loss.head_token_losses) or full logits with every position
     selected, forward and backward under bf16 autocast; the head's bf16 copy and its gradient
     (autocast copies and gradients terms) left out."""
-    from alpaca_plw.train.loss import head_token_losses, logits_token_losses
+    from alpaca_plw.train.modeling.loss import head_token_losses, logits_token_losses
 
     vocab, hidden, positions = 16000, 32, 512
     torch.manual_seed(0)
@@ -301,7 +301,7 @@ import torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1])
 from test_memory_measured import AllocatedBytes, tiny
 from alpaca_plw.train.distributed import Dist
-from alpaca_plw.train.wrap import wrap_model
+from alpaca_plw.train.modeling.wrap import wrap_model
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alpaca_plw.train.batches import SequenceStore, collate
-from alpaca_plw.train.model import WeightedCausalLM
-from alpaca_plw.train.packing import collate_packed, pack_records
+from alpaca_plw.train.batching.batches import SequenceStore, collate
+from alpaca_plw.train.modeling.model import WeightedCausalLM
+from alpaca_plw.train.batching.packing import collate_packed, pack_records
 
 
 def _store():

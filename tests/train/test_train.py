@@ -15,7 +15,7 @@ from alpaca_plw.cli import app
 from alpaca_plw.data.pipeline import DataOptions, make_weights
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.trainer import train
-from alpaca_plw.data.weights_store import ARROW_FILE, read_weights_dir
+from alpaca_plw.data.weights_dir.store import ARROW_FILE, read_weights_dir
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO.parent / "shared" / "tokenizers" / "llama"
@@ -136,7 +136,7 @@ def test_token_norm_divides_by_target_tokens(weights_dir, tiny_model, tmp_path):
     weight = _log_after(tmp_path / "w", weights_dir, tiny_model, "weight")
     tokens = _log_after(tmp_path / "t", weights_dir, tiny_model, "tokens")
     # Same first step (same parameters): loss_tokens = loss_weight * sum(w) / count(targets).
-    from alpaca_plw.train.batches import DataOrder, SequenceStore
+    from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
 
     store = SequenceStore.from_weights(read_weights_dir(weights_dir))
     chosen = DataOrder(len(store), 42, 2, 2, 1).step_records(0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_plw.train.checkpoint import STATE_FILE, latest_checkpoint, read_state
+from alpaca_plw.train.checkpoints.checkpoint import STATE_FILE, latest_checkpoint, read_state
 from cli_invoke import assert_one_error
 
 
@@ -136,7 +136,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_output_error(tiny_llama, t
                                                                    run_cli, monkeypatch):
     import errno
 
-    from alpaca_plw.train import shards
+    from alpaca_plw.train.checkpoints import shards
 
     class _FullDisk:  # a file whose writes fail as they do when the disk is full
         def __init__(self, path, mode):

@@ -17,8 +17,8 @@ import numpy as np
 
 from alpaca_plw.errors import ConfigError, TargetError
 from alpaca_plw.data.lengths import FieldLengths, LengthCache
-from alpaca_plw.data.records import Records, Source
-from alpaca_plw.data.swap import swapped_instruction
+from alpaca_plw.data.reading.records import Records, Source
+from alpaca_plw.data.alpaca.swap import swapped_instruction
 
 KEPT, SWAPPED, DROPPED = 0, 1, 2
 ACTION_NAMES = ("kept", "swapped", "dropped")

@@ -31,10 +31,10 @@ import numpy as np
 
 from json.encoder import encode_basestring
 
-from alpaca_plw.data.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, plan_swaps
+from alpaca_plw.data.alpaca.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, plan_swaps
 from alpaca_plw.data.lengths import FieldLengths, LengthCache
 from alpaca_plw.data.lengths import measure as measure_lengths
-from alpaca_plw.data.swap import swapped_instruction
+from alpaca_plw.data.alpaca.swap import swapped_instruction
 
 _ROWS = 65536  # provenance rows formatted per block
 
@@ -126,7 +126,7 @@ class _Output:
 
 def write_manifest(tmp: Path, head: dict, plan, records: int) -> None:
     """`output.manifest_json(head + provenance)`, the provenance rows made a block at a time."""
-    from alpaca_plw.data.output import canonical_json
+    from alpaca_plw.data.outputs.atomic import canonical_json
 
     text = canonical_json(head)
     output_index = np.cumsum(plan.action != DROPPED) - 1

@@ -23,8 +23,8 @@ import numpy as np
 
 from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.data.lengths import Progress
-from alpaca_plw.data.records import Records
-from alpaca_plw.data.template import format_prompt
+from alpaca_plw.data.reading.records import Records
+from alpaca_plw.data.alpaca.template import format_prompt
 from alpaca_plw.data.tokenizer import Tokenizer
 
 _CHUNK = 2048

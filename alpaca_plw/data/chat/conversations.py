@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from alpaca_plw.errors import InputError, abbreviate
-from alpaca_plw.data.records import ColumnMap, Source
+from alpaca_plw.data.reading.records import ColumnMap, Source
 
 KIND = "conversations"
 ROLES = ("system", "user", "assistant", "tool")

@@ -32,7 +32,7 @@ def markup_markers(pieces: list[str], filled: tuple[bool, ...]) -> set[str]:
 
 def marker_pieces(tokenizer: Tokenizer, marker: str) -> list[str]:
     """The pieces `marker` becomes inside rendered markup (one piece: it is a single token)."""
-    from alpaca_plw.data.chat_tokens import special_texts
+    from alpaca_plw.data.chat.tokens import special_texts
 
     if marker in special_texts(tokenizer):
         return [marker]  # BOS / EOS strings emitted by markup become their special ids

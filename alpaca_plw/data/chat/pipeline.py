@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alpaca_plw import __version__
+from alpaca_plw.version import __version__
 from alpaca_plw.errors import ConfigError, InputError
-from alpaca_plw.data.chat_markup import split_markers
-from alpaca_plw.data.chat_stats import compute_chat_stats, measure_conversations
-from alpaca_plw.data.chat_template import load_template
-from alpaca_plw.data.chat_weights import (LEARNED, ROLE_CODES, ChatOptions,
+from alpaca_plw.data.chat.markup import split_markers
+from alpaca_plw.data.chat.stats import compute_chat_stats, measure_conversations
+from alpaca_plw.data.chat.template import load_template
+from alpaca_plw.data.chat.weights import (LEARNED, ROLE_CODES, ChatOptions,
                                           build_chat_weights)
-from alpaca_plw.data.conversations import KIND, Conversations
+from alpaca_plw.data.chat.conversations import KIND, Conversations
 from alpaca_plw.data.lengths import LengthCache, Progress
 from alpaca_plw.data.tokenizer import Tokenizer, resolve_spec
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alpaca_plw.data.conversations import KIND, ROLES, Conversations
+from alpaca_plw.data.chat.conversations import KIND, ROLES, Conversations
 from alpaca_plw.data.guide import Recommendation, recommend
 from alpaca_plw.data.lengths import LengthCache
 from alpaca_plw.data.stats import _mean_std

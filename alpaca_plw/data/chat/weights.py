@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.data.chat_template import ChatTemplate
-from alpaca_plw.data.chat_tokens import Encoded, encode_texts, piece_bytes, special_texts
-from alpaca_plw.data.chat_trace import Tracer
-from alpaca_plw.data.conversations import Conversations
+from alpaca_plw.data.chat.template import ChatTemplate
+from alpaca_plw.data.chat.tokens import Encoded, encode_texts, piece_bytes, special_texts
+from alpaca_plw.data.chat.trace import Tracer
+from alpaca_plw.data.chat.conversations import Conversations
 from alpaca_plw.data.lengths import Progress
 from alpaca_plw.data.tokenizer import Tokenizer
-from alpaca_plw.data.weights import TokenizedWeights, check_plw
+from alpaca_plw.data.alpaca.weights import TokenizedWeights, check_plw
 
 ROLE_CODES = ("markup", "system", "user", "tool", "assistant", "assistant_end", "assistant_prompt")
 CODE = {name: code for code, name in enumerate(ROLE_CODES)}

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from alpaca_plw.data.safety import claim
+from alpaca_plw.data.outputs.safety import claim
 
 
 @contextmanager

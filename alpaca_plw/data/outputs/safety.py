@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alpaca_plw.data.publish import (LOCK_SUFFIX, MARKER, OLD_TAG, TMP_TAG, hold_journal, lock_path,
+from alpaca_plw.data.outputs.publish import (LOCK_SUFFIX, MARKER, OLD_TAG, TMP_TAG, hold_journal, lock_path,
                                      publish_dir, publish_files, writing)
 from alpaca_plw.errors import OutputError, OutputExistsError
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from alpaca_plw.data.conversations import (KIND, Conversations, conversations_from_columns,
+from alpaca_plw.data.chat.conversations import (KIND, Conversations, conversations_from_columns,
                                            conversations_from_rows, mixed_error, row_kind)
-from alpaca_plw.data.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
+from alpaca_plw.data.reading.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
 
 ALPACA = "alpaca"
 

@@ -21,7 +21,7 @@ class ColumnMap:
     instruction: str = "instruction"
     input: str = "input"
     output: str = "output"
-    messages: str = "messages"  # conversations (see alpaca_plw.data.conversations)
+    messages: str = "messages"  # conversations (see alpaca_plw.data.chat.conversations)
 
     @classmethod
     def parse(cls, spec: str | None) -> ColumnMap:

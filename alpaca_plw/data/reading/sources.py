@@ -16,13 +16,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
+from alpaca_plw.data.reading.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
                                       first_repeat, unique)
-from alpaca_plw.data.safety import is_regular_or_dir
+from alpaca_plw.data.outputs.safety import is_regular_or_dir
 from alpaca_plw.errors import InputError
-from alpaca_plw.data.kinds import from_columns, from_rows
-from alpaca_plw.data.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes, read_parquet
-from alpaca_plw.data.records import ColumnMap, Records, Source
+from alpaca_plw.data.reading.kinds import from_columns, from_rows
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes, read_parquet
+from alpaca_plw.data.reading.records import ColumnMap, Records, Source
 
 FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -299,7 +299,7 @@ def _check_finished(path: Path, shown: str) -> None:
     """Refuse a file whose writer (a builder) was killed, or is still running, after it began to
     publish: its lock file beside it still journals temporary names, so the records may not match
     the manifest (they are renamed into place one after the other)."""
-    from alpaca_plw.data.publish import lock_path
+    from alpaca_plw.data.outputs.publish import lock_path
 
     lock = lock_path(path)
     try:
@@ -330,7 +330,7 @@ def locate(source) -> Located:
     path = Path(source) if source is not None else default_source()
     shown = display_path(path)
     if path.is_dir():
-        from alpaca_plw.data.weights_set import is_weights_source
+        from alpaca_plw.data.weights_dir.folders import is_weights_source
 
         if is_weights_source(path):
             raise InputError(f"{shown}: a weights folder (token ids and loss weights), not records; "

@@ -26,12 +26,12 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from alpaca_plw.data.json_keys import DuplicateKey, unique
-from alpaca_plw.data.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
-from alpaca_plw.data.limits import (MAX_RECORD_CHARS, _bomb, check_arrow_sizes,
+from alpaca_plw.data.reading.json_keys import DuplicateKey, unique
+from alpaca_plw.data.reading.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
+from alpaca_plw.data.reading.limits import (MAX_RECORD_CHARS, _bomb, check_arrow_sizes,
                                     check_record_sizes, decoded_budget)
-from alpaca_plw.data.records import ColumnMap, Source
-from alpaca_plw.data.sources import (_dir_digest, _hub_failure, _no_duplicates, _pick_split,
+from alpaca_plw.data.reading.records import ColumnMap, Source
+from alpaca_plw.data.reading.sources import (_dir_digest, _hub_failure, _no_duplicates, _pick_split,
                                      _probe_hub, _wanted, check_unicode, load_records, locate,
                                      sha256_file)
 from alpaca_plw.errors import InputError
@@ -170,8 +170,8 @@ def _has(rows, column: str) -> bool:
 
 
 def _slices(dataset, size: int, start: int, stop: int):
-    from alpaca_plw.data.conversations import Conversations
-    from alpaca_plw.data.records import Records
+    from alpaca_plw.data.chat.conversations import Conversations
+    from alpaca_plw.data.reading.records import Records
 
     for first in range(start, stop, size):
         end = min(first + size, stop)
@@ -224,8 +224,8 @@ def _parquet_batches(path, shown: str, wanted, size: int, start: int, stop: int,
 
 def _jsonl_rows(path, shown: str) -> Iterator[object]:
     """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
-    from alpaca_plw.data.sources import unparsable
-    from alpaca_plw.data.json_keys import Pairs, duplicate, duplicate_error
+    from alpaca_plw.data.reading.sources import unparsable
+    from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
 
     offset, index = 0, 0
     with _open(path, shown) as handle:

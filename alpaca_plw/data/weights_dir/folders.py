@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.weights_store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
+from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
                                            list_values, read_weights_dir, schema)
 from alpaca_plw.errors import InputError, abbreviate
 
@@ -223,7 +223,7 @@ def _share(meta: dict, tokens: dict, parts: list[WeightsData]) -> float:
     """`prompt_weight_share` by the rule `weights` applies (Alpaca: closed form; conversations:
     from the weight column, summed in float64)."""
     if ROLE_COLUMN not in parts[0].table.column_names:
-        from alpaca_plw.data.weights import prompt_weight_share
+        from alpaca_plw.data.alpaca.weights import prompt_weight_share
 
         return prompt_weight_share(meta["plw"], tokens["prompt"], tokens["completion"])
     total = sum(float(np.sum(list_values(c)[0].to_numpy(), dtype=np.float64))

@@ -78,7 +78,7 @@ def token_roles(table, meta: dict) -> tuple[np.ndarray, np.ndarray, tuple[str, .
         roles, _ = _flat(table, "role")
         names = tuple(meta.get("role_codes") or ())
         if not names:
-            from alpaca_plw.data.chat_weights import ROLE_CODES
+            from alpaca_plw.data.chat.weights import ROLE_CODES
 
             names = ROLE_CODES
         return roles.astype(np.int64), offsets, names
@@ -160,8 +160,8 @@ def inspect_weights(directory: Path, tokenizer: str | None = None, first: int = 
                     record: int | None = None) -> Inspection:
     """The first `first` records (or only `record`) token by token, and the weight mass by role
     over the whole folder. Bad input is an `InputError` / `ConfigError` naming what is wrong."""
-    from alpaca_plw.data.chat_markup import markup_notes
-    from alpaca_plw.data.weights_store import read_weights_dir
+    from alpaca_plw.data.chat.markup import markup_notes
+    from alpaca_plw.data.weights_dir.store import read_weights_dir
 
     if record is None and first < 1:
         raise ConfigError(f"-n must be at least 1, got {first}")
@@ -197,7 +197,7 @@ def inspect_weights(directory: Path, tokenizer: str | None = None, first: int = 
 def _split_markup_shown(tokenizer: Tokenizer, views: list[RecordView], names) -> list[dict]:
     """`split_markup` found in the markup tokens of the shown records (for weights folders whose
     metadata predates the key): their decoded text, content blanked, searched for markers."""
-    from alpaca_plw.data.chat_markup import MARKER, split_markers
+    from alpaca_plw.data.chat.markup import MARKER, split_markers
 
     markup = [names.index(r) for r in ("markup", "assistant_end") if r in names]
     markers: set[str] = set()

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from alpaca_plw.errors import InputError, abbreviate
-from alpaca_plw.data.weights import TokenizedWeights
+from alpaca_plw.data.alpaca.weights import TokenizedWeights
 
 ARROW_FILE = "data-00000-of-00001.arrow"
 META_KEY = b"alpaca_plw"
@@ -79,7 +79,7 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
 def check_output_dir(out_dir: Path, force: bool) -> None:
     """Refuse before any work: a path that cannot be a folder, an existing output without `force`,
     or, with `force`, a folder that alpaca-plw did not write (no `.alpaca-plw` marker)."""
-    from alpaca_plw.data.safety import check_replaceable, check_shape
+    from alpaca_plw.data.outputs.safety import check_replaceable, check_shape
 
     check_shape(out_dir, folder=True)
     check_replaceable(out_dir, force, "weights")
@@ -88,7 +88,7 @@ def check_output_dir(out_dir: Path, force: bool) -> None:
 def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
     """Write into a temporary folder beside `out_dir` (with the `.alpaca-plw` marker), then swap it
     into place in one step."""
-    from alpaca_plw.data.publish import publish_dir
+    from alpaca_plw.data.outputs.publish import publish_dir
 
     check_output_dir(out_dir, force)
     publish_dir(out_dir, lambda tmp: _write_dir(tmp, table), "weights", replace=force)
@@ -204,7 +204,7 @@ def _expected_weights(meta: dict, roles: np.ndarray | None, prompt: np.ndarray):
     if roles is None:
         return (np.where(prompt, plw, np.float32(1.0)),
                 lambda i: "a prompt token" if prompt[i] else "a completion token")
-    from alpaca_plw.data.chat_weights import ROLE_CODES
+    from alpaca_plw.data.chat.weights import ROLE_CODES
 
     role_weights = meta.get("role_weights")
     if not isinstance(role_weights, dict) or meta.get("role_codes", list(ROLE_CODES)) != list(ROLE_CODES):
@@ -274,7 +274,7 @@ def _check_batch(cols: dict[str, pa.Array], meta: dict) -> None:
     within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     roles = cols[ROLE_COLUMN].flatten().to_numpy() if ROLE_COLUMN in cols else None
     if roles is not None:
-        from alpaca_plw.data.chat_weights import ROLE_CODES
+        from alpaca_plw.data.chat.weights import ROLE_CODES
 
         bad = np.flatnonzero((roles < 0) | (roles >= len(ROLE_CODES)))
         if bad.size:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.weights_store import ARROW_FILE, _features, schema
+from alpaca_plw.data.weights_dir.store import ARROW_FILE, _features, schema
 from alpaca_plw.errors import ConfigError
 
 ROWS_PER_BATCH = 1000  # weights_store._write_dir's max_chunksize

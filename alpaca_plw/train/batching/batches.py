@@ -19,10 +19,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_store import WeightsData, list_values
-from alpaca_plw.train.roles import padded_target_roles, prompt_from_roles
-from alpaca_plw.train.selection import Selection, select_targets
-from alpaca_plw.train.tokens import Tokens, record_sums
+from alpaca_plw.data.weights_dir.store import WeightsData, list_values
+from alpaca_plw.train.modeling.roles import padded_target_roles, prompt_from_roles
+from alpaca_plw.train.batching.selection import Selection, select_targets
+from alpaca_plw.train.batching.tokens import Tokens, record_sums
 
 
 @dataclass
@@ -88,7 +88,7 @@ class SequenceStore:
 class MicroBatch:
     """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1).
 
-    `selection` holds the weighted positions chosen on the host (`alpaca_plw.train.selection`);
+    `selection` holds the weighted positions chosen on the host (`alpaca_plw.train.batching.selection`);
     the loss reads only those, so the dense `targets`, `weights` and `prompt_mask` stay on the host
     (`to` and `pin_memory` leave them as they are: no copies of them per micro-batch);
     a packed row also carries `cu_seq_lens` [n + 1] int32 (record boundaries) and `max_length`,

@@ -18,8 +18,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
-from alpaca_plw.train.batches import MicroBatch, SequenceStore, collate
-from alpaca_plw.train.packing import collate_packed
+from alpaca_plw.train.batching.batches import MicroBatch, SequenceStore, collate
+from alpaca_plw.train.batching.packing import collate_packed
 
 VARLEN_IMPLEMENTATIONS = ("torch_varlen", "flash_attention_2", "flash_attention_3")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from alpaca_plw.train.batches import MicroBatch, SequenceStore
-from alpaca_plw.train.roles import prompt_from_roles
-from alpaca_plw.train.selection import select_targets
+from alpaca_plw.train.batching.batches import MicroBatch, SequenceStore
+from alpaca_plw.train.modeling.roles import prompt_from_roles
+from alpaca_plw.train.batching.selection import select_targets
 
 
 def pack_records(indices: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:

@@ -19,12 +19,12 @@ import os
 import re
 from pathlib import Path
 
-from alpaca_plw.data.output import atomic_write_dir
-from alpaca_plw.train import shards
+from alpaca_plw.data.outputs.atomic import atomic_write_dir
+from alpaca_plw.train.checkpoints import shards
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.finite import check_params
-from alpaca_plw.train.legacy_checkpoint import LEGACY_FILE, load_legacy, read_legacy
-from alpaca_plw.train.state_shards import INDEX_FILE, read_index, restore_model, restore_optimizer, \
+from alpaca_plw.train.checkpoints.legacy import LEGACY_FILE, load_legacy, read_legacy
+from alpaca_plw.train.checkpoints.state import INDEX_FILE, read_index, restore_model, restore_optimizer, \
     write_state
 
 STATE_FILE = LEGACY_FILE  # the trainer state of checkpoints written before issue 24
@@ -150,7 +150,7 @@ def _is_peft(hf_model) -> bool:
 
 def complete_final(output_dir: Path) -> bool:
     """Move every file left in `output_dir/.final/` into `output_dir`; False when there is none."""
-    from alpaca_plw.data.publish import kill_point, writing
+    from alpaca_plw.data.outputs.publish import kill_point, writing
 
     staging = output_dir / FINAL_STAGE
     if not staging.is_dir():

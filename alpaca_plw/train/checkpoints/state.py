@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from alpaca_plw.train.shards import DTYPES, NAMES, Entry, rows, write_safetensors
+from alpaca_plw.train.checkpoints.shards import DTYPES, NAMES, Entry, rows, write_safetensors
 
 INDEX_FILE = "trainer_state.json"
 FORMAT = "alpaca-plw sharded trainer state"

@@ -97,7 +97,7 @@ def write_merged(cfg: TrainConfig, adapter_dir: Path, tokenizer) -> Path:
     `--model`) and save the full model and tokenizer to `adapter_dir/merged/` (atomically)."""
     from transformers import AutoModelForCausalLM
 
-    from alpaca_plw.train.checkpoint import save_pretrained_dir
+    from alpaca_plw.train.checkpoints.checkpoint import save_pretrained_dir
 
     peft = require("peft", "--merge-lora", "lora")
     base = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=torch.float32)

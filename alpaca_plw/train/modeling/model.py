@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from alpaca_plw.train.head import chunkable, logit_transform
-from alpaca_plw.train.loss import (LossTerms, device_selection, head_token_losses,
+from alpaca_plw.train.modeling.head import chunkable, logit_transform
+from alpaca_plw.train.modeling.loss import (LossTerms, device_selection, head_token_losses,
                                    logits_token_losses, selected_terms)
-from alpaca_plw.train.roles import role_sums
+from alpaca_plw.train.modeling.roles import role_sums
 
 
 def supports_chunked_loss(model) -> bool:
     """True when the chunked head can run on `model` (its logit post-processing, if any, is one
-    `alpaca_plw.train.head.logit_transform` knows; the trainer also checks the result)."""
+    `alpaca_plw.train.modeling.head.logit_transform` knows; the trainer also checks the result)."""
     return chunkable(model) is None
 
 

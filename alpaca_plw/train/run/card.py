@@ -14,7 +14,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from alpaca_plw.data.output import atomic_write, text_writer
+from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
 
 CARD_FILE = "README.md"
 RUN_RECORD = "run.json"
@@ -43,7 +43,7 @@ def package_versions() -> dict[str, str]:
 
 def _weights_sha256(cfg) -> str:
     """The Arrow file's sha256; for several folders (shards), `weights_set.digest`'s."""
-    from alpaca_plw.data.weights_set import expand, folders_digest
+    from alpaca_plw.data.weights_dir.folders import expand, folders_digest
     from alpaca_plw.train.config import weights_dirs
 
     return folders_digest(expand(weights_dirs(cfg)))

@@ -11,7 +11,7 @@ LOG_FILE = "log.jsonl"
 
 def append_log(path: Path, record: dict) -> None:
     """One line of strict JSON: a non-finite number is written as null (never NaN)."""
-    from alpaca_plw.data.publish import writing
+    from alpaca_plw.data.outputs.publish import writing
 
     finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
               for k, v in record.items()}
@@ -21,7 +21,7 @@ def append_log(path: Path, record: dict) -> None:
 
 def trim_log(path: Path, last_step: int) -> None:
     """On resume, keep the log lines of the steps the checkpoint contains."""
-    from alpaca_plw.data.publish import writing
+    from alpaca_plw.data.outputs.publish import writing
     from alpaca_plw.errors import InputError
 
     if not path.exists():

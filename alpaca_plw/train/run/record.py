@@ -27,8 +27,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from alpaca_plw.data.publish import MARKER, OLD_TAG, TMP_TAG, publish_files, write_marker, writing
-from alpaca_plw.data.safety import check_overlap, check_shape, claim, marker_kind, report
+from alpaca_plw.data.outputs.publish import MARKER, OLD_TAG, TMP_TAG, publish_files, write_marker, writing
+from alpaca_plw.data.outputs.safety import check_overlap, check_shape, claim, marker_kind, report
 from alpaca_plw.errors import ConfigError, InputError, OutputError, OutputExistsError
 
 RUN_FILE = "run.json"
@@ -140,7 +140,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def weights_digest(data) -> str:
-    from alpaca_plw.data.weights_set import digest  # one folder: its Arrow file's sha256
+    from alpaca_plw.data.weights_dir.folders import digest  # one folder: its Arrow file's sha256
 
     return digest(data)
 
@@ -151,7 +151,7 @@ ADDED_LATER = {"--optim": "adamw", "--lr-scheduler-type": "cosine",  # and what 
 
 def _base_dtype(cfg) -> str:
     """The dtype the model is loaded in (LoRA's frozen base: --base-dtype, auto resolved)."""
-    from alpaca_plw.train.lora import load_dtype
+    from alpaca_plw.train.modeling.lora import load_dtype
 
     return str(load_dtype(cfg)).removeprefix("torch.")
 
@@ -222,7 +222,7 @@ def check_resume(cfg, plan, data) -> bool:
                           + "; ".join(diffs) + ". Give the run's own options (see its "
                           f"{RUN_FILE}), or start over with --force or a new --output-dir")
     if plan.resume_from is not None:  # refused here, before the folder is claimed or a model loads
-        from alpaca_plw.train.checkpoint import read_state
+        from alpaca_plw.train.checkpoints.checkpoint import read_state
 
         read_state(Path(plan.resume_from), mmap=True)
     return False
@@ -231,7 +231,7 @@ def check_resume(cfg, plan, data) -> bool:
 def _complete_final(cfg, out: Path) -> bool:
     """A run killed while moving its final model into place (all steps done): finish the move;
     True when it did."""
-    from alpaca_plw.train.checkpoint import FINAL_STAGE, complete_final
+    from alpaca_plw.train.checkpoints.checkpoint import FINAL_STAGE, complete_final
 
     if not (out / FINAL_STAGE).is_dir():
         return False
@@ -347,7 +347,7 @@ def claimed(cfg, plan, data, d):
 def _can_stand(out: Path) -> bool:
     """A run that can replace another: it has a complete checkpoint, a complete final model
     staged (`--resume` places it), or it finished."""
-    from alpaca_plw.train.checkpoint import FINAL_STAGE, latest_checkpoint
+    from alpaca_plw.train.checkpoints.checkpoint import FINAL_STAGE, latest_checkpoint
 
     if latest_checkpoint(out) is not None or (out / FINAL_STAGE).is_dir():
         return True
@@ -409,7 +409,7 @@ def _recover_replaced(out: Path) -> None:
 
 
 def _undo(out: Path, remove_folder: bool) -> None:
-    from alpaca_plw.train.runlog import LOG_FILE
+    from alpaca_plw.train.run.log import LOG_FILE
 
     log = out / LOG_FILE
     if log.exists() and log.stat().st_size:
@@ -422,7 +422,7 @@ def _undo(out: Path, remove_folder: bool) -> None:
 
 
 def _clean_leftovers(out: Path) -> None:
-    from alpaca_plw.train.checkpoint import finish_removals
+    from alpaca_plw.train.checkpoints.checkpoint import finish_removals
 
     if not out.is_dir():
         return
@@ -437,7 +437,7 @@ def _clean_leftovers(out: Path) -> None:
 
 def interrupted_message(cfg) -> str:
     """Ctrl-C during `train`: the last checkpoint and the command that continues from it."""
-    from alpaca_plw.train.checkpoint import latest_checkpoint
+    from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
 
     if str(Path(cfg.output_dir)) in _RESTORED:
         return (f"interrupted before the new run saved a checkpoint; the previous run in "
