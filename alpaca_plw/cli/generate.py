@@ -41,7 +41,8 @@ def generate(
         require("torch", "alpaca-plw generate")
         require("transformers", "alpaca-plw generate", "train")
         from alpaca_plw.data.reading.records import ColumnMap
-        from alpaca_plw.study.generate import GenerateOptions, generate_runs
+        from alpaca_plw.study.generate import GenerateOptions
+        from alpaca_plw.study.generate_run import generate_runs
 
         options = GenerateOptions(
             prompts=prompts, n=n, seed=seed, max_new_tokens=max_new_tokens,

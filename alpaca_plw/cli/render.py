@@ -5,13 +5,9 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from alpaca_plw.cli.numbers import mean_std, plw_text
 from alpaca_plw.data.guide import other_studies
 from alpaca_plw.data.stats import DatasetStats
-
-
-def mean_std(field: dict[str, float]) -> str:
-    return f"{field['mean']:.1f} ({field['std']:.1f})"
-
 
 _STATS_COLUMNS = [("Dataset", "left"), ("Records", "right"), ("Instruction", "right"),
                   ("Input", "right"), ("Completion", "right"), ("Total tokens", "right"),
@@ -109,15 +105,6 @@ def build_summary(built) -> Text:
         line += (f" (left out to reach the target R_g: swapping alone reaches only "
                  f"{built.summary.get('swap_floor_rg')})")
     return Text(line)
-
-
-def plw_text(meta: dict) -> str:
-    """The PLW that `weights` used, with how `--plw auto` chose it."""
-    choice = meta["plw_choice"]
-    text = f"{meta['plw']:g}"
-    if choice["mode"] == "auto":
-        text += f" (auto: guide 'all' column at R_g {choice['rg']:.3f}; {choice['guide']['note']})"
-    return text
 
 
 def weights_summary(summary) -> Table:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
-from alpaca_plw.cli.render import mean_std, plw_text
+from alpaca_plw.cli.numbers import mean_std, plw_text
 
 ROLE_ORDER = ("system", "user", "assistant", "tool")
 

@@ -32,13 +32,16 @@ def _usage_error() -> type:
 def train_options(args: list[str]) -> dict:
     """The `train` options among `args`, parsed by the train command itself, as TrainConfig fields
     (only those given on the command line, so defaults stay the trainer's)."""
+    import typer
     from typer.main import get_command
 
-    from alpaca_plw.cli.app import app
+    from alpaca_plw.cli import train
     from alpaca_plw.errors import ConfigError
     from alpaca_plw.train.config import TrainConfig
 
-    command = get_command(app).commands["train"]
+    alone = typer.Typer(add_completion=False, rich_markup_mode=None)  # `train` as `app` holds it,
+    alone.command("train")(train.train)  # without importing `app` (which imports this module)
+    command = get_command(alone)
     try:
         ctx = command.make_context("train", ["W", "--model", "M", "--output-dir", "O", *args])
     except _usage_error() as exc:

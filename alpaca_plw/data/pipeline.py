@@ -19,6 +19,7 @@ from alpaca_plw.data.outputs.atomic import manifest_json, text_writer, write_rec
 from alpaca_plw.data.reading.records import ColumnMap, Records
 from alpaca_plw.data.outputs.safety import claim, precheck
 from alpaca_plw.data.reading.sources import default_source, load_records
+from alpaca_plw.data.built import Built, default_output, manifest_path, output_format
 from alpaca_plw.data.stats import DatasetStats, compute_stats
 from alpaca_plw.data.tokenizer import load_tokenizer
 
@@ -112,47 +113,6 @@ def dataset_stats(sources: list, options: DataOptions, progress: Progress | None
     spec = resolve_spec(options.tokenizer)
     return [Measured(stream, *stream_stats(stream, tokenizer, spec, identity, num_proc, progress))
             for stream in streams]
-
-
-def manifest_path(out: Path) -> Path:
-    """`short.json` -> `short.manifest.json` (the suffix replaced). An output without a file name
-    (`-o .`, `-o ..`, `-o /`, or `-o ""`, which reads as `.`) is refused (exit 3)."""
-    if not Path(out).name or Path(out).name == "..":
-        from alpaca_plw.errors import OutputError
-
-        raise OutputError(f"-o {str(out) or repr('')}: names a folder, not a file; give a file "
-                          "name such as out.json")
-    return out.with_suffix(".manifest.json")
-
-
-def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
-    stem = Path(source_name).stem if "/" not in source_name else source_name.replace("/", "_")
-    stem = stem.split(":")[0]
-    return Path(f"{stem}-{rule.name}.{fmt}")
-
-
-def output_format(out: Path | None, fmt: str | None) -> str:
-    from alpaca_plw.errors import ConfigError
-    from alpaca_plw.data.outputs.atomic import RECORD_FORMATS
-
-    implied = out.suffix.lower().lstrip(".") if out is not None else ""
-    implied = implied if implied in RECORD_FORMATS else None
-    if fmt is None:
-        return implied or "json"
-    if fmt not in RECORD_FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(RECORD_FORMATS)}, got {fmt!r}")
-    if implied and implied != fmt:
-        raise ConfigError(f"--format {fmt} contradicts the output name {out.name}; change one")
-    return fmt
-
-
-@dataclass
-class Built:
-    out: Path
-    manifest: Path
-    stats: DatasetStats
-    counts: dict[str, int]
-    summary: dict[str, object]
 
 
 def build_dataset(

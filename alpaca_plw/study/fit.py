@@ -25,6 +25,7 @@ import numpy as np
 
 from alpaca_plw.errors import ConfigError, InputError
 from alpaca_plw.extras import require
+from alpaca_plw.study.fit_engine import Test
 
 EXPONENT = 0.30103  # log10(2): the paper's transform, w_p = PLW ** EXPONENT
 # lm-eval metrics where lower is better: with a `metric` column, their scores are negated so that
@@ -100,41 +101,6 @@ def scale(scores: Scores) -> Scores:
 
 def _pair(value: tuple[float, float] | None) -> list[float] | None:
     return None if value is None else [value[0], value[1]]
-
-
-def _finite(value: float) -> float | None:
-    """`value`, or None where it is not finite (JSON has no NaN)."""
-    return value if math.isfinite(value) else None
-
-
-@dataclass
-class Test:
-    """One joint test of the two PLW terms: a chi-square (df2 None) or an F statistic."""
-
-    name: str
-    statistic: float
-    df1: int
-    df2: float | None
-    p_value: float
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "statistic": _finite(self.statistic), "df": self.df1,
-                "df_denominator": self.df2, "p_value": _finite(self.p_value)}
-
-
-@dataclass
-class EngineResult:
-    """What an engine returns: coefficients, their covariance for the delta method (already scaled
-    to the headline test's small-sample rule) with its t degrees of freedom, and the tests."""
-
-    engine: str
-    formula: str
-    coef: dict[str, float]
-    cov_opt: np.ndarray  # 2x2 covariance of (b1, b2) for the optimum's interval
-    df_opt: float  # degrees of freedom of the t quantile for that interval
-    tests: dict[str, Test]  # keys: headline, wald_chi2, lrt
-    variance: dict[str, object]
-    notes: list[str]
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from alpaca_plw.errors import MissingExtraError, PLWError
-from alpaca_plw.study.fit import EngineResult, Test
+from alpaca_plw.study.fit_engine import EngineResult, Test
 
 INSTALL = "install R and glmmTMB (Debian/Ubuntu: apt-get install r-cran-glmmtmb)"
 NO_PACKAGE = 3  # the script's exit status when glmmTMB cannot be loaded

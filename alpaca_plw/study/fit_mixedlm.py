@@ -29,7 +29,7 @@ import warnings
 import numpy as np
 
 from alpaca_plw.errors import InputError
-from alpaca_plw.study.fit import EngineResult, Test
+from alpaca_plw.study.fit_engine import EngineResult, Test
 
 TERMS = ["wp", "wp2"]
 

@@ -146,18 +146,3 @@ def line(prompt, output: str, tokens: int, finish: str) -> dict:
     return {"index": prompt.index, "instruction": prompt.instruction, "input": prompt.input,
             "prompt": prompt.text, "output": output, "output_tokens": tokens, "finish": finish,
             "reference": prompt.reference}
-
-
-def generate_runs(run_dirs: list[Path], options: GenerateOptions, on_run=None, progress=None,
-                  note=None) -> list[dict]:
-    """Generate for every run (each checked first: a finished run with a run.json); returns one
-    summary per run {run, path, count, state} with state "generated", "resumed" or "complete"."""
-    from alpaca_plw.study.generate_run import generate_one, check_runs
-
-    if options.generator is not None and len(run_dirs) > 1 and RUN not in options.generator:
-        raise ConfigError(f"--generator {options.generator!r} would name the outputs of all "
-                          f"{len(run_dirs)} runs alike, and AlpacaEval keys its results by that "
-                          f"name; put {RUN} in it (replaced by each run folder's name), e.g. "
-                          f"--generator 'short-{RUN}'")
-    runs = check_runs(run_dirs)
-    return [generate_one(r, spec, options, on_run, progress, note) for r, spec in runs]

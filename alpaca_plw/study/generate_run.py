@@ -1,5 +1,6 @@
-"""One run of `generate`: settle the outputs (new, resumed, refused or started over under
-`--force`), then generate batch after batch, appending each to the JSONL before the next begins."""
+"""`generate` over runs (`generate_runs`, what the command calls) and one run of it: settle the
+outputs (new, resumed, refused or started over under `--force`), then generate batch after batch,
+appending each to the JSONL before the next begins."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from pathlib import Path
 
 from alpaca_plw.errors import ConfigError, OutputError
+from alpaca_plw.study.generate import (RUN, GenerateOptions, _reset_generation_config, decoder,
+                                       finish_row, generate_batch, line)
 
 
 def check_runs(run_dirs: list[Path]) -> list[tuple[Path, object]]:
@@ -82,7 +85,6 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
 
     from alpaca_plw.data.outputs.publish import kill_point, publish_files
     from alpaca_plw.data.outputs.safety import claim
-    from alpaca_plw.study.generate import decoder, finish_row, generate_batch, line
     from alpaca_plw.study.generate_model import (check_positions, load_run_model, resolve_device,
                                                  run_tokenizer)
     from alpaca_plw.study.generate_prompts import load_prompts, sample_indices
@@ -117,8 +119,6 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
             check_positions(model, prompts[done:], options.max_new_tokens, str(run_dir), note)
             if state == "generated":
                 _start(paths, header)
-            from alpaca_plw.study.generate import _reset_generation_config
-
             _reset_generation_config(model)
             pad = tokenizer.eos_id if tokenizer.eos_id is not None else 0
             with open(jsonl, "ab") as handle:
@@ -142,3 +142,16 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
             items.append((ae, lambda tmp: tmp.write_text(text, encoding="utf-8")))
         publish_files(items)
     return {"run": str(run_dir), "path": str(jsonl), "count": len(rows), "state": state}
+
+
+def generate_runs(run_dirs: list[Path], options: GenerateOptions, on_run=None, progress=None,
+                  note=None) -> list[dict]:
+    """Generate for every run (each checked first: a finished run with a run.json); returns one
+    summary per run {run, path, count, state} with state "generated", "resumed" or "complete"."""
+    if options.generator is not None and len(run_dirs) > 1 and RUN not in options.generator:
+        raise ConfigError(f"--generator {options.generator!r} would name the outputs of all "
+                          f"{len(run_dirs)} runs alike, and AlpacaEval keys its results by that "
+                          f"name; put {RUN} in it (replaced by each run folder's name), e.g. "
+                          f"--generator 'short-{RUN}'")
+    runs = check_runs(run_dirs)
+    return [generate_one(r, spec, options, on_run, progress, note) for r, spec in runs]

@@ -102,7 +102,7 @@ def train_config(cfg: SweepConfig, plw: float, weights_dir: Path, resume: bool, 
 def run_state(run_dir: Path) -> str:
     """`done` (finished, `runs.run_finished`), `resume` (a checkpoint to continue from, or a final
     model still staged in `.final/`), `restart` (stopped before its first checkpoint) or `new`."""
-    from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
+    from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 
     if run_finished(run_dir):
         return "done"

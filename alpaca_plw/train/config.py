@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_plw.errors import ConfigError
+from alpaca_plw.train.config_checks import feature_checks, option_checks
 
 LOSS_NORMS = ("weight", "tokens")
 # --optim: torch's AdamW (fused on CUDA, foreach elsewhere), either form forced, transformers'
@@ -124,10 +125,6 @@ class TrainConfig:
             (self.attn_implementation in (None, *ATTN_IMPLEMENTATIONS),
              f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}"),
         ]
-        from alpaca_plw.train.hooks import feature_checks
-
-        from alpaca_plw.train.run.record import option_checks
-
         for ok, message in option_checks(self) + checks + feature_checks(self):
             if not ok:
                 raise ConfigError(message)

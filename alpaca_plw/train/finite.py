@@ -21,7 +21,7 @@ def check_step(step: int, loss_sum, denominator: float, grad_norm, out: Path) ->
     loss = loss_sum / denominator
     if math.isfinite(loss) and math.isfinite(norm):
         return
-    from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
+    from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 
     last = latest_checkpoint(Path(out))
     raise DivergedError(
@@ -46,7 +46,7 @@ def check_params(model, d, what: str, step: int | None = None, out: Path | None 
     where = f"step {step}: " if step is not None else ""
     last = ""
     if out is not None:
-        from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
+        from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 
         found = latest_checkpoint(Path(out))
         last = f" The last good checkpoint is {found}." if found else " No checkpoint was saved yet."

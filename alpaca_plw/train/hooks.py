@@ -1,5 +1,6 @@
-"""What a run adds around the optimizer steps: validation, trackers, progress events, checkpoint
-rotation, the merged LoRA model and the model card (issue 11).
+"""What a run adds around the optimizer steps (issue 11): validation, trackers, progress events,
+checkpoints when due and their rotation, the merged LoRA model and the model card. Their options
+are checked with the config (`config_checks.py`); the rotation itself is `checkpoints/folders.py`.
 
 The trainer calls a `RunFeatures` at fixed points: `split` (the evaluation set) and `annotate`
 (the plan) before the model loads, `start` once the model is ready, `after_step` after every
@@ -17,10 +18,6 @@ on rank 0 only, with these names and info keys:
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,55 +25,6 @@ from pathlib import Path
 from alpaca_plw.extras import require
 
 EventCallback = Callable[[str, dict], None]
-
-
-def feature_checks(cfg) -> list[tuple[bool, str]]:
-    """`TrainConfig.__post_init__` checks for the issue-11 options (a comma-separated string given
-    for `report_to` or `lora_target` is split first)."""
-    from alpaca_plw.train.tracking import TRACKERS, parse_report_to
-
-    if isinstance(cfg.report_to, str):
-        object.__setattr__(cfg, "report_to", parse_report_to(cfg.report_to))
-    if isinstance(cfg.lora_target, str):
-        object.__setattr__(cfg, "lora_target",
-                           tuple(t.strip() for t in cfg.lora_target.split(",") if t.strip()) or None)
-    unknown = [n for n in cfg.report_to if n not in TRACKERS]
-    lora = cfg.lora_r is not None
-    return [
-        (cfg.lora_r is None or cfg.lora_r >= 1, "--lora-r must be at least 1"),
-        (cfg.lora_alpha > 0, "--lora-alpha must be positive"),
-        (0 <= cfg.lora_dropout < 1, "--lora-dropout must be in [0, 1)"),
-        (lora or not cfg.merge_lora, "--merge-lora needs --lora-r"),
-        (lora or not cfg.lora_target, "--lora-target needs --lora-r"),
-        (cfg.eval_weights is None or cfg.eval_fraction is None,
-         "give --eval-weights or --eval-fraction, not both"),
-        (cfg.eval_fraction is None or 0 < cfg.eval_fraction < 1, "--eval-fraction must be in (0, 1)"),
-        (cfg.eval_steps is None or cfg.eval_steps >= 1, "--eval-steps must be at least 1"),
-        (cfg.eval_steps is None or cfg.eval_weights is not None or cfg.eval_fraction is not None,
-         "--eval-steps needs --eval-weights or --eval-fraction"),
-        (not unknown, f"--report-to: unknown tracker {', '.join(map(repr, unknown))}; choose from "
-                      f"none, {', '.join(TRACKERS)}"),
-        (cfg.save_total_limit is None or cfg.save_total_limit >= 1,
-         "--save-total-limit must be at least 1"),
-    ]
-
-
-def rotate_checkpoints(output_dir: Path, keep: int) -> list[Path]:
-    """Remove all but the newest `keep` complete `checkpoint-<step>` folders; returns the removed.
-    Each is renamed to a hidden name first, so no half-deleted checkpoint is ever visible; what a
-    killed rotation left under such a name is deleted first."""
-    from alpaca_plw.train.checkpoints.checkpoint import finish_removals, is_complete
-
-    finish_removals(output_dir)
-    found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
-                   if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and is_complete(p))
-    removed = []
-    for _, path in found[: max(0, len(found) - keep)]:
-        doomed = Path(tempfile.mkdtemp(prefix=f".{path.name}.removing.", dir=output_dir))
-        os.replace(path, doomed / path.name)
-        shutil.rmtree(doomed)
-        removed.append(path)
-    return removed
 
 
 def seed_step(seed: int, step: int) -> None:
@@ -173,6 +121,7 @@ class RunFeatures:
     def maybe_checkpoint(self, run, done: int) -> None:
         """Every --save-steps steps (not after the last one): `checkpoint-<done>`, then rotation."""
         from alpaca_plw.train.checkpoints.checkpoint import save_checkpoint
+        from alpaca_plw.train.checkpoints.folders import rotate_checkpoints
 
         every = self.cfg.save_steps
         if not (every and done % every == 0 and done < run.plan.steps):

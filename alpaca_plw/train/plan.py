@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from alpaca_plw.errors import ConfigError
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
+from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.schedule import lr_factor  # noqa: F401 (the schedule, re-exported)

@@ -24,17 +24,11 @@ from pathlib import Path
 
 from alpaca_plw.errors import ConfigError
 from alpaca_plw.extras import require
+from alpaca_plw.train.config_checks import TRACKERS
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name -> module
 METRICS = ("loss", "prompt_loss", "completion_loss", "lr", "grad_norm", "tokens_per_s", "epoch",
            "eval_loss", "eval_prompt_loss", "eval_completion_loss")
 PROJECT = "alpaca-plw"
-
-
-def parse_report_to(text: str | None) -> tuple[str, ...]:
-    """`"tensorboard,wandb"` -> ("tensorboard", "wandb"); "none" or empty -> ()."""
-    names = [n.strip().lower() for n in (text or "").split(",") if n.strip()]
-    return () if names in ([], ["none"]) else tuple(dict.fromkeys(names))
 
 
 def check_trackers(names: tuple[str, ...]) -> None:

@@ -26,7 +26,8 @@ from alpaca_plw.errors import ConfigError, TokenizerError
 from alpaca_plw.train.modeling import attention
 from alpaca_plw.train.run import record as run_record
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoints.checkpoint import (is_legacy, load_checkpoint, restore_weights, save_final,
+from alpaca_plw.train.checkpoints.folders import is_legacy
+from alpaca_plw.train.checkpoints.checkpoint import (load_checkpoint, restore_weights, save_final,
                                           unwrap)
 from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup

@@ -477,7 +477,7 @@ def test_write_error_names_the_path_and_reason_and_keeps_the_old_output(ws, tmp_
 
 
 def test_of_two_runs_racing_for_one_output_exactly_one_wins(ws, tmp_path, run_cli):
-    from alpaca_plw.data.pipeline import manifest_path
+    from alpaca_plw.data.built import manifest_path
     from alpaca_plw.data.outputs.safety import claim
 
     out = tmp_path / "out.json"
@@ -624,7 +624,7 @@ def test_resume_finishes_what_a_killed_checkpoint_rotation_left(ws, tmp_path, ru
 
 
 def test_rotation_finishes_a_killed_rotation_first(tmp_path):
-    from alpaca_plw.train.hooks import rotate_checkpoints
+    from alpaca_plw.train.checkpoints.folders import rotate_checkpoints
 
     for step in (1, 2, 3):
         (tmp_path / f"checkpoint-{step}").mkdir()

@@ -14,7 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generate_runs import NO_INPUT, WITH_INPUT, hand_greedy, sentencepiece, train_run  # noqa: E402
 
-from alpaca_plw.study.generate import GenerateOptions, generate_runs  # noqa: E402
+from alpaca_plw.study.generate import GenerateOptions  # noqa: E402
+from alpaca_plw.study.generate_run import generate_runs  # noqa: E402
 
 EOS = 2
 

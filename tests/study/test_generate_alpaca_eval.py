@@ -17,7 +17,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from generate_runs import short_records, train_run  # noqa: E402
 
-from alpaca_plw.study.generate import GenerateOptions, generate_runs  # noqa: E402
+from alpaca_plw.study.generate import GenerateOptions  # noqa: E402
+from alpaca_plw.study.generate_run import generate_runs  # noqa: E402
 
 
 @pytest.fixture()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_plw.train.checkpoints.checkpoint import STATE_FILE, latest_checkpoint, read_state
+from alpaca_plw.train.checkpoints.checkpoint import STATE_FILE, read_state
+from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 from cli_invoke import assert_one_error
 
 

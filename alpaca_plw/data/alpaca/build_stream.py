@@ -153,7 +153,7 @@ def stream_build(stream, rule, tokenizer, spec: str, identity: dict, num_proc: i
     provenance. Returns (stats, counts, summary)."""
     from alpaca_plw.data.parallel import WORKER_THREADS, ordered_map
     from alpaca_plw.data.batch_work import setup_tokenizer
-    from alpaca_plw.data.pipeline import manifest_path
+    from alpaca_plw.data.built import manifest_path
     from alpaca_plw.data.stats import compute_stats
     from alpaca_plw.data.stream_run import measure_stream
 

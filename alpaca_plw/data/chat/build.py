@@ -119,7 +119,7 @@ def _writer(conversations: list[list[dict]], fmt: str):
 def build_chat_dataset(measured, rule, options, cache, identity, out, fmt, held):
     """Build a variant of a conversation dataset under `rule`; write it and its manifest through
     `held`, the claim `pipeline.build_dataset` holds on them."""
-    from alpaca_plw.data.pipeline import Built, manifest_path
+    from alpaca_plw.data.built import Built, manifest_path
 
     conv, lengths = measured.records, measured.lengths
     action, reasons, new, out_p, out_c, summary = _plan(conv, lengths, rule, cache)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from alpaca_plw.data.outputs.atomic import atomic_write_dir
 from alpaca_plw.train.checkpoints import shards
+from alpaca_plw.train.checkpoints.folders import is_legacy
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.finite import check_params
 from alpaca_plw.train.checkpoints.legacy import LEGACY_FILE, load_legacy, read_legacy
@@ -29,48 +29,6 @@ from alpaca_plw.train.checkpoints.state import INDEX_FILE, read_index, restore_m
 
 STATE_FILE = LEGACY_FILE  # the trainer state of checkpoints written before issue 24
 FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR
-_NAME = re.compile(r"^checkpoint-(\d+)$")
-
-
-_REMOVING = re.compile(r"^\.checkpoint-\d+\.removing\.[A-Za-z0-9_]+$")
-
-
-def finish_removals(output_dir: Path) -> list[str]:
-    """Delete what a killed checkpoint rotation left: `.checkpoint-N.removing.*` folders (the name
-    rotation generates) holding nothing but `checkpoint-*` folders. Returns the names removed."""
-    import shutil
-
-    removed = []
-    try:
-        found = sorted(p for p in Path(output_dir).iterdir() if _REMOVING.match(p.name))
-    except OSError:
-        return removed
-    for doomed in found:
-        if doomed.is_symlink() or not doomed.is_dir():
-            continue
-        if all(_NAME.match(p.name) and p.is_dir() and not p.is_symlink() for p in doomed.iterdir()):
-            shutil.rmtree(doomed)
-            removed.append(doomed.name)
-    return removed
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The complete checkpoint with the highest step, or None."""
-    if not output_dir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir()
-             if (m := _NAME.match(p.name)) and is_complete(p)]
-    return max(found)[1] if found else None
-
-
-def is_complete(path: Path) -> bool:
-    """A checkpoint folder with its index (or, written before issue 24, its `trainer_state.pt`)."""
-    return (path / INDEX_FILE).is_file() or (path / LEGACY_FILE).is_file()
-
-
-def is_legacy(path: Path) -> bool:
-    """A checkpoint written before issue 24: `from_pretrained` files and `trainer_state.pt`."""
-    return not (path / INDEX_FILE).is_file() and (path / LEGACY_FILE).is_file()
 
 
 def save_pretrained_dir(target: Path, model, state_dict, tokenizer) -> None:

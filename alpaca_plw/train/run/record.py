@@ -17,7 +17,6 @@ old run renamed back, and a killed one is undone the same way by the next run on
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import secrets
@@ -347,7 +346,8 @@ def claimed(cfg, plan, data, d):
 def _can_stand(out: Path) -> bool:
     """A run that can replace another: it has a complete checkpoint, a complete final model
     staged (`--resume` places it), or it finished."""
-    from alpaca_plw.train.checkpoints.checkpoint import FINAL_STAGE, latest_checkpoint
+    from alpaca_plw.train.checkpoints.checkpoint import FINAL_STAGE
+    from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 
     if latest_checkpoint(out) is not None or (out / FINAL_STAGE).is_dir():
         return True
@@ -422,7 +422,7 @@ def _undo(out: Path, remove_folder: bool) -> None:
 
 
 def _clean_leftovers(out: Path) -> None:
-    from alpaca_plw.train.checkpoints.checkpoint import finish_removals
+    from alpaca_plw.train.checkpoints.folders import finish_removals
 
     if not out.is_dir():
         return
@@ -437,7 +437,7 @@ def _clean_leftovers(out: Path) -> None:
 
 def interrupted_message(cfg) -> str:
     """Ctrl-C during `train`: the last checkpoint and the command that continues from it."""
-    from alpaca_plw.train.checkpoints.checkpoint import latest_checkpoint
+    from alpaca_plw.train.checkpoints.folders import latest_checkpoint
 
     if str(Path(cfg.output_dir)) in _RESTORED:
         return (f"interrupted before the new run saved a checkpoint; the previous run in "
@@ -450,27 +450,3 @@ def interrupted_message(cfg) -> str:
     return f"interrupted; last checkpoint: {last}; continue with: {command}"
 
 
-_FLOATS = ("lr", "epochs", "warmup_ratio", "weight_decay", "max_grad_norm", "lora_alpha",
-           "lora_dropout", "eval_fraction")
-_INTS = ("micro_batch_size", "grad_accum", "batch_size", "max_steps", "save_steps", "max_tokens",
-         "loss_chunk", "eval_steps", "save_total_limit", "lora_r")
-
-
-def option_checks(cfg) -> list[tuple[bool, str]]:
-    """`TrainConfig` checks against overflow and nonsense: finite floats, ints that fit, a seed
-    the generators accept, a schedule that ends."""
-    def flag(name: str) -> str:
-        return "--" + name.replace("_", "-")
-
-    checks = [(not isinstance(getattr(cfg, n, None), float) or math.isfinite(getattr(cfg, n)),
-               f"{flag(n)} must be a finite number, got {getattr(cfg, n, None)}") for n in _FLOATS]
-    checks += [(getattr(cfg, n, None) is None or abs(getattr(cfg, n)) < 2**31,
-                f"{flag(n)} must be below 2**31, got {getattr(cfg, n, None)}") for n in _INTS]
-    checks += [(0 <= cfg.seed < 2**63, f"--seed must be in [0, 2**63), got {cfg.seed}"),
-               (not math.isfinite(cfg.epochs) or cfg.epochs <= 1e6,
-                f"--epochs must be at most 1e6, got {cfg.epochs}"),
-               (not (math.isfinite(cfg.lr) and math.isfinite(cfg.weight_decay)) or  # in float32
-                max(abs(cfg.lr), abs(cfg.lr * cfg.weight_decay)) <= 3.4e38,
-                f"--lr (and --lr x --weight-decay) must be at most 3.4e38, float32's largest; "
-                f"got --lr {cfg.lr}, --weight-decay {cfg.weight_decay}")]
-    return checks
