@@ -94,7 +94,7 @@ def train(
             run_train(cfg, on_step=progress.step, on_plan=show_plan, on_event=progress.event)
         except KeyboardInterrupt:  # one line: the last checkpoint and the --resume command
             from alpaca_plw.errors import Interrupted
-            from alpaca_plw.train.run.record import interrupted_message
+            from alpaca_plw.train.run.folder import interrupted_message
 
             raise Interrupted(interrupted_message(cfg)) from None
         finally:

@@ -6,8 +6,9 @@ property of the data, known before the forward passes, so each micro-batch's bac
 world / denominator and data-parallel gradient averaging then yields the exact step mean.
 
 `train` reads as its steps: set up the run, then for each optimizer step `_optimizer_step`,
-`_log_step` and a checkpoint when due, then `_save_final`. `features.RunFeatures` adds evaluation,
-trackers, progress events, checkpoint rotation and the model card around them.
+`_log_step` and a checkpoint when due, then `_save_final`. `hooks.RunFeatures` adds evaluation,
+trackers, progress events, checkpoint rotation and the model card around them; the model is loaded
+and checked in `loading.py`, the run folder held by `run/folder.py`.
 """
 
 from __future__ import annotations
@@ -22,19 +23,23 @@ import numpy as np
 import torch
 
 from alpaca_plw.data.weights_dir.folders import read_weights
-from alpaca_plw.errors import ConfigError, TokenizerError
+from alpaca_plw.errors import ConfigError
 from alpaca_plw.train.modeling import attention
-from alpaca_plw.train.run import record as run_record
+from alpaca_plw.train.run import folder as run_folder
+from alpaca_plw.train.run.model_check import check_model
+from alpaca_plw.train.run.record import check_resume
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
 from alpaca_plw.train.checkpoints.folders import is_legacy
 from alpaca_plw.train.checkpoints.checkpoint import (load_checkpoint, restore_weights, save_final,
                                           unwrap)
 from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup
+from alpaca_plw.train.loading import (check_lora_target, check_model_config, check_model_path,
+                                     check_tokenizer, load_model)
 from alpaca_plw.train.hooks import EventCallback, RunFeatures, grad_norm_value
 from alpaca_plw.train.batching.feed import Feeder, attention_kwargs
 from alpaca_plw.train.finite import check_params, check_step
-from alpaca_plw.train.modeling.lora import load_dtype, load_trainable
+from alpaca_plw.train.modeling.lora import load_trainable
 from alpaca_plw.train.modeling.checks import check_speed_paths
 from alpaca_plw.train.memory import plan_memory
 from alpaca_plw.train.modeling.model import as_terms
@@ -47,7 +52,6 @@ from alpaca_plw.train.schedule import learns_nothing, make_scheduler
 from alpaca_plw.train.modeling.wrap import wrap_model as _wrap
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
-
 StepCallback = Callable[[dict], None]
 
 
@@ -82,19 +86,19 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     _quiet_transformers()
     d = setup(cfg.device, plan_only=cfg.dry_run)  # --dry-run plans a GPU run without one
     features = RunFeatures(cfg, d, on_event)  # LoRA, evaluation, trackers, model card (issue 11)
-    run_record.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
-    _check_model_path(cfg.model)  # a missing local folder: at once, not after hub lookups
+    run_folder.check_paths(cfg)  # no input overlapped; --force and --resume allowed here
+    check_model_path(cfg.model)  # a missing local folder: at once, not after hub lookups
     data = read_weights(weights_dirs(cfg), cfg.allow_partial_shards)  # memory-mapped, in place
-    tokenizer_dir = _check_tokenizer(cfg, data.meta)
+    tokenizer_dir = check_tokenizer(cfg, data.meta)
     store = features.split(data.meta, SequenceStore.from_weights(data))
     plan = features.annotate(make_plan(cfg, store, data.meta, d))
-    if run_record.check_resume(cfg, plan, data):  # a finished or a different run is refused
+    if check_resume(cfg, plan, data):  # a finished or a different run is refused
         return plan  # it had finished; placing its stranded final model completed it
     if cfg.resume and plan.resume_from is None:
         raise ConfigError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
     if cfg.dry_run:
-        _check_model_config(cfg)
-        _check_lora_target(cfg)
+        check_model_config(cfg)
+        check_lora_target(cfg)
         plan.memory = plan_memory(cfg, plan, int(store.lengths.max()))  # per-GPU estimate
     if on_plan and d.is_main:
         on_plan(plan)
@@ -105,8 +109,8 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
             "more steps"))
     if cfg.dry_run:
         return plan
-    run_record.check_model(cfg)  # --force: what loading would refuse, before the old run is moved
-    with run_record.claimed(cfg, plan, data, d) as run_json:  # locked; run.json before any step
+    check_model(cfg)  # --force: what loading would refuse, before the old run is moved
+    with run_folder.claimed(cfg, plan, data, d) as run_json:  # locked; run.json before any step
         features.event("loading_model", model=cfg.model, resume_from=plan.resume_from)
         run = _set_up(cfg, d, plan, store, tokenizer_dir)
         features.start(run)
@@ -123,42 +127,6 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     return plan
 
 
-def looks_like_path(name: str) -> bool:
-    """True for a --model that can only be a local folder (a hub id is `name` or `org/name`)."""
-    return (name.startswith((".", "/", "~")) or name.endswith("/") or name.count("/") > 1
-            or "\\" in name)
-
-
-def _check_model_path(model: str) -> None:
-    if looks_like_path(str(model)) and not Path(str(model)).expanduser().exists():
-        raise ConfigError(f"--model {model}: no such directory")
-
-
-def _check_lora_target(cfg: TrainConfig) -> None:
-    """--dry-run: a --lora-target that matches no linear layer is refused, as the run refuses it."""
-    if cfg.lora_r is None or not cfg.lora_target:
-        return
-    from alpaca_plw.train.modeling.lora import target_pattern
-    from alpaca_plw.train.memory import lora_params, meta_model, shape_of
-
-    try:
-        meta = meta_model(cfg.model)
-    except (OSError, ValueError):
-        return  # _check_model_config names the config problem
-    if not lora_params(shape_of(meta), cfg.lora_r, target_pattern(meta, cfg.lora_target)):
-        raise ConfigError(f"--lora-target {','.join(cfg.lora_target)}: matches no linear layer "
-                          f"of {type(meta).__name__}; name modules such as q_proj,v_proj")
-
-
-def _check_model_config(cfg: TrainConfig) -> None:
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(cfg.model)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model {cfg.model}: cannot read its config ({exc})") from None
-
-
 def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokenizer_dir) -> _Run:
     """Load tokenizer and model (from the checkpoint when resuming), wrap them for this device and
     process group, build optimizer and schedule, and prepare the log."""
@@ -170,7 +138,7 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
     from_rank0 = _sharded_from_rank0(cfg, d)  # other ranks build the model on `meta`
     # resuming a full fine-tune: every rank builds on `meta` and reads its weights from its shard
     shards = plan.resume_from and cfg.lora_r is None and not is_legacy(Path(plan.resume_from))
-    loaded = load_trainable(cfg, plan.resume_from, lambda source: _load_model(
+    loaded = load_trainable(cfg, plan.resume_from, lambda source: load_model(
         cfg, source, int(store.ids.max()), meta=shards or (from_rank0 and not d.is_main)))
     split = cfg.fsdp or cfg.cpu_offload
     if shards and not split:
@@ -295,58 +263,11 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _check_tokenizer(cfg: TrainConfig, meta: dict) -> str:
-    """The tokenizer directory to save with the model, after checking it matches the weights."""
-    from alpaca_plw.data.tokenizer import load_tokenizer
-
-    source = cfg.tokenizer or cfg.model
-    try:
-        identity = load_tokenizer(source).identity()
-    except TokenizerError as exc:
-        raise TokenizerError(f"--model {cfg.model}: no usable tokenizer ({exc}); pass --tokenizer DIR") from None
-    expected = meta.get("tokenizer", {})
-    if identity["vocab_sha256"] != expected.get("vocab_sha256"):
-        raise TokenizerError(
-            f"tokenizer mismatch: {cfg.weights_dir} was made with {expected.get('name')!r} "
-            f"(vocab {expected.get('vocab_sha256')}, {expected.get('vocab_size')} pieces) but "
-            f"{source} has {identity['name']!r} (vocab {identity['vocab_sha256']}, "
-            f"{identity['vocab_size']} pieces); rebuild the weights with --tokenizer {source}")
-    return source
-
-
 def _sharded_from_rank0(cfg: TrainConfig, d: Dist) -> bool:
     """FSDP (or CPU offload) over several processes: only rank 0 reads the weights from disk; the
     others build the model on `meta` and receive their shards from rank 0 (train/wrap.py), so a
     machine with 8 GPUs holds one full fp32 copy in host memory, not 8."""
     return d.world > 1 and (cfg.fsdp or cfg.cpu_offload)
-
-
-def _load_model(cfg: TrainConfig, source: str | Path, max_id: int, meta: bool = False):
-    """`--model` (or a checkpoint) as a causal LM on the CPU; with `meta`, only its structure, on
-    the meta device (no weight is read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    name = str(source)
-    _check_model_path(name)
-    try:
-        if meta:
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(
-                    AutoConfig.from_pretrained(name), dtype=load_dtype(cfg),
-                    attn_implementation=cfg.attn_implementation)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(  # LoRA: the base in --base-dtype
-                name, dtype=load_dtype(cfg), attn_implementation=cfg.attn_implementation)
-    except Exception as exc:  # noqa: BLE001 - corrupt or truncated files raise many types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(
-            f"--model {name}: cannot load a causal LM ({first}). Offline, pass a local directory "
-            "written by save_pretrained") from None
-    vocab = model.get_input_embeddings().num_embeddings
-    if max_id >= vocab:
-        raise ConfigError(f"--model {name}: embedding has {vocab} rows but the weights dataset uses "
-                          f"token id {max_id}; the data was made for another vocabulary")
-    return model
 
 
 def _micro_batches(order: DataOrder, step: int, d: Dist, plan: Plan, store) -> list[np.ndarray]:

@@ -22,7 +22,8 @@ def test_lora_on_a_bfloat16_base_trains_a_float32_adapter(train_weights, tiny_ll
                                                           read_log, tmp_path):
     from safetensors.torch import load_file
 
-    from alpaca_plw.train.trainer import _load_model, train
+    from alpaca_plw.train.loading import load_model as _load_model
+    from alpaca_plw.train.trainer import train
 
     cfg = tiny_config(train_weights, tiny_llama, tmp_path / "run", lora_r=4, lora_dropout=0.0,
                       lr=1e-2, base_dtype="bfloat16")
