@@ -16,13 +16,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.reading.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
-                                      first_repeat, unique)
 from alpaca_plw.data.outputs.safety import is_regular_or_dir
-from alpaca_plw.errors import InputError
+from alpaca_plw.data.reading.json_keys import DuplicateKey, Pairs, duplicate, duplicate_error, unique
 from alpaca_plw.data.reading.kinds import from_columns, from_rows
-from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes, read_parquet
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_record_sizes
 from alpaca_plw.data.reading.records import ColumnMap, Records, Source
+from alpaca_plw.data.reading.tables import (dir_digest, load_dataset_dir, load_hub, load_parquet,
+                                            no_duplicates)
+from alpaca_plw.errors import InputError
 
 FILE_FORMATS = (".json", ".jsonl", ".parquet", ".csv")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -44,14 +45,6 @@ def display_path(path: Path) -> str:
         return str(resolved.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(resolved)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_bytes(path: Path, shown: str) -> bytes:
@@ -131,7 +124,7 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
         raise InputError(f"{source.path}: the file is empty (expected a header row)") from None
     except csv.Error as exc:
         raise InputError(f"{source.path}: malformed CSV header: {exc}") from None
-    _no_duplicates(header, source)
+    no_duplicates(header, source)
     data: dict[str, list[object]] = {name: [] for name in header}
     try:
         for row_number, row in enumerate(reader):
@@ -145,112 +138,6 @@ def _load_csv(text: str, source: Source, columns: ColumnMap) -> Records:
     except csv.Error as exc:
         raise InputError(f"{source.path}: malformed CSV at line {reader.line_num}: {exc}") from None
     return from_columns(data, source, columns)
-
-
-def _wanted(names: list[str], columns: ColumnMap) -> list[str]:
-    return [n for n in names if n in {columns.instruction, columns.input, columns.output,
-                                      columns.messages}]
-
-
-def _load_table(table, source: Source, columns: ColumnMap, limit: int | None,
-                names: list[str] | None = None) -> Records:
-    """Records from an Arrow table (Parquet files, Arrow datasets) holding at least the wanted
-    columns; `names` are all the source's columns (default: the table's)."""
-    names = table.column_names if names is None else names
-    _no_duplicates(names, source)
-    wanted = _wanted(names, columns)
-    check_arrow_sizes([table.column(n) for n in wanted], table.num_rows, source.path, limit)
-    data = {name: table.column(name).to_pylist() for name in wanted}
-    data.update({name: [] for name in names if name not in wanted})
-    return from_columns(data, source, columns)
-
-
-def _no_duplicates(names: list[str], source: Source) -> None:
-    name = first_repeat(names)
-    if name is not None:
-        raise InputError(f"{source.path}: column {name!r} appears twice in the header; "
-                         "rename one of them")
-
-
-def _load_parquet(data: bytes, source: Source, columns: ColumnMap, limit: int | None) -> Records:
-    """Only the wanted columns are decoded, in bounded batches (`limits.read_parquet`)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        names = pq.ParquetFile(pa.BufferReader(data)).schema_arrow.names
-        _no_duplicates(names, source)
-        table = read_parquet(data, source.path, _wanted(names, columns), limit)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{source.path}: cannot read Parquet: {exc}") from None
-    return _load_table(table, source, columns, limit, names)
-
-
-def _pick_split(dataset, split: str, shown: str):
-    from datasets import DatasetDict
-
-    if isinstance(dataset, DatasetDict):
-        if split not in dataset:
-            raise InputError(f"{shown}: no split {split!r}; splits: {sorted(dataset)} (use --split)")
-        return dataset[split]
-    return dataset
-
-
-def _load_dataset_dir(path: Path, source: Source, columns: ColumnMap, split: str,
-                      limit: int | None) -> Records:
-    from datasets import load_from_disk
-
-    try:
-        dataset = load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise InputError(
-            f"{source.path}: not a directory written by datasets.save_to_disk ({exc})"
-        ) from None
-    dataset = _pick_split(dataset, split, source.path)
-    return _load_table(dataset.data.table, source, columns, limit)
-
-
-def _dir_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
-
-
-def _hub_failure(name: str, exc: BaseException) -> InputError:
-    detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-    return InputError(
-        f"{name}: no local file or folder of that name, and it cannot be loaded as a Hugging Face "
-        f"hub dataset ({type(exc).__name__}: {detail}). Offline, download it elsewhere and pass a "
-        "local path as SOURCE: a .json/.jsonl/.parquet/.csv file or a directory written by "
-        "datasets.save_to_disk"
-    )
-
-
-def _probe_hub(name: str) -> None:
-    """Fail fast when the hub cannot be reached (the datasets client retries for ~25 s)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return  # offline mode: datasets answers from its cache or fails at once
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().dataset_info(name, timeout=10)
-    except Exception as exc:  # noqa: BLE001 - connection, DNS, not-found and auth errors alike
-        raise _hub_failure(name, exc) from None
-
-
-def _load_hub(name: str, columns: ColumnMap, split: str, limit: int | None) -> Records:
-    _probe_hub(name)
-    try:
-        from datasets import load_dataset
-
-        dataset = load_dataset(name, split=split)
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
-        raise _hub_failure(name, exc) from None
-    source = Source(name=f"{name}:{split}", path=name, kind="hub",
-                    sha256=getattr(dataset, "_fingerprint", None))
-    return _load_table(dataset.data.table, source, columns, limit)
 
 
 def load_records(
@@ -361,14 +248,14 @@ def _load_any(source, columns: ColumnMap | None, split: str, limit: int | None):
     found = locate(source)
     if found.where == "dir":
         src = Source(name=found.name, path=found.shown, kind="arrow-dir",
-                     sha256=_dir_digest(found.path))
-        return _load_dataset_dir(found.path, src, columns, split, limit)
+                     sha256=dir_digest(found.path))
+        return load_dataset_dir(found.path, src, columns, split, limit)
     if found.where == "hub":
-        return _load_hub(found.shown, columns, split, limit)
+        return load_hub(found.shown, columns, split, limit)
     data = _read_bytes(found.path, found.shown)
     src = Source(name=found.name, path=found.shown, kind=found.suffix.lstrip("."),
                  sha256=hashlib.sha256(data).hexdigest())
     if found.suffix == ".parquet":
-        return _load_parquet(data, src, columns, limit)
+        return load_parquet(data, src, columns, limit)
     text_loaders = {".json": _load_json, ".jsonl": _load_jsonl, ".csv": _load_csv}
     return text_loaders[found.suffix](_decode(data, found.shown), src, columns)

@@ -21,30 +21,22 @@ in stream order, naming its record (and line) the same way.
 
 from __future__ import annotations
 
-import codecs
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from alpaca_plw.data.reading.json_keys import DuplicateKey, unique
+from alpaca_plw.data.reading.file_rows import (Fallback, json_array_rows, jsonl_rows,
+                                               parquet_batches, slices)
 from alpaca_plw.data.reading.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
-from alpaca_plw.data.reading.limits import (MAX_RECORD_CHARS, _bomb, check_arrow_sizes,
-                                    check_record_sizes, decoded_budget)
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes
 from alpaca_plw.data.reading.records import ColumnMap, Source
-from alpaca_plw.data.reading.sources import (_dir_digest, _hub_failure, _no_duplicates, _pick_split,
-                                     _probe_hub, _wanted, check_unicode, load_records, locate,
-                                     sha256_file)
+from alpaca_plw.data.reading.sources import check_unicode, load_records, locate
+from alpaca_plw.data.reading.tables import (dir_digest, hub_failure, no_duplicates, pick_split,
+                                            probe_hub, sha256_file, wanted_columns)
 from alpaca_plw.errors import InputError
 
 BATCH = 2048  # records per batch; fixed, so that results never depend on the worker count
 EXACT_ERRORS_BYTES = 256 << 20
 _CHUNK_CHARS = 1 << 20
-_WS = " \t\n\r"
-_BOM = codecs.BOM_UTF8
-
-
-class _Fallback(Exception):
-    """The chunked JSON reader cannot follow the file: read it whole instead."""
 
 
 @dataclass
@@ -70,7 +62,7 @@ class RecordStream:
         if self._count is None:
             try:
                 self._count = sum(1 for _ in self._rows())
-            except _Fallback:
+            except Fallback:
                 self._count = len(self._whole())
         return self._count
 
@@ -83,9 +75,9 @@ class RecordStream:
         done = [start]
         try:
             yield from self._batches(size, start, stop, done)
-        except _Fallback:
+        except Fallback:
             whole = self._whole()  # raises the error the whole-file loader finds
-            yield from _slices(whole, size, done[0], len(whole) if stop is None else stop)
+            yield from slices(whole, size, done[0], len(whole) if stop is None else stop)
         except InputError:
             if self._whole is not None and self.size_bytes <= EXACT_ERRORS_BYTES:
                 self._whole()
@@ -94,7 +86,7 @@ class RecordStream:
     def _batches(self, size, start, stop, done):
         check = start == 0 and stop is None
         if self._loaded is not None:  # validated whole already
-            yield from _slices(self._loaded, size, start, len(self._loaded) if stop is None else stop)
+            yield from slices(self._loaded, size, start, len(self._loaded) if stop is None else stop)
             return
         if self._rows is not None:
             source = self._row_batches(size, start, stop, check)
@@ -141,7 +133,7 @@ class RecordStream:
         return first, from_rows(rows, self.source, self.columns, first, False, self.kind)
 
     def _column_batches(self, size, start, stop, check):
-        wanted = _wanted(self._names, self.columns)
+        wanted = wanted_columns(self._names, self.columns)
         stop = self._table_rows() if stop is None else stop
         produced = False
         for first, arrays in self._arrow_batches(wanted, size, start, stop):
@@ -155,7 +147,7 @@ class RecordStream:
 
     def _arrow_batches(self, wanted, size, start, stop):
         if self._parquet is not None:
-            yield from _parquet_batches(self._parquet, self.source.path, wanted, size, start,
+            yield from parquet_batches(self._parquet, self.source.path, wanted, size, start,
                                         stop, self.limit)
             return
         for first in range(start, stop, size):
@@ -167,164 +159,6 @@ class RecordStream:
 
 def _has(rows, column: str) -> bool:
     return any(isinstance(r, Mapping) and column in r for r in rows)
-
-
-def _slices(dataset, size: int, start: int, stop: int):
-    from alpaca_plw.data.chat.conversations import Conversations
-    from alpaca_plw.data.reading.records import Records
-
-    for first in range(start, stop, size):
-        end = min(first + size, stop)
-        if isinstance(dataset, Conversations):
-            yield first, Conversations(dataset.source, dataset.roles[first:end],
-                                       dataset.contents[first:end])
-        else:
-            yield first, Records(dataset.source, dataset.instruction[first:end],
-                                 dataset.input[first:end], dataset.output[first:end])
-
-
-def _parquet_batches(path, shown: str, wanted, size: int, start: int, stop: int, limit):
-    """Parquet decoded `size` rows at a time within `decoded_budget` (as `limits.read_parquet`),
-    regrouped so that batches start at `start` and hold `size` rows whatever the row groups."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(str(path), memory_map=True)
-        budget = decoded_budget(path.stat().st_size)
-        meta = parquet.metadata
-        declared = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-        if declared > budget:
-            raise _bomb(shown, declared, budget, path.stat().st_size)
-        decoded, first, pending, at = 0, 0, [], start
-        for batch in parquet.iter_batches(batch_size=size, columns=wanted, use_threads=False):
-            end = first + batch.num_rows
-            if end > start and first < stop:
-                batch = batch.slice(max(start - first, 0), min(end, stop) - max(first, start))
-                sizes = check_arrow_sizes(batch.columns, batch.num_rows, shown, limit,
-                                          max(first, start))
-                decoded += batch.nbytes + int(sizes.sum())
-                if decoded > budget:
-                    raise _bomb(shown, decoded, budget, path.stat().st_size)
-                pending.append(batch)
-                held = sum(b.num_rows for b in pending)
-                while held >= size or (held and min(end, stop) == stop):
-                    table = pa.Table.from_batches(pending)
-                    take = min(size, held)
-                    yield at, [table.column(n).slice(0, take) for n in wanted]
-                    rest = table.slice(take)
-                    pending = rest.to_batches() if rest.num_rows else []
-                    at, held = at + take, held - take
-            first = end
-            if first >= stop:
-                break
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(f"{shown}: cannot read Parquet: {exc}") from None
-
-
-def _jsonl_rows(path, shown: str) -> Iterator[object]:
-    """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
-    from alpaca_plw.data.reading.sources import unparsable
-    from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
-
-    offset, index = 0, 0
-    with _open(path, shown) as handle:
-        for number, raw in enumerate(handle, start=1):
-            at = offset
-            offset += len(raw)
-            if number == 1 and raw.startswith(_BOM):
-                raw, at = raw[len(_BOM):], at + len(_BOM)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{shown}: not UTF-8 text (bad byte at offset "
-                                 f"{at + exc.start})") from None
-            line = line[:-1] if line.endswith("\n") else line
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line, object_pairs_hook=unique)
-            except DuplicateKey:
-                key = duplicate(json.loads(line, object_pairs_hook=Pairs))
-                raise duplicate_error(shown, f"record {index} (line {number})", key) from None
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{shown}: malformed JSON at line {number}, column {exc.colno}: "
-                                 f"{exc.msg}") from None
-            except (RecursionError, ValueError) as exc:
-                raise InputError(f"{shown}, line {number}: {unparsable(exc)}") from None
-            index += 1
-
-
-def _open(path, shown: str):
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-
-
-def _json_array_rows(path, shown: str) -> Iterator[object]:
-    """The elements of a JSON array, one at a time; anything unexpected raises `_Fallback`."""
-    decoder = json.JSONDecoder(object_pairs_hook=unique)
-    text = codecs.getincrementaldecoder("utf-8-sig")()
-    with _open(path, shown) as handle:
-        buf, pos, eof = "", 0, False
-
-        def more() -> None:
-            nonlocal buf, pos, eof
-            data = handle.read(_CHUNK_CHARS)
-            eof = not data
-            try:
-                buf = buf[pos:] + text.decode(data, final=eof)
-            except UnicodeDecodeError:
-                raise _Fallback from None
-            pos = 0
-
-        def skip() -> bool:  # past whitespace; False at the end of the file
-            nonlocal pos
-            while True:
-                while pos < len(buf) and buf[pos] in _WS:
-                    pos += 1
-                if pos < len(buf):
-                    return True
-                if eof:
-                    return False
-                more()
-
-        if not skip() or buf[pos] != "[":
-            raise _Fallback
-        pos += 1
-        if not skip():
-            raise _Fallback
-        if buf[pos] == "]":
-            pos += 1
-        else:
-            while True:
-                while True:
-                    try:
-                        value, end = decoder.raw_decode(buf, pos)
-                    except (ValueError, RecursionError):  # JSONDecodeError, DuplicateKey, ...
-                        if eof:
-                            raise _Fallback from None
-                        more()
-                        continue
-                    if end == len(buf) and not eof:  # it may go on in the next chunk
-                        more()
-                        continue
-                    break
-                pos = end
-                yield value
-                if not skip():
-                    raise _Fallback
-                if buf[pos] == "]":
-                    pos += 1
-                    break
-                if buf[pos] != ",":
-                    raise _Fallback
-                pos += 1
-                if len(buf) - pos < pos:  # drop what was read
-                    buf, pos = buf[pos:], 0
-        if skip():  # extra data after the array
-            raise _Fallback
 
 
 def open_stream(source=None, columns: ColumnMap | None = None, split: str = "train",
@@ -341,7 +175,7 @@ def open_stream(source=None, columns: ColumnMap | None = None, split: str = "tra
     if found.where in ("dir", "hub"):
         table, src = _arrow_table(found, split)
         names = table.column_names
-        _no_duplicates(names, src)
+        no_duplicates(names, src)
         kind = columns_kind(names, src, columns)
         return RecordStream(src, kind, _table=table, _names=names, _count=table.num_rows, **common)
     src = Source(name=found.name, path=found.shown, kind=found.suffix.lstrip("."),
@@ -356,17 +190,17 @@ def open_stream(source=None, columns: ColumnMap | None = None, split: str = "tra
             names, rows = parquet.schema_arrow.names, parquet.metadata.num_rows
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{found.shown}: cannot read Parquet: {exc}") from None
-        _no_duplicates(names, src)
+        no_duplicates(names, src)
         kind = columns_kind(names, src, columns)
         return RecordStream(src, kind, size_bytes=size, _parquet=found.path, _names=names,
                             _count=rows, **common)
     if found.suffix == ".csv":
         return _loaded(src, whole(), size, common)
-    reader = _jsonl_rows if found.suffix == ".jsonl" else _json_array_rows
+    reader = jsonl_rows if found.suffix == ".jsonl" else _json_array_rows
     rows = reader(found.path, found.shown)
     try:
         head = next(rows, None)
-    except _Fallback:  # the whole-file loader names the error (or reads what the chunks cannot)
+    except Fallback:  # the whole-file loader names the error (or reads what the chunks cannot)
         return _loaded(src, whole(), size, common)
     except InputError:
         if size <= EXACT_ERRORS_BYTES:
@@ -377,6 +211,10 @@ def open_stream(source=None, columns: ColumnMap | None = None, split: str = "tra
     kind = rows_kind([head] if head is not None else [], src, columns)
     return RecordStream(src, kind, size_bytes=size,
                         _rows=lambda: reader(found.path, found.shown), **common)
+
+
+def _json_array_rows(path, shown: str) -> Iterator[object]:
+    return json_array_rows(path, shown, _CHUNK_CHARS)  # read when called: tests shrink the chunks
 
 
 def _loaded(src: Source, dataset, size: int, common: dict) -> RecordStream:
@@ -397,20 +235,20 @@ def _arrow_table(found, split: str):
         from datasets import load_from_disk
 
         src = Source(name=found.name, path=found.shown, kind="arrow-dir",
-                     sha256=_dir_digest(found.path))
+                     sha256=dir_digest(found.path))
         try:
             dataset = load_from_disk(str(found.path))
         except (FileNotFoundError, ValueError, OSError) as exc:
             raise InputError(f"{src.path}: not a directory written by datasets.save_to_disk "
                              f"({exc})") from None
-        return _pick_split(dataset, split, src.path).data.table, src
-    _probe_hub(found.shown)
+        return pick_split(dataset, split, src.path).data.table, src
+    probe_hub(found.shown)
     try:
         from datasets import load_dataset
 
         dataset = load_dataset(found.shown, split=split)
     except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
-        raise _hub_failure(found.shown, exc) from None
+        raise hub_failure(found.shown, exc) from None
     src = Source(name=f"{found.shown}:{split}", path=found.shown, kind="hub",
                  sha256=getattr(dataset, "_fingerprint", None))
     return dataset.data.table, src
