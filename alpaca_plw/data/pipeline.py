@@ -17,7 +17,8 @@ from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
 from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS
 from alpaca_plw.data.outputs.atomic import manifest_json, text_writer, write_records
 from alpaca_plw.data.reading.records import ColumnMap, Records
-from alpaca_plw.data.outputs.safety import claim, precheck
+from alpaca_plw.data.outputs.checks import precheck
+from alpaca_plw.data.outputs.safety import claim
 from alpaca_plw.data.reading.sources import default_source, load_records
 from alpaca_plw.data.built import Built, default_output, manifest_path, output_format
 from alpaca_plw.data.stats import DatasetStats, compute_stats

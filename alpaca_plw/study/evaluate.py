@@ -243,7 +243,7 @@ def evaluate_runs(run_dirs: list[Path], options: EvalOptions, on_run=None) -> li
 
 
 def _is_run_folder(run_dir: Path) -> bool:
-    from alpaca_plw.data.outputs.safety import marker_kind
+    from alpaca_plw.data.outputs.checks import marker_kind
 
     return marker_kind(run_dir) == "run"
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.outputs.safety import is_regular_or_dir
+from alpaca_plw.data.outputs.checks import is_regular_or_dir
 from alpaca_plw.data.reading.json_keys import DuplicateKey, Pairs, duplicate, duplicate_error, unique
 from alpaca_plw.data.reading.kinds import from_columns, from_rows
 from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_record_sizes

@@ -79,7 +79,7 @@ def _write_dir(directory: Path, table: pa.Table) -> None:
 def check_output_dir(out_dir: Path, force: bool) -> None:
     """Refuse before any work: a path that cannot be a folder, an existing output without `force`,
     or, with `force`, a folder that alpaca-plw did not write (no `.alpaca-plw` marker)."""
-    from alpaca_plw.data.outputs.safety import check_replaceable, check_shape
+    from alpaca_plw.data.outputs.checks import check_replaceable, check_shape
 
     check_shape(out_dir, folder=True)
     check_replaceable(out_dir, force, "weights")
