@@ -32,7 +32,7 @@ class DataOptions:
     tokenizer: str | None = None
     columns: ColumnMap = ColumnMap()
     split: str = "train"
-    max_record_chars: int | None = MAX_RECORD_CHARS  # None: no limit (see data/limits.py)
+    max_record_chars: int | None = MAX_RECORD_CHARS  # None: no limit (see data/reading/limits.py)
     num_proc: int | None = None  # worker processes; None: the available cores (data/parallel.py)
 
     def __post_init__(self):

@@ -38,7 +38,7 @@ class TrainConfig:
     """Everything `alpaca-plw train` needs. Errors name the CLI flag to change."""
 
     # one weights folder (or a folder holding shard folders), or several: the shards of one
-    # dataset (`data/weights_set.py`); a list of one is stored as its folder
+    # dataset (`data/weights_dir/folders.py`); a list of one is stored as its folder
     weights_dir: Path | WeightsDirs
     model: str
     output_dir: Path

@@ -170,7 +170,7 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
 
 def _choose_attention(cfg: TrainConfig, model, d: Dist, plan: Plan) -> str | None:
     """Switch a packed CUDA run to `torch_varlen` when no --attn-implementation was given (see
-    train/attention.py); refuse `--attn-implementation torch_varlen` on a model it cannot run.
+    train/modeling/attention.py); refuse `--attn-implementation torch_varlen` on a model it cannot run.
     Returns the implementation the trainer chose itself, or None."""
     if cfg.attn_implementation == attention.NAME:
         why = attention.supported(model.config)
@@ -265,7 +265,7 @@ def _quiet_transformers() -> None:
 
 def _sharded_from_rank0(cfg: TrainConfig, d: Dist) -> bool:
     """FSDP (or CPU offload) over several processes: only rank 0 reads the weights from disk; the
-    others build the model on `meta` and receive their shards from rank 0 (train/wrap.py), so a
+    others build the model on `meta` and receive their shards from rank 0 (train/modeling/wrap.py), so a
     machine with 8 GPUs holds one full fp32 copy in host memory, not 8."""
     return d.world > 1 and (cfg.fsdp or cfg.cpu_offload)
 

@@ -1,4 +1,4 @@
-"""Hostile shard sets (data/weights_set.py): a shard's rows must be the source records its
+"""Hostile shard sets (data/weights_dir/folders.py): a shard's rows must be the source records its
 metadata claims. A folder whose `source_index` values lie outside its `source_records` (rows of
 another shard under this shard's metadata) passed every check and the set trained on some records
 twice and on others never."""

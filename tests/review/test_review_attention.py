@@ -1,4 +1,4 @@
-"""Review of `torch_varlen` (train/attention.py): what it must refuse or reproduce."""
+"""Review of `torch_varlen` (train/modeling/attention.py): what it must refuse or reproduce."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`torch_varlen`: the packed-row attention that needs only torch (train/attention.py).
+"""`torch_varlen`: the packed-row attention that needs only torch (train/modeling/attention.py).
 
 The CUDA kernel cannot run here, so it is tested in two halves: the adapter that calls it (layouts,
 causal flag per torch version, grouped-query heads, head-size padding) against a CPU stand-in with

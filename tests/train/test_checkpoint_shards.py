@@ -263,7 +263,8 @@ def test_a_buffer_missing_from_rank_0s_file_is_named_in_that_file(two_ranks, tmp
     import struct
 
     from alpaca_plw.errors import InputError
-    from alpaca_plw.train.checkpoints.state import _Files, read_index
+    from alpaca_plw.train.checkpoints.state_index import read_index
+    from alpaca_plw.train.checkpoints.state_read import _Files
 
     checkpoint = tmp_path / "checkpoint-1"
     shutil.copytree(two_ranks / "direct" / "checkpoint-1", checkpoint)

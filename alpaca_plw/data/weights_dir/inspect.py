@@ -2,7 +2,7 @@
 the weight mass by role over the whole folder (`alpaca-plw inspect`).
 
 A record's `loss_weight[t]` is the weight of predicting token t from the tokens before it, so a
-record's first token is never a target (the trainer shifts by one, `train/batches.py`); it is shown
+record's first token is never a target (the trainer shifts by one, `train/batching/batches.py`); it is shown
 with "no target" and left out of the mass. Roles: conversation weights carry a `role` column whose
 names are the metadata's `role_codes`; Alpaca weights have two, `prompt` (positions before
 `prompt_length`) and `completion`.

@@ -34,7 +34,7 @@ class SequenceStore:
     weights: np.ndarray | Tokens
     offsets: np.ndarray
     prompt_length: np.ndarray
-    roles: np.ndarray | Tokens | None = None  # int8 per token: conversation weights (train/roles.py)
+    roles: np.ndarray | Tokens | None = None  # int8 per token: conversation weights (train/modeling/roles.py)
     role_names: tuple[str, ...] = ()
 
     @classmethod

@@ -2,13 +2,13 @@
 
 `OUTPUT_DIR/checkpoint-<step>/` holds the model's config and the tokenizer, the training state in
 safetensors files written by every rank (each its own FSDP shards; rank 0 alone without sharding)
-and `trainer_state.json`, their index (train/state_shards.py): no host ever holds the full model
+and `trainer_state.json`, their index (train/checkpoints/state.py): no host ever holds the full model
 and optimizer state, and nothing resume reads is pickled. A LoRA checkpoint holds the adapter as
 PEFT saves it instead of the model's parameters. A checkpoint is complete once its index is there;
-one written before this format (`trainer_state.pt`, train/legacy_checkpoint.py) still resumes.
+one written before this format (`trainer_state.pt`, train/checkpoints/legacy.py) still resumes.
 
 The final model is saved in `OUTPUT_DIR` itself (through `.final/`, see `save_final`) in
-`save_pretrained`'s layout, gathered and written one parameter at a time (train/shards.py).
+`save_pretrained`'s layout, gathered and written one parameter at a time (train/checkpoints/shards.py).
 Everything is written to a temporary folder and renamed, so a crash never leaves half of it.
 """
 
@@ -24,8 +24,9 @@ from alpaca_plw.train.checkpoints.folders import is_legacy
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.finite import check_params
 from alpaca_plw.train.checkpoints.legacy import LEGACY_FILE, load_legacy, read_legacy
-from alpaca_plw.train.checkpoints.state import INDEX_FILE, read_index, restore_model, restore_optimizer, \
-    write_state
+from alpaca_plw.train.checkpoints.state import INDEX_FILE, write_state
+from alpaca_plw.train.checkpoints.state_index import read_index
+from alpaca_plw.train.checkpoints.state_read import restore_model, restore_optimizer
 
 STATE_FILE = LEGACY_FILE  # the trainer state of checkpoints written before issue 24
 FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR
@@ -162,7 +163,7 @@ def _tied_output_key(hf_model) -> str | None:
 
 
 def save_checkpoint(target: Path, model, optimizer, scheduler, tokenizer, step: int, d: Dist) -> None:
-    """Every rank writes its part of `target` (train/state_shards.py) into rank 0's temporary
+    """Every rank writes its part of `target` (train/checkpoints/state.py) into rank 0's temporary
     folder; rank 0 adds config, tokenizer (a LoRA run: the adapter) and, once every rank has
     written, the index, then renames the folder into place."""
     check_params(model, d, target.name, step, target.parent)  # never a non-finite checkpoint

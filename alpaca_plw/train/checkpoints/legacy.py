@@ -4,7 +4,7 @@ wrote it, and `trainer_state.pt` (step, full optimizer and scheduler state) in o
 They still resume: the model loads from the checkpoint folder with `from_pretrained`, and the
 torch file is read with `weights_only=True`, so a file holding anything but tensors and plain
 containers (a pickle that could run code when loaded) is refused, never executed. New checkpoints
-are always written in the sharded format (train/state_shards.py)."""
+are always written in the sharded format (train/checkpoints/state.py)."""
 
 from __future__ import annotations
 
