@@ -27,7 +27,8 @@ def report(
         require("torch", "alpaca-plw report")
         from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
         from alpaca_plw.data.outputs.file_output import file_output
-        from alpaca_plw.study.report import build_report, render_html
+        from alpaca_plw.study.report import build_report
+        from alpaca_plw.study.report_html import render_html
 
         inputs = [("sweep", sweep_dir), *[("scores", s) for s in scores or []]]
         with file_output(output, inputs, force):  # never over an input; locked
