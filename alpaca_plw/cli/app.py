@@ -11,9 +11,9 @@ from typing import Annotated
 
 import typer
 
-from alpaca_plw.version import __version__
 from alpaca_plw.cli import data, generate, report, study, train
 from alpaca_plw.cli.options import err
+from alpaca_plw.version import __version__
 
 app = typer.Typer(
     name="alpaca-plw",

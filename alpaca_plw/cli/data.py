@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS as _MAX_RECORD_CHARS
 from alpaca_plw.cli.options import (Columns, Force, Format, Output, Source, Split, Tokenizer,
                                     data_options, err, guard, out, progress_bar)
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS as _MAX_RECORD_CHARS
 
 MaxRecordChars = Annotated[int, typer.Option(
     "--max-record-chars", help="Refuse a record longer than this many characters (instruction + "
@@ -71,8 +71,8 @@ def stats(
 
 def _build(rule, source, output, fmt, force, tokenizer, columns, split, max_record_chars,
            num_proc=None) -> None:
-    from alpaca_plw.data.pipeline import build_dataset
     from alpaca_plw.cli.render import build_summary, stats_table
+    from alpaca_plw.data.pipeline import build_dataset
 
     with progress_bar() as progress:
         built = build_dataset(source, rule,
@@ -154,9 +154,9 @@ def weights(
 ) -> None:
     """Tokenize with the Alpaca template (or a conversation's chat template) and write per-token
     loss weights (prompt = PLW, completion = 1; conversations: assistant turns = 1)."""
-    from alpaca_plw.errors import ConfigError
-    from alpaca_plw.data.pipeline import make_weights
     from alpaca_plw.cli.render import weights_summary
+    from alpaca_plw.data.pipeline import make_weights
+    from alpaca_plw.errors import ConfigError
 
     def run() -> None:
         value: float | str = plw
@@ -202,10 +202,10 @@ def inspect(
     from alpaca_plw.cli.render_inspect import inspection_html, inspection_view
 
     def run() -> None:
-        from alpaca_plw.data.weights_dir.inspect import inspect_weights
         from alpaca_plw.data.outputs.atomic import atomic_write, text_writer
         from alpaca_plw.data.outputs.file_output import file_output
         from alpaca_plw.data.tokenizer import resolve_spec
+        from alpaca_plw.data.weights_dir.inspect import inspect_weights
 
         inputs = [("weights folder", weights_dir), ("tokenizer", resolve_spec(tokenizer))]
         with file_output(html, inputs, force):  # never over an input; no overwrite without --force

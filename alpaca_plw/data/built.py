@@ -29,8 +29,8 @@ def default_output(source_name: str, rule: BuildRule, fmt: str) -> Path:
 
 
 def output_format(out: Path | None, fmt: str | None) -> str:
-    from alpaca_plw.errors import ConfigError
     from alpaca_plw.data.outputs.atomic import RECORD_FORMATS
+    from alpaca_plw.errors import ConfigError
 
     implied = out.suffix.lower().lstrip(".") if out is not None else ""
     implied = implied if implied in RECORD_FORMATS else None

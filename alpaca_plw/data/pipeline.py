@@ -8,21 +8,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.version import __version__
 from alpaca_plw.data.alpaca.build import ACTION_NAMES, DROPPED, BuildRule, build
-from alpaca_plw.data.chat.pipeline import measure_chat
+from alpaca_plw.data.built import Built, default_output, manifest_path, output_format
 from alpaca_plw.data.chat.conversations import KIND as CONVERSATIONS, Conversations
-from alpaca_plw.data.reading.kinds import check_one_kind
+from alpaca_plw.data.chat.pipeline import measure_chat
 from alpaca_plw.data.lengths import FieldLengths, LengthCache, Progress, measure
-from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS
 from alpaca_plw.data.outputs.atomic import manifest_json, text_writer, write_records
-from alpaca_plw.data.reading.records import ColumnMap, Records
 from alpaca_plw.data.outputs.checks import precheck
 from alpaca_plw.data.outputs.safety import claim
+from alpaca_plw.data.reading.kinds import check_one_kind
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS
+from alpaca_plw.data.reading.records import ColumnMap, Records
 from alpaca_plw.data.reading.sources import default_source, load_records
-from alpaca_plw.data.built import Built, default_output, manifest_path, output_format
 from alpaca_plw.data.stats import DatasetStats, compute_stats
 from alpaca_plw.data.tokenizer import load_tokenizer
+from alpaca_plw.version import __version__
 
 
 @dataclass(frozen=True)
@@ -225,8 +225,8 @@ def make_weights(source, plw: float | str, options: DataOptions, out_dir: Path, 
     (`stream_run.py`); `shard=(K, N)` writes only the records [K*n//N, (K+1)*n//N).
     `out_dir` is claimed (checked against the inputs, locked) before any tokenizing.
     """
-    from alpaca_plw.data.parallel import check_num_proc
     from alpaca_plw.data.alpaca.weights import check_plw
+    from alpaca_plw.data.parallel import check_num_proc
 
     local = Path(source) if source is not None else default_source()
     inputs = _inputs(local, options)

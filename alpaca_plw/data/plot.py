@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.errors import ConfigError
 from alpaca_plw.data.outputs.atomic import atomic_write
+from alpaca_plw.errors import ConfigError
 
 
 def plot_lengths(measured, path: Path) -> None:

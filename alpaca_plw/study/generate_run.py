@@ -85,12 +85,12 @@ def generate_one(run_dir: Path, spec, options, on_run=None, progress=None, note=
 
     from alpaca_plw.data.outputs.publish import kill_point, publish_files
     from alpaca_plw.data.outputs.safety import claim
+    from alpaca_plw.study.evaluate import base_model
     from alpaca_plw.study.generate_model import (check_positions, load_run_model, resolve_device,
                                                  run_tokenizer)
     from alpaca_plw.study.generate_prompts import load_prompts, sample_indices
     from alpaca_plw.study.generate_store import (alpaca_eval_text, header_text, output_paths,
                                                  read_lines)
-    from alpaca_plw.study.evaluate import base_model
     from alpaca_plw.study.runs import is_adapter
 
     if on_run:

@@ -7,7 +7,7 @@ out of training). `eval_loss` is sum(w * loss) / sum(w) over every target token 
 per-batch means; `eval_prompt_loss` and `eval_completion_loss` are the plain mean token losses over
 prompt and completion targets (for conversation weights: non-assistant and learned-assistant
 targets, as in training), and conversation weights add `eval_role_loss` {role: mean token loss over
-that role's weighted targets}, the training log's `role_loss` definition (train/modeling/roles.py). Every
+that role's weighted targets}, the training log's `role_loss` definition (modeling/roles.py). Every
 rank evaluates its share; the sums are reduced over ranks.
 """
 

@@ -28,8 +28,8 @@ def check_lora_target(cfg: TrainConfig) -> None:
     """--dry-run: a --lora-target that matches no linear layer is refused, as the run refuses it."""
     if cfg.lora_r is None or not cfg.lora_target:
         return
-    from alpaca_plw.train.modeling.lora import target_pattern
     from alpaca_plw.train.memory import lora_params, meta_model, shape_of
+    from alpaca_plw.train.modeling.lora import target_pattern
 
     try:
         meta = meta_model(cfg.model)

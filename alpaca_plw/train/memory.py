@@ -41,7 +41,8 @@ It describes the CUDA recipe (bf16 autocast), whatever machine plans it. The ter
   (the model's bf16 logits come on top).
 - *Saving* adds no term. Each rank writes its own shards of the weights and optimizer state as
   they are (train/checkpoints/state.py); the final model is gathered one parameter at a time
-  (train/checkpoints/shards.py), so a save holds one full parameter more on the GPU and on rank 0's host
+  (train/checkpoints/shards.py), so a save holds one full parameter more on the GPU and on rank
+  0's host
   (7B: the 0.49 GiB embedding, less than the step's activations freed before it), never the
   full state that gathering everything on rank 0 took (7B: 75 GiB of host memory). Measured on
   CPU in benchmarks/bench_checkpoint.py (benchmarks/RESULTS.md).

@@ -24,34 +24,35 @@ import torch
 
 from alpaca_plw.data.weights_dir.folders import read_weights
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.train.modeling import attention
-from alpaca_plw.train.run import folder as run_folder
-from alpaca_plw.train.run.model_check import check_model
-from alpaca_plw.train.run.record import check_resume
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
-from alpaca_plw.train.checkpoints.folders import is_legacy
+from alpaca_plw.train.batching.feed import Feeder, attention_kwargs
+from alpaca_plw.train.batching.packing import pack_records
 from alpaca_plw.train.checkpoints.checkpoint import (load_checkpoint, restore_weights, save_final,
-                                          unwrap)
+                                                     unwrap)
+from alpaca_plw.train.checkpoints.folders import is_legacy
 from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup
-from alpaca_plw.train.loading import (check_lora_target, check_model_config, check_model_path,
-                                     check_tokenizer, load_model)
-from alpaca_plw.train.hooks import EventCallback, RunFeatures, grad_norm_value
-from alpaca_plw.train.batching.feed import Feeder, attention_kwargs
 from alpaca_plw.train.finite import check_params, check_step
-from alpaca_plw.train.modeling.lora import load_trainable
-from alpaca_plw.train.modeling.checks import check_speed_paths
+from alpaca_plw.train.hooks import EventCallback, RunFeatures, grad_norm_value
+from alpaca_plw.train.loading import (check_lora_target, check_model_config, check_model_path,
+                                      check_tokenizer, load_model)
 from alpaca_plw.train.memory import plan_memory
+from alpaca_plw.train.modeling import attention
+from alpaca_plw.train.modeling.checks import check_speed_paths
+from alpaca_plw.train.modeling.lora import load_trainable
 from alpaca_plw.train.modeling.model import as_terms
-from alpaca_plw.train.batching.packing import pack_records
-from alpaca_plw.train.plan import Plan, lr_factor, make_plan
 from alpaca_plw.train.modeling.roles import RoleTally
-from alpaca_plw.train.run.log import LOG_FILE, append_log, trim_log
-from alpaca_plw.train.optim import make_optimizer
-from alpaca_plw.train.schedule import learns_nothing, make_scheduler
 from alpaca_plw.train.modeling.wrap import wrap_model as _wrap
+from alpaca_plw.train.optim import make_optimizer
+from alpaca_plw.train.plan import Plan, lr_factor, make_plan
+from alpaca_plw.train.run import folder as run_folder
+from alpaca_plw.train.run.log import LOG_FILE, append_log, trim_log
+from alpaca_plw.train.run.model_check import check_model
+from alpaca_plw.train.run.record import check_resume
+from alpaca_plw.train.schedule import learns_nothing, make_scheduler
 
 __all__ = ["LOG_FILE", "Plan", "lr_factor", "make_plan", "train"]
+
 StepCallback = Callable[[dict], None]
 
 
@@ -170,7 +171,7 @@ def _set_up(cfg: TrainConfig, d: Dist, plan: Plan, store: SequenceStore, tokeniz
 
 def _choose_attention(cfg: TrainConfig, model, d: Dist, plan: Plan) -> str | None:
     """Switch a packed CUDA run to `torch_varlen` when no --attn-implementation was given (see
-    train/modeling/attention.py); refuse `--attn-implementation torch_varlen` on a model it cannot run.
+    modeling/attention.py); refuse `--attn-implementation torch_varlen` on a model it cannot run.
     Returns the implementation the trainer chose itself, or None."""
     if cfg.attn_implementation == attention.NAME:
         why = attention.supported(model.config)
@@ -265,7 +266,7 @@ def _quiet_transformers() -> None:
 
 def _sharded_from_rank0(cfg: TrainConfig, d: Dist) -> bool:
     """FSDP (or CPU offload) over several processes: only rank 0 reads the weights from disk; the
-    others build the model on `meta` and receive their shards from rank 0 (train/modeling/wrap.py), so a
+    others build the model on `meta` and receive their shards from rank 0 (modeling/wrap.py), so a
     machine with 8 GPUs holds one full fp32 copy in host memory, not 8."""
     return d.world > 1 and (cfg.fsdp or cfg.cpu_offload)
 

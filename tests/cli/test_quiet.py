@@ -21,7 +21,8 @@ def test_third_party_warnings_are_hidden_and_ours_are_not():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_other_libraries()
-        for module in ("transformers.modeling_utils", "peft.tuners", "alpaca_plw.train.modeling.checks"):
+        for module in ("transformers.modeling_utils", "peft.tuners",
+                       "alpaca_plw.train.modeling.checks"):
             warnings.warn_explicit("deprecated", FutureWarning, "x.py", 1, module=module)
     assert [w.filename for w in seen] == ["x.py"] and len(seen) == 1  # only alpaca_plw's
 

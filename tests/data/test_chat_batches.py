@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alpaca_plw.data.chat.conversations import Conversations
 from alpaca_plw.data.chat.template import load_template
 from alpaca_plw.data.chat.weights import ChatOptions, build_chat_weights
-from alpaca_plw.data.chat.conversations import Conversations
 from alpaca_plw.data.reading.records import Source
 from alpaca_plw.data.tokenizer import load_tokenizer
 from alpaca_plw.errors import InputError

@@ -2,7 +2,7 @@
 page, and the split-markup warning of `weights` and `inspect`, all through the real entry point.
 
 Expected values are hand-checked (an Alpaca record tokenized here with SentencePiece) or computed
-independently from the Arrow file with numpy, never taken from `alpaca_plw.data.weights_dir.inspect`.
+independently from the Arrow file with numpy, never taken from `data.weights_dir.inspect`.
 """
 
 from __future__ import annotations

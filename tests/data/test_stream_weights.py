@@ -14,12 +14,12 @@ import pyarrow as pa
 import pytest
 from test_stream import alpaca_rows, chat_rows
 
-from alpaca_plw.data.reading import stream as stream_mod
-from alpaca_plw.data.weights_dir import writer as weights_writer
 from alpaca_plw.data.chat.weights import ChatOptions
 from alpaca_plw.data.pipeline import DataOptions, dataset_stats, make_weights
+from alpaca_plw.data.reading import stream as stream_mod
 from alpaca_plw.data.reading.sources import load_records
 from alpaca_plw.data.tokenizer import load_tokenizer
+from alpaca_plw.data.weights_dir import writer as weights_writer
 from alpaca_plw.data.weights_dir.store import ARROW_FILE, META_KEY, _write_dir, to_table
 from alpaca_plw.errors import ConfigError
 

@@ -301,9 +301,9 @@ def test_boundary_is_capped_so_eos_weighs_one_when_the_joint_text_is_shorter():
     The LLaMA vocabulary cannot do this after "### Response:", so a stub tokenizer does: it
     encodes any text ending in "#" as one token, and others as one token per character.
     """
+    from alpaca_plw.data.alpaca.weights import build_weights
     from alpaca_plw.data.reading.records import Records, Source
     from alpaca_plw.data.tokenizer import Tokenizer
-    from alpaca_plw.data.alpaca.weights import build_weights
 
     def encode(texts, add_special_tokens=False):
         return {"input_ids": [[7] if t.endswith("#") else [5] * len(t) for t in texts]}
@@ -376,8 +376,8 @@ def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
 
 
 def test_weights_dir_missing_a_column_is_refused_naming_it(tmp_path):
-    from alpaca_plw.errors import InputError
     from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.errors import InputError
 
     folder = tmp_path / "broken"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""Several weights folders read as one dataset (data/weights_dir/folders.py): the shards of one source, in
+"""Several weights folders read as one dataset (weights_dir/folders.py): the shards of one source, in
 any order, read exactly as the whole folder `weights` writes (records, and metadata recomputed by
 hand per shard in tests/shard_helpers.py, summed back); duplicates, overlaps, gaps, missing
 shards and disagreeing options are one error naming the folders."""

@@ -1,4 +1,4 @@
-"""Review of FSDP's rank-0 loading (train/modeling/wrap.py `_fill_from_rank0`): two gloo processes, rank 1
+"""Review of FSDP's rank-0 loading (modeling/wrap.py `_fill_from_rank0`): two gloo processes, rank 1
 on `meta`, must still train exactly like one process with LoRA, tied embeddings and --cpu-offload.
 One torchrun spawn runs every 2-process training (tests/train/dist_worker.py)."""
 

@@ -138,7 +138,7 @@ def test_a_final_model_still_staged_is_not_finished_for_sweep_eval_or_analyze(tm
     (run / "model.safetensors").write_bytes(b"")  # moved already; the tokenizer is still staged
     (run / ".final" / "tokenizer.json").write_text("{}")
     assert not run_finished(run)
-    assert run_state(run) == "resume"  # train --resume places the rest (run/record.py, _complete_final)
+    assert run_state(run) == "resume"  # train --resume places the rest (run/record.py)
     with pytest.raises(InputError, match="still staged in .final/"):
         check_run(run)
     (run / ".final" / "tokenizer.json").rename(run / "tokenizer.json")

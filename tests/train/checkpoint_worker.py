@@ -44,14 +44,14 @@ def main() -> None:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from alpaca_plw.train.checkpoints.checkpoint import load_checkpoint, restore_weights, save_checkpoint, \
-        save_final
+    from alpaca_plw.train.checkpoints.checkpoint import (load_checkpoint, restore_weights,
+                                                         save_checkpoint, save_final)
     from alpaca_plw.train.config import TrainConfig
     from alpaca_plw.train.distributed import setup
     from alpaca_plw.train.modeling.model import WeightedCausalLM
+    from alpaca_plw.train.modeling.wrap import shard
     from alpaca_plw.train.optim import make_optimizer
     from alpaca_plw.train.schedule import make_scheduler
-    from alpaca_plw.train.modeling.wrap import shard
 
     spec = json.loads(sys.argv[1])
     out = Path(spec["out"])

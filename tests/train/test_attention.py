@@ -17,11 +17,11 @@ import torch
 from torch.overrides import TorchFunctionMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from alpaca_plw.train.modeling import attention
 from alpaca_plw.train.batching.batches import SequenceStore, collate
+from alpaca_plw.train.batching.packing import collate_packed
+from alpaca_plw.train.modeling import attention
 from alpaca_plw.train.modeling.checks import check_speed_paths
 from alpaca_plw.train.modeling.model import WeightedCausalLM
-from alpaca_plw.train.batching.packing import collate_packed
 from test_packing import _store  # four records of 7, 4, 9 and 3 tokens, prompts weighted 0.3
 
 REPO = Path(__file__).resolve().parents[2]

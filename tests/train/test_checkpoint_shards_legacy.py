@@ -34,9 +34,9 @@ def _to_legacy(checkpoint: Path, fsdp: bool) -> None:
     from alpaca_plw.train.checkpoints.checkpoint import load_checkpoint, restore_weights, unwrap
     from alpaca_plw.train.distributed import Dist
     from alpaca_plw.train.modeling.model import WeightedCausalLM
+    from alpaca_plw.train.modeling.wrap import shard
     from alpaca_plw.train.optim import make_optimizer
     from alpaca_plw.train.schedule import make_scheduler
-    from alpaca_plw.train.modeling.wrap import shard
 
     d = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     with torch.device("meta"):

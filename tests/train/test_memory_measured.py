@@ -22,8 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from alpaca_plw.train.modeling.lora import add_adapter, target_pattern
 from alpaca_plw.train.memory import estimate_bytes, lora_params, shape_of
+from alpaca_plw.train.modeling.lora import add_adapter, target_pattern
 
 T = 80  # tokens of the measured record; differs from every dimension, so no activation is T x T
 LORA = types.SimpleNamespace(lora_r=4, lora_alpha=16.0, lora_dropout=0.05, lora_target=None)

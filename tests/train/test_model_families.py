@@ -10,11 +10,11 @@ from transformers import (AutoModelForCausalLM, FalconConfig, Gemma2Config, GPTN
 
 from alpaca_plw.errors import ConfigError
 from alpaca_plw.train.batching.batches import SequenceStore, collate
+from alpaca_plw.train.batching.packing import collate_packed
 from alpaca_plw.train.modeling.checks import check_speed_paths, probe_store
 from alpaca_plw.train.modeling.compile import compile_decoder, decoder_layers
 from alpaca_plw.train.modeling.loss import loss_terms
 from alpaca_plw.train.modeling.model import WeightedCausalLM
-from alpaca_plw.train.batching.packing import collate_packed
 
 V = 64
 SMALL = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,

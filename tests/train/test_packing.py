@@ -6,8 +6,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from alpaca_plw.train.batching.batches import SequenceStore, collate
-from alpaca_plw.train.modeling.model import WeightedCausalLM
 from alpaca_plw.train.batching.packing import collate_packed, pack_records
+from alpaca_plw.train.modeling.model import WeightedCausalLM
 
 
 def _store():

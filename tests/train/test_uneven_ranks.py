@@ -21,10 +21,10 @@ from safetensors.torch import load_file
 
 from alpaca_plw.data.weights_dir.store import read_weights_dir
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
+from alpaca_plw.train.batching.packing import pack_records
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
 from alpaca_plw.train.evaluation import _rank_batches
-from alpaca_plw.train.batching.packing import pack_records
 from alpaca_plw.train.trainer import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")

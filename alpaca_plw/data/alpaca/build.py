@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alpaca_plw.errors import ConfigError, TargetError
+from alpaca_plw.data.alpaca.swap import swapped_instruction
 from alpaca_plw.data.lengths import FieldLengths, LengthCache
 from alpaca_plw.data.reading.records import Records, Source
-from alpaca_plw.data.alpaca.swap import swapped_instruction
+from alpaca_plw.errors import ConfigError, TargetError
 
 KEPT, SWAPPED, DROPPED = 0, 1, 2
 ACTION_NAMES = ("kept", "swapped", "dropped")

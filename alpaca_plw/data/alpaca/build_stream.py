@@ -32,9 +32,9 @@ import numpy as np
 from json.encoder import encode_basestring
 
 from alpaca_plw.data.alpaca.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, plan_swaps
+from alpaca_plw.data.alpaca.swap import swapped_instruction
 from alpaca_plw.data.lengths import FieldLengths, LengthCache
 from alpaca_plw.data.lengths import measure as measure_lengths
-from alpaca_plw.data.alpaca.swap import swapped_instruction
 
 _ROWS = 65536  # provenance rows formatted per block
 
@@ -151,9 +151,9 @@ def stream_build(stream, rule, tokenizer, spec: str, identity: dict, num_proc: i
     """Build `stream` under `rule` and publish `out` and its manifest through `held` (a
     `safety.Claim`). `manifest_head(stats, counts, summary)` gives the manifest without its
     provenance. Returns (stats, counts, summary)."""
-    from alpaca_plw.data.parallel import WORKER_THREADS, ordered_map
     from alpaca_plw.data.batch_work import setup_tokenizer
     from alpaca_plw.data.built import manifest_path
+    from alpaca_plw.data.parallel import WORKER_THREADS, ordered_map
     from alpaca_plw.data.stats import compute_stats
     from alpaca_plw.data.stream_run import measure_stream
 

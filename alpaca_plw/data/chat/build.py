@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.version import __version__
-from alpaca_plw.errors import TargetError
-from alpaca_plw.data.alpaca.build import ACTION_NAMES, DROPPED, KEPT, SWAPPED, _closest, _descending, _prefix_rg
-from alpaca_plw.data.chat.stats import ChatLengths, compute_chat_stats
-from alpaca_plw.data.chat.conversations import KIND, ROLES
-from alpaca_plw.data.outputs.atomic import manifest_json, text_writer
+from alpaca_plw.data.alpaca.build import (ACTION_NAMES, DROPPED, KEPT, SWAPPED, _closest, _descending,
+                                          _prefix_rg)
 from alpaca_plw.data.alpaca.swap import SWAP_NO_INPUT
+from alpaca_plw.data.chat.conversations import KIND, ROLES
+from alpaca_plw.data.chat.stats import ChatLengths, compute_chat_stats
+from alpaca_plw.data.outputs.atomic import manifest_json, text_writer
+from alpaca_plw.errors import TargetError
+from alpaca_plw.version import __version__
 
 NOT_SWAPPABLE = "multi-turn: not swappable"
 

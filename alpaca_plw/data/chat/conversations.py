@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from alpaca_plw.errors import InputError, abbreviate
 from alpaca_plw.data.reading.records import ColumnMap, Source
+from alpaca_plw.errors import InputError, abbreviate
 
 KIND = "conversations"
 ROLES = ("system", "user", "assistant", "tool")

@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from alpaca_plw.errors import InputError
 from alpaca_plw.data.chat.markup import markup_markers
 from alpaca_plw.data.chat.template import ChatTemplate, Render
+from alpaca_plw.errors import InputError
 
 _BASE = 0xF0000  # Supplementary Private Use Area-A: one placeholder character per message
 _PLACEHOLDER = re.compile("[\U000F0000-\U000FFFFD]")

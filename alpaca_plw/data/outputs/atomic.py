@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from alpaca_plw.data.outputs.publish import publish_dir, publish_files
-from alpaca_plw.errors import ConfigError
 from alpaca_plw.data.reading.records import Records
+from alpaca_plw.errors import ConfigError
 
 RECORD_FORMATS = ("json", "jsonl", "parquet")
 

@@ -76,8 +76,8 @@ def parquet_batches(path, shown: str, wanted, size: int, start: int, stop: int, 
 
 def jsonl_rows(path, shown: str) -> Iterator[object]:
     """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
-    from alpaca_plw.data.reading.sources import unparsable
     from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
+    from alpaca_plw.data.reading.sources import unparsable
 
     offset, index = 0, 0
     with _open(path, shown) as handle:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 from alpaca_plw.data.chat.conversations import (KIND, Conversations, conversations_from_columns,
                                            conversations_from_rows, mixed_error, row_kind)
-from alpaca_plw.data.reading.records import ColumnMap, Records, Source, records_from_columns, records_from_rows
+from alpaca_plw.data.reading.records import (ColumnMap, Records, Source, records_from_columns,
+                                             records_from_rows)
 
 ALPACA = "alpaca"
 

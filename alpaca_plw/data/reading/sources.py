@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alpaca_plw.data.outputs.checks import is_regular_or_dir
-from alpaca_plw.data.reading.json_keys import DuplicateKey, Pairs, duplicate, duplicate_error, unique
+from alpaca_plw.data.reading.json_keys import (DuplicateKey, Pairs, duplicate, duplicate_error,
+                                               unique)
 from alpaca_plw.data.reading.kinds import from_columns, from_rows
 from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_record_sizes
 from alpaca_plw.data.reading.records import ColumnMap, Records, Source

@@ -86,7 +86,8 @@ class RecordStream:
     def _batches(self, size, start, stop, done):
         check = start == 0 and stop is None
         if self._loaded is not None:  # validated whole already
-            yield from slices(self._loaded, size, start, len(self._loaded) if stop is None else stop)
+            end = len(self._loaded) if stop is None else stop
+            yield from slices(self._loaded, size, start, end)
             return
         if self._rows is not None:
             source = self._row_batches(size, start, stop, check)

@@ -2,10 +2,10 @@
 the weight mass by role over the whole folder (`alpaca-plw inspect`).
 
 A record's `loss_weight[t]` is the weight of predicting token t from the tokens before it, so a
-record's first token is never a target (the trainer shifts by one, `train/batching/batches.py`); it is shown
-with "no target" and left out of the mass. Roles: conversation weights carry a `role` column whose
-names are the metadata's `role_codes`; Alpaca weights have two, `prompt` (positions before
-`prompt_length`) and `completion`.
+record's first token is never a target (the trainer shifts by one, `train/batching/batches.py`); it
+is shown with "no target" and left out of the mass. Roles: conversation weights carry a `role`
+column whose names are the metadata's `role_codes`; Alpaca weights have two, `prompt` (positions
+before `prompt_length`) and `completion`.
 
     Alpaca record, PLW 0.1, prompt_length 3:
     ids     [1,  13866, 338, 18567, 2]
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.errors import ConfigError
 from alpaca_plw.data.tokenizer import Tokenizer
+from alpaca_plw.errors import ConfigError
 
 ALPACA_ROLES = ("prompt", "completion")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.errors import InputError, abbreviate
 from alpaca_plw.data.alpaca.weights import TokenizedWeights
+from alpaca_plw.errors import InputError, abbreviate
 
 ARROW_FILE = "data-00000-of-00001.arrow"
 META_KEY = b"alpaca_plw"

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from alpaca_plw.data.weights_dir.store import WeightsData, list_values
-from alpaca_plw.train.modeling.roles import padded_target_roles, prompt_from_roles
 from alpaca_plw.train.batching.selection import Selection, select_targets
 from alpaca_plw.train.batching.tokens import Tokens, record_sums
+from alpaca_plw.train.modeling.roles import padded_target_roles, prompt_from_roles
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SequenceStore:
     weights: np.ndarray | Tokens
     offsets: np.ndarray
     prompt_length: np.ndarray
-    roles: np.ndarray | Tokens | None = None  # int8 per token: conversation weights (train/modeling/roles.py)
+    roles: np.ndarray | Tokens | None = None  # int8 per token: conversation weights (modeling/roles.py)
     role_names: tuple[str, ...] = ()
 
     @classmethod
@@ -88,7 +88,7 @@ class SequenceStore:
 class MicroBatch:
     """Tensors [B, T] for one forward pass: right-padded rows, or one packed row (B = 1).
 
-    `selection` holds the weighted positions chosen on the host (`alpaca_plw.train.batching.selection`);
+    `selection` holds the weighted positions chosen on the host (`train.batching.selection`);
     the loss reads only those, so the dense `targets`, `weights` and `prompt_mask` stay on the host
     (`to` and `pin_memory` leave them as they are: no copies of them per micro-batch);
     a packed row also carries `cu_seq_lens` [n + 1] int32 (record boundaries) and `max_length`,

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from alpaca_plw.train.batching.batches import MicroBatch, SequenceStore
-from alpaca_plw.train.modeling.roles import prompt_from_roles
 from alpaca_plw.train.batching.selection import select_targets
+from alpaca_plw.train.modeling.roles import prompt_from_roles
 
 
 def pack_records(indices: np.ndarray, lengths: np.ndarray, budget: int) -> list[np.ndarray]:
@@ -75,7 +75,7 @@ def collate_packed(store: SequenceStore, indices: np.ndarray, pad_id: int = 0) -
     weights = np.where(is_last, 0.0, store.weights[next_source]).astype(np.float32)
     prompt = (positions + 1) < np.repeat(store.prompt_length[indices], lengths)
     roles = None if store.roles is None else np.where(is_last, -1, store.roles[next_source])
-    if roles is not None:  # conversations: prompt and completion interleave (train/modeling/roles.py)
+    if roles is not None:  # conversations: prompt and completion interleave (modeling/roles.py)
         prompt = prompt_from_roles(store, roles)
     as_row = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, :]  # noqa: E731
     bounds = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)

@@ -39,7 +39,7 @@ class Selection:
     weight_sum: float
     prompt_count: int
     completion_count: int
-    roles: torch.Tensor | None = None  # [K] role codes (conversation weights; see train/modeling/roles.py)
+    roles: torch.Tensor | None = None  # [K] role codes (conversation weights; see modeling/roles.py)
 
     def to(self, device) -> Selection:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731

@@ -2,13 +2,13 @@
 
 `OUTPUT_DIR/checkpoint-<step>/` holds the model's config and the tokenizer, the training state in
 safetensors files written by every rank (each its own FSDP shards; rank 0 alone without sharding)
-and `trainer_state.json`, their index (train/checkpoints/state.py): no host ever holds the full model
+and `trainer_state.json`, their index (checkpoints/state.py): no host ever holds the full model
 and optimizer state, and nothing resume reads is pickled. A LoRA checkpoint holds the adapter as
 PEFT saves it instead of the model's parameters. A checkpoint is complete once its index is there;
 one written before this format (`trainer_state.pt`, train/checkpoints/legacy.py) still resumes.
 
 The final model is saved in `OUTPUT_DIR` itself (through `.final/`, see `save_final`) in
-`save_pretrained`'s layout, gathered and written one parameter at a time (train/checkpoints/shards.py).
+`save_pretrained`'s layout, gathered and written one parameter at a time (checkpoints/shards.py).
 Everything is written to a temporary folder and renamed, so a crash never leaves half of it.
 """
 
@@ -21,12 +21,12 @@ from pathlib import Path
 from alpaca_plw.data.outputs.atomic import atomic_write_dir
 from alpaca_plw.train.checkpoints import shards
 from alpaca_plw.train.checkpoints.folders import is_legacy
-from alpaca_plw.train.distributed import Dist
-from alpaca_plw.train.finite import check_params
 from alpaca_plw.train.checkpoints.legacy import LEGACY_FILE, load_legacy, read_legacy
 from alpaca_plw.train.checkpoints.state import INDEX_FILE, write_state
 from alpaca_plw.train.checkpoints.state_index import read_index
 from alpaca_plw.train.checkpoints.state_read import restore_model, restore_optimizer
+from alpaca_plw.train.distributed import Dist
+from alpaca_plw.train.finite import check_params
 
 STATE_FILE = LEGACY_FILE  # the trainer state of checkpoints written before issue 24
 FINAL_STAGE = ".final"  # the complete final model, before its files move into OUTPUT_DIR

@@ -46,7 +46,8 @@ class _Files:
         try:
             value = handle.get_tensor(key)
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt tensor
-            raise _bad(self.path / name, f"{key}: {type(exc).__name__}: {first_line(exc)}") from None
+            why = f"{key}: {type(exc).__name__}: {first_line(exc)}"
+            raise _bad(self.path / name, why) from None
         shape, spans = entry.get("shape"), entry.get("rows")
         expected = shape
         if spans is not None:

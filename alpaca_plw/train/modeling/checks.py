@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.train.modeling import attention
 from alpaca_plw.train.batching.batches import SequenceStore, collate
 from alpaca_plw.train.batching.feed import attention_kwargs
-from alpaca_plw.train.modeling.head import head_mismatch, tolerance
 from alpaca_plw.train.batching.packing import collate_packed
+from alpaca_plw.train.modeling import attention
+from alpaca_plw.train.modeling.head import head_mismatch, tolerance
 
 log = logging.getLogger("alpaca_plw")
 PROBE_TOKENS = 12  # tokens per probe record

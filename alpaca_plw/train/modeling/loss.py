@@ -1,6 +1,6 @@
 """The weighted token loss: a small pure function over one micro-batch.
 
-Targets are already shifted (see `alpaca_plw.train.batching.batches`): position t of `targets` is the token the
+Targets are already shifted (see `train.batching.batches`): position t of `targets` is the token the
 model must predict from position t of its input, and `weights[t]` is that target token's loss weight
 (0 for padding, for the position after a record's last token, and for masked prompt tokens).
 """
@@ -65,7 +65,7 @@ def loss_terms(
 
 def device_selection(targets, weights, prompt_mask):
     """(index, targets, weights, prompt) [K] of the weighted positions, chosen on the device (one
-    sync); like `alpaca_plw.train.batching.selection.select_targets`, one zero-weight position when none."""
+    sync); like `train.batching.selection.select_targets`, one zero-weight position when none."""
     flat_w = weights.reshape(-1)
     index = (flat_w > 0).nonzero().squeeze(1)
     if index.numel() == 0:

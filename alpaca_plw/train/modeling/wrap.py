@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 
 from alpaca_plw.errors import ConfigError
-from alpaca_plw.train.modeling.compile import compile_decoder, decoder_layers
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.distributed import Dist
+from alpaca_plw.train.modeling.compile import compile_decoder, decoder_layers
 from alpaca_plw.train.modeling.model import WeightedCausalLM
 
 

@@ -21,11 +21,12 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from alpaca_plw.data.outputs.publish import MARKER, OLD_TAG, TMP_TAG, write_marker, writing
 from alpaca_plw.data.outputs.checks import check_overlap, check_shape, marker_kind
+from alpaca_plw.data.outputs.publish import MARKER, OLD_TAG, TMP_TAG, write_marker, writing
 from alpaca_plw.data.outputs.safety import claim, report
 from alpaca_plw.errors import ConfigError, OutputError, OutputExistsError
-from alpaca_plw.train.run.record import KIND, RUN_FILE, inputs, new_record, read_record, write_record
+from alpaca_plw.train.run.record import (KIND, RUN_FILE, inputs, new_record, read_record,
+                                         write_record)
 
 REPLACED_TAG = ".plw-replaced-"  # `.NAME.plw-replaced-*`: a run --force set aside, beside NAME
 
