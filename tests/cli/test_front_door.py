@@ -1,5 +1,6 @@
 """The front door: the version flag, a base install without torch, the README's two commands, the
-layout's import rules, and a `stats` table that stays readable on an 80-column terminal."""
+layout's import rules (the rooms' too; circles are tests/test_import_circles.py), and a `stats`
+table that stays readable on an 80-column terminal."""
 
 from __future__ import annotations
 
@@ -151,6 +152,46 @@ def test_layout_import_rules_hold(subpackage, forbidden):
         if bad:
             offenders[str(path.relative_to(REPO))] = bad
     assert offenders == {}
+
+
+_LOOP = ("alpaca_plw.train.trainer", "alpaca_plw.train.hooks", "alpaca_plw.train.run")
+
+
+@pytest.mark.parametrize("room, forbidden", [
+    # the chat path builds on the Alpaca path (its builders and weights), never the reverse
+    ("data/alpaca", ("alpaca_plw.data.chat",)),
+    # reading records and writing outputs serve every path; neither reaches into one
+    ("data/reading", ("alpaca_plw.data.alpaca", "alpaca_plw.data.pipeline")),
+    ("data/outputs", ("alpaca_plw.data.alpaca", "alpaca_plw.data.chat", "alpaca_plw.data.weights_dir",
+                      "alpaca_plw.data.pipeline")),
+    # the loop's neighbours never reach back into the loop or the run folder
+    ("train/batching", _LOOP),
+    ("train/modeling", _LOOP),
+    ("train/checkpoints", (*_LOOP, "alpaca_plw.train.batching")),
+])
+def test_rooms_import_only_what_they_serve(room, forbidden):
+    offenders = {}
+    for path in sorted((PACKAGE / room).rglob("*.py")):
+        bad = sorted(m for m in _imports(path) if m.startswith(forbidden))
+        if bad:
+            offenders[str(path.relative_to(REPO))] = bad
+    assert offenders == {}
+
+
+def test_nothing_in_data_calls_back_into_the_data_flow():
+    """`data/pipeline.py` hands a source to the rooms; no room imports it back."""
+    offenders = [str(p.relative_to(REPO)) for p in (PACKAGE / "data").rglob("*.py")
+                 if p.name != "pipeline.py" or p.parent.name != "data"
+                 if "alpaca_plw.data.pipeline" in _imports(p)]
+    assert offenders == []
+
+
+def test_train_config_validates_itself_without_the_loop():
+    """`TrainConfig.__post_init__` calls its own checks and `config_checks`, nothing of the loop."""
+    found = {name: sorted(m for m in _imports(PACKAGE / "train" / name) if m.startswith("alpaca_plw"))
+             for name in ("config.py", "config_checks.py")}
+    assert found == {"config.py": ["alpaca_plw.errors", "alpaca_plw.train.config_checks"],
+                     "config_checks.py": []}
 
 
 def test_no_library_module_outside_cli_imports_the_cli():
