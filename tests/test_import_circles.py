@@ -4,9 +4,10 @@ The graph is read from the source (`ast`), not from a running interpreter. Every
 `from X import Y` in a module counts, wherever it stands: at the top, inside a function, under
 `if TYPE_CHECKING:` or in a `try:`. A function-level import still ties the two modules together
 (it only moves the moment of the import), so it is an edge like any other. An edge goes to the
-most specific module of the package that the statement names: `from alpaca_plw.train import
-shards` is an edge to `alpaca_plw.train.shards`, `from alpaca_plw.data.records import ColumnMap`
-to `alpaca_plw.data.records`, `from alpaca_plw import __version__` to the package root.
+most specific module of the package that the statement names: `from alpaca_plw.train.checkpoints
+import shards` is an edge to `alpaca_plw.train.checkpoints.shards`, `from
+alpaca_plw.data.reading.records import ColumnMap` to `alpaca_plw.data.reading.records`, `from
+alpaca_plw.version import __version__` to `alpaca_plw.version`.
 Not counted: a package's implicit import of its parents (Python's machinery, not the module's
 code) and `importlib.import_module(...)` of a name held in a string (the root `__init__`'s lazy
 public API), which no reader follows as an import.
@@ -45,7 +46,8 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 if node.level:  # relative: resolve against this module's package
-                    base = name.split(".")[: -node.level + (path.name == "__init__.py")]
+                    parts = name.split(".")  # a package's __init__ is its package itself
+                    base = parts[: len(parts) - node.level + (path.name == "__init__.py")]
                     stem = ".".join(base + ([node.module] if node.module else []))
                 else:
                     stem = node.module or ""
@@ -124,3 +126,16 @@ def test_the_circle_finder_names_a_circle_through_a_function_level_import(tmp_pa
     (package / "c.py").write_text("import pkg.a\n")
     (package / "d.py").write_text("from pkg.a import thing\n")  # reaches the circle, not in it
     assert circles(import_graph(package)) == [["pkg.a", "pkg.sub.b", "pkg.c", "pkg.a"]]
+
+
+def test_relative_imports_count_as_edges_too(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from . import b\n")
+    (package / "sub" / "b.py").write_text("from .. import a\n")
+    (package / "a.py").write_text("from .sub import b\n")
+    graph = import_graph(package)
+    assert graph == {"pkg": set(), "pkg.sub": {"pkg.sub.b"}, "pkg.sub.b": {"pkg.a"},
+                     "pkg.a": {"pkg.sub.b"}}
+    assert circles(graph) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
