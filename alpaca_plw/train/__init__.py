@@ -1,6 +1,9 @@
 """The weighted-loss trainer: padded or packed batches, the weighted loss (full or chunked logits),
 the model wrapper, checkpoints and data parallelism (DDP/FSDP under torchrun).
 
+The loop (`trainer`, `hooks`) and its configuration sit at the top; its neighbours are the rooms
+`batching/`, `modeling/` (the model and its loss), `checkpoints/` and `run/` (the run folder).
+
 Needs torch (the `[train]` extra); importing this package does not import it. The package is
 callable: `alpaca_plw.train(cfg)` is `alpaca_plw.train.trainer.train(cfg)`.
 """
