@@ -162,20 +162,17 @@ _LOOP = ("alpaca_plw.train.trainer", "alpaca_plw.train.hooks", "alpaca_plw.train
     ("data/alpaca", ("alpaca_plw.data.chat",)),
     # reading records and writing outputs serve every path; neither reaches into one
     ("data/reading", ("alpaca_plw.data.alpaca", "alpaca_plw.data.pipeline")),
-    ("data/outputs", ("alpaca_plw.data.alpaca", "alpaca_plw.data.chat", "alpaca_plw.data.weights_dir",
-                      "alpaca_plw.data.pipeline")),
+    ("data/outputs", ("alpaca_plw.data.alpaca", "alpaca_plw.data.chat",
+                      "alpaca_plw.data.weights_dir", "alpaca_plw.data.pipeline")),
     # the loop's neighbours never reach back into the loop or the run folder
     ("train/batching", _LOOP),
     ("train/modeling", _LOOP),
     ("train/checkpoints", (*_LOOP, "alpaca_plw.train.batching")),
 ])
 def test_rooms_import_only_what_they_serve(room, forbidden):
-    offenders = {}
-    for path in sorted((PACKAGE / room).rglob("*.py")):
-        bad = sorted(m for m in _imports(path) if m.startswith(forbidden))
-        if bad:
-            offenders[str(path.relative_to(REPO))] = bad
-    assert offenders == {}
+    found = {str(p.relative_to(REPO)): sorted(m for m in _imports(p) if m.startswith(forbidden))
+             for p in sorted((PACKAGE / room).rglob("*.py"))}
+    assert {path: bad for path, bad in found.items() if bad} == {}
 
 
 def test_nothing_in_data_calls_back_into_the_data_flow():
