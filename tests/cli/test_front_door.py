@@ -191,6 +191,13 @@ def test_train_config_validates_itself_without_the_loop():
                      "config_checks.py": []}
 
 
+def test_every_module_reads_in_one_sitting():
+    """At most 300 lines a module (issue 21): a longer one is split by concern, not by count."""
+    long = {str(p.relative_to(REPO)): n for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300}
+    assert long == {}
+
+
 def test_no_library_module_outside_cli_imports_the_cli():
     offenders = [str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
                  if "cli" not in p.relative_to(PACKAGE).parts[:1] and p.name != "__main__.py"
