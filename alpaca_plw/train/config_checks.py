@@ -1,6 +1,7 @@
 """The checks `TrainConfig.__post_init__` runs besides its own: numbers that cannot overflow, and
-the options of issue 11 (LoRA, evaluation, trackers, checkpoint rotation). Pure: they read the
-config and name the flag to change; nothing here imports the loop or the libraries it drives."""
+the options of issue 11 (LoRA, evaluation, trackers, checkpoint rotation). Each check reads the
+config and names the flag to change (`feature_checks` first splits a comma-separated `report_to` or
+`lora_target` given as one string); nothing here imports the loop or the libraries it drives."""
 
 from __future__ import annotations
 

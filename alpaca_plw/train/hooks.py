@@ -36,11 +36,6 @@ def seed_step(seed: int, step: int) -> None:
     torch.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
 
-def grad_norm_value(norm) -> float:
-    """The total gradient norm as a float (FSDP returns it as a DTensor)."""
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
 def _last_logged_time(log_path: Path) -> float:
     if not log_path.is_file():
         return 0.0

@@ -33,7 +33,7 @@ from alpaca_plw.train.checkpoints.folders import is_legacy
 from alpaca_plw.train.config import TrainConfig, weights_dirs
 from alpaca_plw.train.distributed import Dist, setup
 from alpaca_plw.train.finite import check_params, check_step
-from alpaca_plw.train.hooks import EventCallback, RunFeatures, grad_norm_value
+from alpaca_plw.train.hooks import EventCallback, RunFeatures
 from alpaca_plw.train.loading import (check_lora_target, check_model_config, check_model_path,
                                       check_tokenizer, load_model)
 from alpaca_plw.train.memory import plan_memory
@@ -243,6 +243,11 @@ def _optimizer_step(run: _Run, step: int) -> dict:
         "tokens_per_s": round(s[5] / elapsed, 1),
         **roles.log(d),
     }
+
+
+def grad_norm_value(norm) -> float:
+    """The total gradient norm as a float (FSDP returns it as a DTensor)."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def _log_step(run: _Run, record: dict, on_step: StepCallback | None) -> None:

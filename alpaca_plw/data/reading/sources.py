@@ -32,7 +32,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 def default_source() -> Path:
     """The sample dataset shipped with the project (`data/sample.json`)."""
-    package = Path(__file__).resolve().parents[1]  # alpaca_plw/
+    package = Path(__file__).resolve().parents[2]  # alpaca_plw/ (this is alpaca_plw/data/reading/)
     packaged = package / "_data" / "sample.json"  # in a wheel (see pyproject's force-include)
     if packaged.is_file():
         return packaged
