@@ -63,7 +63,7 @@ def _measure_loaded(tokenizer, loaded, progress: Progress | None):
     identity = tokenizer.identity()
     measured = []
     for records in loaded:
-        if isinstance(records, Conversations):  # see chat_pipeline.py
+        if isinstance(records, Conversations):  # see chat/pipeline.py
             measured.append(Measured(records, *measure_chat(records, cache, identity)))
             continue
         lengths = measure(records, cache)
@@ -138,7 +138,7 @@ def build_dataset(
     tokenizer, [stream] = open_streams([source], options)
     out = out or default_output(stream.source.name, rule, fmt)
     with claim([out, manifest_path(out)], inputs, force) as held:  # before tokenizing
-        if stream.kind == CONVERSATIONS:  # conversations: read whole (chat_build.py)
+        if stream.kind == CONVERSATIONS:  # conversations: read whole (chat/build.py)
             loaded = [load_records(source, options.columns, options.split,
                                    options.max_record_chars)]
             return _build(tokenizer, loaded, rule, options, out, fmt, progress, held)
@@ -177,7 +177,7 @@ def _build_streamed(stream, tokenizer, rule, options, out, fmt, progress, held) 
 def _build(tokenizer, loaded, rule, options, out, fmt, progress, held) -> Built:
     [measured], cache, identity = _measure_loaded(tokenizer, loaded, progress)
     records = measured.records
-    if isinstance(records, Conversations):  # see chat_build.py
+    if isinstance(records, Conversations):  # see chat/build.py
         from alpaca_plw.data.chat.build import build_chat_dataset
 
         return build_chat_dataset(measured, rule, options, cache, identity, out, fmt, held)

@@ -39,7 +39,7 @@ class Plan:
     loss_chunk: int
     resume_from: str | None
     memory: dict | None = None  # per-GPU estimate in GiB (train.memory), filled in by --dry-run
-    eval_records: int = 0  # the evaluation set (issue 11), filled in by train.features
+    eval_records: int = 0  # the evaluation set (issue 11), filled in by train.hooks
     eval_from: str | None = None
     lora: str | None = None
     attention: str | None = None  # the attn_implementation the run used (after the checks)

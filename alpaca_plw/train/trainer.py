@@ -82,7 +82,7 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None,
     """Train `cfg.model` on `cfg.weights_dir`; returns the plan (also for a dry run).
 
     `on_step(record)` is called on rank 0 after every optimizer step with the log record;
-    `on_plan(plan)` once, on rank 0, before training starts; `on_event(name, info)`: features.py.
+    `on_plan(plan)` once, on rank 0, before training starts; `on_event(name, info)`: hooks.py.
     """
     _quiet_transformers()
     d = setup(cfg.device, plan_only=cfg.dry_run)  # --dry-run plans a GPU run without one

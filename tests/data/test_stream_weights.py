@@ -1,5 +1,5 @@
 """Weights and statistics streamed in batches on N processes: the same bytes as the in-memory
-writer the library keeps (`build_weights` / `chat_pipeline.chat_weights` + `to_table` +
+writer the library keeps (`build_weights` / `chat.pipeline.chat_weights` + `to_table` +
 `weights_store._write_dir`), the same bytes for every `--num-proc`, and `--shard K/N`.
 """
 

@@ -125,7 +125,8 @@ class _Output:
 
 
 def write_manifest(tmp: Path, head: dict, plan, records: int) -> None:
-    """`output.manifest_json(head + provenance)`, the provenance rows made a block at a time."""
+    """`outputs.atomic.manifest_json(head + provenance)`, the provenance rows made a block at a
+    time."""
     from alpaca_plw.data.outputs.atomic import canonical_json
 
     text = canonical_json(head)

@@ -59,7 +59,7 @@ class Inspection:
     mass: list[RoleMass]  # roles with at least one target, in code order
     total_records: int
     total_tokens: int
-    notes: list[str]  # warnings, e.g. split chat markup (chat_markup.markup_notes)
+    notes: list[str]  # warnings, e.g. split chat markup (chat.markup.markup_notes)
 
     @property
     def total_weight(self) -> float:

@@ -42,7 +42,7 @@ def package_versions() -> dict[str, str]:
 
 
 def _weights_sha256(cfg) -> str:
-    """The Arrow file's sha256; for several folders (shards), `weights_set.digest`'s."""
+    """The Arrow file's sha256; for several folders (shards), `weights_dir.folders.digest`'s."""
     from alpaca_plw.data.weights_dir.folders import expand, folders_digest
     from alpaca_plw.train.config import weights_dirs
 
