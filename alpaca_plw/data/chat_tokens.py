@@ -57,6 +57,15 @@ class PieceBytes:
 
 
 def piece_bytes(tokenizer: Tokenizer) -> PieceBytes:
+    """The `PieceBytes` of a SentencePiece tokenizer, built once per loaded tokenizer (a streamed
+    run weighs its conversations batch by batch with one tokenizer)."""
+    table = tokenizer.memo.get("piece_bytes")
+    if table is None:
+        table = tokenizer.memo["piece_bytes"] = _piece_bytes(tokenizer)
+    return table
+
+
+def _piece_bytes(tokenizer: Tokenizer) -> PieceBytes:
     sp = tokenizer.impl
     pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
     lengths = np.array([1 if sp.is_byte(i) else 0 if sp.is_control(i) or sp.is_unknown(i) else
