@@ -105,14 +105,19 @@ def _positions(table: PieceBytes, ids, ntok, start, size, special):
     is an encoded text segment or one special token (which covers its `size` bytes)."""
     unit = np.repeat(np.arange(ntok.size), ntok)
     length = table.lengths[ids]
-    length[special[unit]] = size[unit][special[unit]]
+    if special.any():
+        of_special = special[unit]
+        length[of_special] = size[unit][of_special]
     dummy = np.where(special, 0, table.dummy)
-    total = np.concatenate(([0], np.cumsum(length)))
+    total = np.cumsum(length)
     first = np.concatenate(([0], np.cumsum(ntok)))
-    covered = total[first[1:]] - total[first[:-1]] - np.where(ntok > 0, dummy, 0)
-    end = start[unit] + total[1:] - total[first[:-1]][unit] - dummy[unit]
-    begin = np.maximum(end - length, start[unit])
-    decide = np.minimum(np.where(end > begin, end - 1, begin), (start + np.maximum(size, 1) - 1)[unit])
+    before = np.concatenate(([0], total))[first]  # bytes of the units before each unit
+    covered = before[1:] - before[:-1] - np.where(ntok > 0, dummy, 0)
+    end = total + (start - before[:-1] - dummy)[unit]
+    lowest = start[unit]
+    begin = np.maximum(end - length, lowest)
+    last = lowest + (np.maximum(size, 1) - 1)[unit]  # the unit's last byte
+    decide = np.minimum(np.where(end > begin, end - 1, begin), last)
     return decide, np.flatnonzero(covered != size)
 
 
