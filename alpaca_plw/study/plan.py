@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.weights_store import WeightsData, to_table
+from alpaca_plw.data.weights_store import WeightsData
 from alpaca_plw.study.fit import to_wp
 from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweight,
                                   run_name)
@@ -39,33 +42,23 @@ class SweepPlan:
         return sum(r.tokens for r in self.runs if r.state != "done")
 
 
-def tokenized(source, options, max_length: int, chat=None, allow_partial: bool = False
-              ) -> WeightsData:
-    """The sweep's tokens without writing anything: a weights folder read, or a dataset tokenized
-    in memory at PLW 0 as `weights` would (Alpaca records or conversations; each PLW's weights
-    are derived from it, `grid.reweight`)."""
+@contextmanager
+def tokenized(source, options, max_length: int, chat=None, allow_partial: bool = False,
+              progress=None) -> Iterator[WeightsData]:
+    """The sweep's tokens, for the span of the `with`: a weights folder read, or a dataset
+    tokenized at PLW 0 by `weights`' own streamed path (batches on `options.num_proc`
+    processes, memory that does not grow with the records) into a temporary folder that is read
+    memory-mapped and removed afterwards; nothing is written where the user looks. Each PLW's
+    weights are derived from it (`grid.reweight`)."""
     if is_weights_source(source):
-        return read_source(source, allow_partial)
-    from alpaca_plw.data.conversations import Conversations
-    from alpaca_plw.data.sources import load_records
-    from alpaca_plw.data.tokenizer import load_tokenizer
-    from alpaca_plw.data.weights import build_weights
+        yield read_source(source, allow_partial)
+        return
+    from alpaca_plw.data.pipeline import make_weights
 
-    tokenizer = load_tokenizer(options.tokenizer)
-    records = load_records(source, options.columns, options.split, options.max_record_chars)
-    if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
-        from alpaca_plw.data.chat_pipeline import chat_weights
-
-        tw, meta = chat_weights(records, tokenizer, options.tokenizer, 0.0, chat, max_length)
-        return WeightsData(Path(str(source)), to_table(tw, meta), meta)
-    tw = build_weights(records, tokenizer, 0.0, max_length)
-    if tw.source_index.size == 0:
-        from alpaca_plw.errors import InputError
-
-        raise InputError(f"{records.source.path}: every record was skipped (prompt fills "
-                         f"--max-length {max_length}); nothing to train on")
-    meta = {"plw": 0.0, "tokenizer": tokenizer.identity()}
-    return WeightsData(Path(str(source)), to_table(tw, meta), meta)
+    with tempfile.TemporaryDirectory(prefix="alpaca-plw-sweep-plan-") as folder:
+        out = Path(folder) / "weights"
+        make_weights(source, 0.0, options, out, max_length, False, progress, chat)
+        yield read_source(out)
 
 
 def run_tokens(store, seed: int, micro: int, accum: int, world: int, steps: int) -> int:
