@@ -10,7 +10,7 @@ from pathlib import Path
 
 from alpaca_plw.data.weights_store import WeightsData
 from alpaca_plw.study.fit import to_wp
-from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweight,
+from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweighted,
                                   run_name)
 from alpaca_plw.study.sweep import SweepConfig, _check_folder, run_state, train_config
 
@@ -74,6 +74,23 @@ def run_tokens(store, seed: int, micro: int, accum: int, world: int, steps: int)
     return tokens
 
 
+def _target_weight(data: WeightsData, plw: float, chat) -> float:
+    """The weight of every target (each record's tokens but its first) at `plw`, by the rule the
+    sweep writes (role weights included): per record as `SequenceStore.target_weight_sums`
+    (float32 sums, float64 difference), batch by batch, summed once."""
+    import numpy as np
+
+    _, batches = reweighted(data, plw, chat)
+    per_record = []
+    for batch in batches():
+        column = batch.column(batch.schema.names.index("loss_weight"))
+        weights = column.flatten().to_numpy()
+        starts = column.offsets.to_numpy()[:-1].astype(np.int64) - int(column.offsets[0].as_py())
+        sums = np.add.reduceat(weights, starts) if starts.size else np.zeros(0)
+        per_record.append(sums.astype(np.float64) - weights[starts])
+    return float(np.concatenate(per_record).sum()) if per_record else 0.0
+
+
 def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
     """The plan of every run of `cfg` on `data`; nothing is written."""
     import torch
@@ -95,9 +112,7 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
         trained, _ = split_eval(tc, data.meta, store)  # --eval-fraction leaves records out,
         plan = make_plan(tc, trained, {**data.meta, "plw": plw}, d)  # as the run itself does
         # the targets' weight at this PLW, by the rule the sweep writes (role weights included)
-        derived = reweight(data, plw, chat)
-        weight = float(SequenceStore.from_weights(
-            WeightsData(data.path, derived, data.meta)).target_weight_sums().sum())
+        weight = _target_weight(data, plw, chat)
         share = round((weight - learned_targets) / weight, 6) if weight else 0.0
         tokens = run_tokens(trained, tc.seed, tc.micro_batch_size, plan.grad_accum, d.world,
                             plan.steps)
