@@ -79,15 +79,17 @@ def _call(func: Callable, item):
 
 
 def ordered_map(func: Callable, items: Iterable, num_proc: int, setup: Callable, args: tuple,
-                local_state=None) -> Iterator:
+                local_state=None, helper_state=None) -> Iterator:
     """`func(state, item)` for each item, in order (see the module docstring). `local_state`,
-    when given, is the state used in this process (one process, or a single item)."""
+    when given, is the state used in this process (one process, or a single item);
+    `helper_state`, the state this process uses while it helps workers (what `setup(*args)`
+    builds, made from what it holds already: e.g. its tokenizer with one thread)."""
     items = iter(items)
     if num_proc > 1:
         head = list(islice(items, 2))
         items = chain(head, items)
         if len(head) == 2:
-            yield from _pool(func, items, num_proc, setup, args)
+            yield from _pool(func, items, num_proc, setup, args, helper_state)
             return
     state = local_state if local_state is not None else setup(*args)
     for item in items:
@@ -111,7 +113,7 @@ class _Done:
         return self.value
 
 
-def _pool(func, items, num_proc: int, setup, args) -> Iterator:
+def _pool(func, items, num_proc: int, setup, args, state=None) -> Iterator:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -121,7 +123,6 @@ def _pool(func, items, num_proc: int, setup, args) -> Iterator:
                                initargs=(setup, args))
     window = 2 * workers  # batches in the workers' hands, queued or running
     pending: deque = deque()  # futures and this process's own `_Done`s, in input order
-    state = None
     try:
         for item in items:
             busy = sum(1 for p in pending if not p.done())

@@ -27,6 +27,11 @@ def work(delay, item):
     return value * value, os.getpid()
 
 
+def which(state, item):
+    time.sleep(0.15)
+    return state, os.getpid()
+
+
 PARENT = None
 '''
 
@@ -85,3 +90,11 @@ def test_in_flight_batches_stay_bounded(job):
         seen.append(value)
         assert len(read) - len(seen) <= 2 * 2
     assert seen == [i * i for i in range(30)]
+
+
+def test_this_process_helps_with_the_helper_state_it_is_given(job):
+    """`weights` hands its own tokenizer, made single-threaded, as the helper state: no second
+    tokenizer is loaded here, and N processes still use N cores."""
+    out = list(ordered_map(job.which, range(8), 2, job.setup, (0.0,), helper_state="helper"))
+    assert {state for state, pid in out if pid == os.getpid()} == {"helper"}
+    assert {state for state, pid in out if pid != os.getpid()} == {0.0}
