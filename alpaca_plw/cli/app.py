@@ -83,6 +83,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)  # `kill`, `timeout`, a scheduler: as Ctrl-C
     try:
         app()
         code = 0
@@ -97,11 +98,14 @@ def main() -> None:
 
 
 def _interrupt_once(signum, frame) -> None:
-    """The first Ctrl-C stops the command; later ones are ignored, so that they cut neither its
-    cleanup (temporary files, worker processes) nor its one error line short."""
+    """The first Ctrl-C (or SIGTERM) stops the command as Ctrl-C does: its temporary files are
+    removed and its workers stopped, exit 130. Later ones are ignored, so that they cut neither
+    its cleanup nor its one error line short. (Without this, SIGTERM ended the process on the
+    spot and left a `weights` run's temporary file and lock behind.)"""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

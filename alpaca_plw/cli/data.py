@@ -20,8 +20,8 @@ MaxRecordChars = Annotated[int, typer.Option(
 
 
 NumProc = Annotated[Optional[int], typer.Option(
-    "--num-proc", help="Worker processes that tokenize batches of records [default: the available "
-    "cores]; the output is the same for every value.", show_default=False)]
+    "--num-proc", help="Processes that tokenize batches of records (this one and N-1 workers) "
+    "[default: the available cores]; the output is the same for every value.", show_default=False)]
 
 
 def _options(tokenizer, columns, split, max_record_chars: int, num_proc: int | None = None):

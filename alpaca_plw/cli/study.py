@@ -109,8 +109,10 @@ def sweep(
             from alpaca_plw.study.plan import plan_sweep, tokenized
 
             partial = bool(cfg.train.get("allow_partial_shards"))
-            out().print(sweep_plan_table(plan_sweep(cfg, tokenized(source, options, max_length,
-                                                                   chat, partial))))
+            with progress_bar() as progress, tokenized(source, options, max_length, chat,
+                                                       partial, progress) as data:
+                plan = plan_sweep(cfg, data)
+            out().print(sweep_plan_table(plan))
             return
 
         def make_base(value: float, folder: Path) -> None:

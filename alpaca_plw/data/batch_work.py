@@ -7,7 +7,6 @@ record is `first`). They run in worker processes or in the calling process alike
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,22 +76,14 @@ def alpaca_weights(state: WeightsState, item):
     return _shift(build_weights(records, state.tokenizer, job.plw, job.max_length), first)
 
 
-def _takes_first_index() -> bool:
-    from alpaca_plw.data.chat.weights import build_chat_weights
-
-    return "first_index" in inspect.signature(build_chat_weights).parameters
-
-
 def chat_weights(state: WeightsState, item):
     """`build_chat_weights` on one batch; its indices (and its messages) count from `first`."""
     from alpaca_plw.data.chat.weights import build_chat_weights
 
     first, conv = item
     job = state.job
-    args = (conv, state.tokenizer, state.template, job.plw, job.chat, job.max_length, None)
-    if _takes_first_index():
-        return build_chat_weights(*args, first_index=first)
-    return _shift(build_chat_weights(*args), first)
+    return build_chat_weights(conv, state.tokenizer, state.template, job.plw, job.chat,
+                              job.max_length, None, first_index=first)
 
 
 def shifted_offsets(offsets: np.ndarray, base: int) -> np.ndarray:

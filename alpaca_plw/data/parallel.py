@@ -2,14 +2,19 @@
 
 `ordered_map(func, items, num_proc, setup, args)` calls `func(state, item)` for every item, where
 `state = setup(*args)` is built once per process (a tokenizer, a chat template). With
-`num_proc > 1` and at least two items, `num_proc` worker processes (started with "spawn": the
-parent may hold threads, which "fork" copies badly) each take one batch at a time; at most
-`2 x num_proc` batches are in flight, so memory stays bounded however many batches come, and the
-results are yielded in the order of `items` whatever the order they finish in. The output of every
-command is therefore the same for every `num_proc`.
+`num_proc > 1` and at least two items, `num_proc` processes do the work: `num_proc - 1` worker
+processes (started with "spawn": the parent may hold threads, which "fork" copies badly) each take
+one batch at a time, and this process, which reads the batches, weighs one itself whenever the
+workers hold `2 x (num_proc - 1)` batches already (so it never waits idle while there is work, and
+no worker's start-up is spent where this process can do the batch). At most `2 x num_proc`
+batches are in flight, so memory stays bounded however many batches come, and the results are
+yielded in the order of `items` whatever the order they finish in; an error of a batch is raised
+when its turn comes, so it is the first error in input order. The output of every command, and
+its first error, are therefore the same for every `num_proc`.
 
-SentencePiece has its own threads (`num_threads`): a worker uses one (`WORKER_THREADS`) so that N
-workers use N cores, not N x cores; with one process the tokenizer keeps its threads.
+SentencePiece has its own threads (`num_threads`): a worker, and this process's own state while
+it helps the workers, use one (`WORKER_THREADS`) so that N processes use N cores, not N x cores;
+with one process the tokenizer keeps its threads.
 """
 
 from __future__ import annotations
@@ -74,38 +79,70 @@ def _call(func: Callable, item):
 
 
 def ordered_map(func: Callable, items: Iterable, num_proc: int, setup: Callable, args: tuple,
-                local_state=None) -> Iterator:
+                local_state=None, helper_state=None) -> Iterator:
     """`func(state, item)` for each item, in order (see the module docstring). `local_state`,
-    when given, is the state used in this process (one process, or a single item)."""
+    when given, is the state used in this process (one process, or a single item);
+    `helper_state`, the state this process uses while it helps workers (what `setup(*args)`
+    builds, made from what it holds already: e.g. its tokenizer with one thread)."""
     items = iter(items)
     if num_proc > 1:
         head = list(islice(items, 2))
         items = chain(head, items)
         if len(head) == 2:
-            yield from _pool(func, items, num_proc, setup, args)
+            yield from _pool(func, items, num_proc, setup, args, helper_state)
             return
     state = local_state if local_state is not None else setup(*args)
     for item in items:
         yield func(state, item)
 
 
-def _pool(func, items, num_proc: int, setup, args) -> Iterator:
+class _Done:
+    """A batch this process did itself: its result, or the error to raise when its turn comes."""
+
+    __slots__ = ("value", "error")
+
+    def __init__(self, value=None, error: Exception | None = None):
+        self.value, self.error = value, error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _pool(func, items, num_proc: int, setup, args, state=None) -> Iterator:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
+    workers = num_proc - 1
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(num_proc, mp_context=context, initializer=_init,
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init,
                                initargs=(setup, args))
-    pending: deque = deque()
+    window = 2 * workers  # batches in the workers' hands, queued or running
+    pending: deque = deque()  # futures and this process's own `_Done`s, in input order
     try:
         for item in items:
-            with _sigint_held():  # a worker started here starts with SIGINT blocked
-                pending.append(pool.submit(_call, func, item))
-            if len(pending) >= 2 * num_proc:
+            busy = sum(1 for p in pending if not p.done())
+            if busy < window:
+                with _sigint_held():  # a worker started here starts with SIGINT blocked
+                    pending.append(pool.submit(_call, func, item))
+            else:  # the workers are full: do this batch here rather than wait
+                if state is None:
+                    state = setup(*args)
+                try:
+                    pending.append(_Done(func(state, item)))
+                except Exception as exc:  # noqa: BLE001 - raised in input order, below
+                    pending.append(_Done(error=exc))
+                    break  # read no further: the earlier batches' results come first, then it
+            while pending and (pending[0].done() or len(pending) >= 2 * num_proc):
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
         for future in pending:
-            future.cancel()
+            if not isinstance(future, _Done):
+                future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,7 @@ metadata. Everything else is held for one batch at a time (at most 2 x N batches
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def measure_stream(stream, tokenizer, spec: str, num_proc: int, progress: Progre
     label = f"tokenizing {stream.source.name}"
     parts, done = [], 0
     for part in ordered_map(chat_lengths if conv else alpaca_lengths, stream.batches(), num_proc,
-                            setup_tokenizer, (spec, WORKER_THREADS), tokenizer):
+                            setup_tokenizer, (spec, WORKER_THREADS), tokenizer,
+                            replace(tokenizer, threads=WORKER_THREADS)):
         parts.append(part)
         done += part.offsets.size - 1 if conv else part.instruction.size
         if progress:
@@ -139,7 +141,8 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
         done = 0
         for tw in ordered_map(chat_weights if conv else alpaca_weights,
                               stream.batches(start=start, stop=stop), num_proc, setup_weights,
-                              (spec, WORKER_THREADS, job), state):
+                              (spec, WORKER_THREADS, job), state,
+                              replace(state, tokenizer=replace(tokenizer, threads=WORKER_THREADS))):
             writer.add(tw)
             totals.add(tw)
             done += int(tw.source_index.size) + len(tw.skipped)

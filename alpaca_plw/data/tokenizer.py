@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,9 @@ class Tokenizer:
     eos_id: int | None
     vocab_size: int
     threads: int = 1
+    # tables derived from the vocabulary, built once per loaded tokenizer by their owners (e.g.
+    # `chat_tokens.piece_bytes`), not once per batch
+    memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         if not texts:

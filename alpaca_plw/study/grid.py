@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.alpaca.weights import check_plw, prompt_weight_share, prompt_weights
 from alpaca_plw.data.chat.weights import LEARNED, ChatOptions
+from alpaca_plw.data.alpaca.weights import check_plw, prompt_weight_share, prompt_weights
 from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
-                                               read_weights_dir, schema, write_weights_dir)
+                                           read_weights_dir, schema,
+                                           write_weights_batches)
 from alpaca_plw.errors import ConfigError
 
 # REFERENCE.md section 5: the ten PLW values the paper trained.
@@ -76,38 +77,83 @@ def read_source(source, allow_partial: bool = False) -> WeightsData:
     return read_weights(Path(source), allow_partial)
 
 
-def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> pa.Table:
-    """`data`'s table weighed at `plw` by the rule of `alpaca-plw weights`: Alpaca records by
-    their `prompt_length`, conversations by their role codes (with `chat`'s `--role-weights`)."""
+ROWS = 1000  # rows per Arrow batch, as `weights` writes them (weights_store._write_dir)
+
+
+def _chunks(table: pa.Table, column: str):
+    """The flat values of a list column, chunk by chunk (nothing combined)."""
+    for chunk in table.column(column).chunks:
+        yield chunk.flatten().to_numpy()
+
+
+def derived_meta(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> dict:
+    """The metadata `weights --plw` writes for `data`'s tokens at `plw`, from totals read chunk
+    by chunk (role counts, or prompt and completion token counts)."""
     plw = check_plw(plw)
-    ids = data.table.column("input_ids").combine_chunks()  # several shards: written as one
-    lengths = np.diff(ids.offsets.to_numpy().astype(np.int64))
     meta = dict(data.meta)
     if ROLE_COLUMN in data.table.column_names:
-        chat = chat or ChatOptions()
-        roles = data.table.column(ROLE_COLUMN).combine_chunks().values.to_numpy()
-        weights = chat.weigh(roles, plw)
-        from alpaca_plw.data.chat.pipeline import chat_prompt_share
+        from alpaca_plw.data.chat.pipeline import share_from_counts
+        from alpaca_plw.data.chat.weights import ROLE_CODES
 
-        learned = int(np.isin(roles, LEARNED).sum())
+        chat = chat or ChatOptions()
+        counts = np.zeros(len(ROLE_CODES), dtype=np.int64)
+        for roles in _chunks(data.table, ROLE_COLUMN):
+            counts += np.bincount(roles.astype(np.int64), minlength=len(ROLE_CODES))
+        by_role = {name: int(c) for name, c in zip(ROLE_CODES, counts)}
         meta.update(role_weights=chat.role_weights_at(plw),
-                    prompt_weight_share=chat_prompt_share(weights, learned))
+                    prompt_weight_share=share_from_counts(by_role, chat.weight_table(plw)))
     else:
         if chat is not None and not chat.is_default():
             raise ConfigError(f"--chat-template, --role-weights and --assistant-turns apply to "
                               f"conversations; {data.path} holds Alpaca records")
-        prompt = data.table.column("prompt_length").to_numpy().astype(np.int64)
-        weights = prompt_weights(lengths, prompt, plw)
-        prompt_tokens = int(prompt.sum())
-        meta.update(prompt_weight_share=prompt_weight_share(plw, prompt_tokens,
-                                                            int(lengths.sum()) - prompt_tokens))
+        total = sum(int(c.value_lengths().to_numpy().astype(np.int64).sum())
+                    for c in data.table.column("input_ids").chunks)
+        prompt = sum(int(c.to_numpy().astype(np.int64).sum())
+                     for c in data.table.column("prompt_length").chunks)
+        meta.update(prompt_weight_share=prompt_weight_share(plw, prompt, total - prompt))
     meta.update(plw=plw, plw_choice={"mode": "given"})
-    list_type = pa.ListArray if ids.type == pa.list_(pa.int32()) else pa.LargeListArray
-    column = list_type.from_arrays(ids.offsets, pa.array(weights, pa.float32()))
-    table = data.table.combine_chunks() if len(data.folders) > 1 else data.table
-    table = table.set_column(table.column_names.index("loss_weight"), "loss_weight", column)
-    return table.replace_schema_metadata(
-        schema(meta, ROLE_COLUMN in data.table.column_names).metadata)
+    return meta
+
+
+def reweighted(data: WeightsData, plw: float, chat: ChatOptions | None = None
+               ) -> tuple[pa.Schema, object]:
+    """`data` weighed at `plw` by the rule of `alpaca-plw weights` (Alpaca records by their
+    `prompt_length`, conversations by their role codes with `chat`'s `--role-weights`), as
+    (schema, batches): `batches()` yields record batches of `ROWS` rows, as `weights` writes
+    them, each derived from a slice of `data` (memory stays that of one batch, whatever the
+    size of `data`, shards included)."""
+    meta = derived_meta(data, plw, chat)
+    roles = ROLE_COLUMN in data.table.column_names
+    chat = (chat or ChatOptions()) if roles else None
+    out_schema = schema(meta, roles)
+
+    def batches():
+        table = data.table
+        for start in range(0, table.num_rows, ROWS):
+            piece = table.slice(start, ROWS).combine_chunks()
+            ids = piece.column("input_ids").chunk(0) if piece.num_rows else None
+            if ids is None:
+                continue
+            lengths = ids.value_lengths().to_numpy().astype(np.int64)
+            if roles:
+                weights = chat.weigh(piece.column(ROLE_COLUMN).chunk(0).flatten().to_numpy(), plw)
+            else:
+                weights = prompt_weights(lengths, piece.column("prompt_length").to_numpy(), plw)
+            offsets = np.concatenate(([0], np.cumsum(lengths)))
+            list_type = pa.ListArray if ids.type == pa.list_(pa.int32()) else pa.LargeListArray
+            kind = pa.int32() if list_type is pa.ListArray else pa.int64()
+            column = list_type.from_arrays(pa.array(offsets, kind), pa.array(weights, pa.float32()))
+            arrays = [column if name == "loss_weight" else piece.column(name).chunk(0)
+                      for name in out_schema.names]
+            yield pa.RecordBatch.from_arrays(arrays, schema=out_schema)
+
+    return out_schema, batches
+
+
+def reweight(data: WeightsData, plw: float, chat: ChatOptions | None = None) -> pa.Table:
+    """`reweighted` as one table (in memory: for small data and tests)."""
+    out_schema, batches = reweighted(data, plw, chat)
+    return pa.Table.from_batches(list(batches()), schema=out_schema)
 
 
 def folder_chat(data: WeightsData, chat: ChatOptions | None) -> ChatOptions | None:
@@ -141,17 +187,25 @@ def _same_tokens(a: WeightsData, b: WeightsData) -> bool:
         a.table.column("input_ids").equals(b.table.column("input_ids"))
 
 
-def _weighs_as(held: WeightsData, table: pa.Table) -> bool:
-    """`held` has `table`'s columns and metadata (how its PLW was chosen aside: a sweep of an
-    earlier version recorded it otherwise)."""
+def _weighs_as(held: WeightsData, out_schema: pa.Schema, batches) -> bool:
+    """`held` has the derived columns and metadata (how its PLW was chosen aside: a sweep of an
+    earlier version recorded it otherwise), compared batch by batch."""
     import json
 
     def meta(m: dict) -> dict:
         return {k: v for k, v in m.items() if k != "plw_choice"}
 
-    return held.table.column_names == table.column_names and all(
-        held.table.column(n).equals(table.column(n)) for n in table.column_names) and \
-        meta(held.meta) == meta(json.loads(table.schema.metadata[META_KEY]))
+    if held.table.column_names != out_schema.names or \
+            meta(held.meta) != meta(json.loads(out_schema.metadata[META_KEY])):
+        return False
+    at = 0
+    for batch in batches():
+        piece = held.table.slice(at, batch.num_rows)
+        if piece.num_rows != batch.num_rows or not all(
+                piece.column(n).equals(pa.chunked_array([batch.column(n)])) for n in out_schema.names):
+            return False
+        at += batch.num_rows
+    return at == held.table.num_rows
 
 
 def prepare_weights(source, plws: list[float], weights_root: Path, make_base,
@@ -178,17 +232,17 @@ def prepare_weights(source, plws: list[float], weights_root: Path, make_base,
             make_base(plws[0], first)
         base = read_weights_dir(first)
     for plw, folder in folders.items():
-        table = reweight(base, plw, chat)
+        out_schema, batches = reweighted(base, plw, chat)
         if is_weights_dir(folder):
             held = read_weights_dir(folder)
             if held.meta.get("plw") == plw and _same_tokens(held, base) \
-                    and _weighs_as(held, table):
+                    and _weighs_as(held, out_schema, batches):
                 continue
             raise ConfigError(f"{folder}: holds weights other than this sweep's at PLW {plw:g} "
                               "(another dataset or options, or weights derived by an older "
                               "version); move it and its run folder away, or choose another "
                               "--output-dir")
-        write_weights_dir(folder, table, force=False)
+        write_weights_batches(folder, out_schema, batches(), force=False)
     return folders
 
 

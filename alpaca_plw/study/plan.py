@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.weights_dir.store import WeightsData, to_table
+from alpaca_plw.data.weights_dir.store import WeightsData
 from alpaca_plw.study.fit import to_wp
-from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweight,
+from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweighted,
                                   run_name)
 from alpaca_plw.study.sweep import SweepConfig, _check_folder, run_state, train_config
 
@@ -39,33 +42,23 @@ class SweepPlan:
         return sum(r.tokens for r in self.runs if r.state != "done")
 
 
-def tokenized(source, options, max_length: int, chat=None, allow_partial: bool = False
-              ) -> WeightsData:
-    """The sweep's tokens without writing anything: a weights folder read, or a dataset tokenized
-    in memory at PLW 0 as `weights` would (Alpaca records or conversations; each PLW's weights
-    are derived from it, `grid.reweight`)."""
+@contextmanager
+def tokenized(source, options, max_length: int, chat=None, allow_partial: bool = False,
+              progress=None) -> Iterator[WeightsData]:
+    """The sweep's tokens, for the span of the `with`: a weights folder read, or a dataset
+    tokenized at PLW 0 by `weights`' own streamed path (batches on `options.num_proc`
+    processes, memory that does not grow with the records) into a temporary folder that is read
+    memory-mapped and removed afterwards; nothing is written where the user looks. Each PLW's
+    weights are derived from it (`grid.reweight`)."""
     if is_weights_source(source):
-        return read_source(source, allow_partial)
-    from alpaca_plw.data.chat.conversations import Conversations
-    from alpaca_plw.data.reading.sources import load_records
-    from alpaca_plw.data.tokenizer import load_tokenizer
-    from alpaca_plw.data.alpaca.weights import build_weights
+        yield read_source(source, allow_partial)
+        return
+    from alpaca_plw.data.pipeline import make_weights
 
-    tokenizer = load_tokenizer(options.tokenizer)
-    records = load_records(source, options.columns, options.split, options.max_record_chars)
-    if isinstance(records, Conversations) or (chat is not None and not chat.is_default()):
-        from alpaca_plw.data.chat.pipeline import chat_weights
-
-        tw, meta = chat_weights(records, tokenizer, options.tokenizer, 0.0, chat, max_length)
-        return WeightsData(Path(str(source)), to_table(tw, meta), meta)
-    tw = build_weights(records, tokenizer, 0.0, max_length)
-    if tw.source_index.size == 0:
-        from alpaca_plw.errors import InputError
-
-        raise InputError(f"{records.source.path}: every record was skipped (prompt fills "
-                         f"--max-length {max_length}); nothing to train on")
-    meta = {"plw": 0.0, "tokenizer": tokenizer.identity()}
-    return WeightsData(Path(str(source)), to_table(tw, meta), meta)
+    with tempfile.TemporaryDirectory(prefix="alpaca-plw-sweep-plan-") as folder:
+        out = Path(folder) / "weights"
+        make_weights(source, 0.0, options, out, max_length, False, progress, chat)
+        yield read_source(out)
 
 
 def run_tokens(store, seed: int, micro: int, accum: int, world: int, steps: int) -> int:
@@ -79,6 +72,23 @@ def run_tokens(store, seed: int, micro: int, accum: int, world: int, steps: int)
     for step in range(full * order.steps_per_epoch, full * order.steps_per_epoch + rest):
         tokens += int(lengths[order.step_records(step)].sum())
     return tokens
+
+
+def _target_weight(data: WeightsData, plw: float, chat) -> float:
+    """The weight of every target (each record's tokens but its first) at `plw`, by the rule the
+    sweep writes (role weights included): per record as `SequenceStore.target_weight_sums`
+    (float32 sums, float64 difference), batch by batch, summed once."""
+    import numpy as np
+
+    _, batches = reweighted(data, plw, chat)
+    per_record = []
+    for batch in batches():
+        column = batch.column(batch.schema.names.index("loss_weight"))
+        weights = column.flatten().to_numpy()
+        starts = column.offsets.to_numpy()[:-1].astype(np.int64) - int(column.offsets[0].as_py())
+        sums = np.add.reduceat(weights, starts) if starts.size else np.zeros(0)
+        per_record.append(sums.astype(np.float64) - weights[starts])
+    return float(np.concatenate(per_record).sum()) if per_record else 0.0
 
 
 def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
@@ -102,9 +112,7 @@ def plan_sweep(cfg: SweepConfig, data: WeightsData) -> SweepPlan:
         trained, _ = split_eval(tc, data.meta, store)  # --eval-fraction leaves records out,
         plan = make_plan(tc, trained, {**data.meta, "plw": plw}, d)  # as the run itself does
         # the targets' weight at this PLW, by the rule the sweep writes (role weights included)
-        derived = reweight(data, plw, chat)
-        weight = float(SequenceStore.from_weights(
-            WeightsData(data.path, derived, data.meta)).target_weight_sums().sum())
+        weight = _target_weight(data, plw, chat)
         share = round((weight - learned_targets) / weight, 6) if weight else 0.0
         tokens = run_tokens(trained, tc.seed, tc.micro_batch_size, plan.grad_accum, d.world,
                             plan.steps)

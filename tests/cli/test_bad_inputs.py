@@ -644,8 +644,27 @@ def test_a_chat_template_that_never_ends_is_stopped_by_its_time_limit(tmp_path, 
     out = tmp_path / "w"
     code, stdout, stderr = run_cli(["weights", CHAT, "--plw", "0.1", "-o", out, "--chat-template",
                                     template])
-    _assert_one_error_line(code, stdout, stderr, 2, "ran longer than 0.3 s on this conversation")
+    _assert_one_error_line(code, stdout, stderr, 2, "ran longer than 0.3 s of CPU time on this conversation")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["slow.jinja"]  # no output, no lock left
+
+
+def test_a_render_suspended_past_its_time_limit_is_not_cut_short():
+    """The limit counts CPU time: a run stopped (Ctrl-Z, then fg) or starved by a loaded machine
+    while it renders went on to fail with "ran longer than 10 s" (seen when a 10M-conversation
+    `weights` was suspended for a minute)."""
+    import time
+
+    from alpaca_plw.data.chat.template import _alarm, _TooSlow
+
+    with _alarm() as arm:
+        arm(0.3)
+        time.sleep(0.6)  # the clock runs on, the CPU time does not
+        arm(0)
+    with pytest.raises(_TooSlow), _alarm() as arm:
+        arm(0.3)
+        deadline = time.process_time() + 5
+        while time.process_time() < deadline:  # a loop burns CPU time: stopped
+            pass
 
 
 def test_recovery_leaves_alone_what_only_looks_like_a_leftover(ws, tmp_path, run_cli):

@@ -48,6 +48,10 @@ class Conversations:
 
 
 def _message(msg: object, where: str, index: int, turn: int, column: str) -> tuple[str, str]:
+    if type(msg) is dict and "role" in msg:  # the common case, checked without building messages
+        role, content = msg["role"], msg.get("content")
+        if type(role) is str and type(content) is str and role in ROLE_ALIASES:
+            return ROLE_ALIASES[role], content
     at = f"{where}: record {index}: {column} turn {turn}"
     if not isinstance(msg, Mapping):
         raise InputError(f"{at}: expected an object with fields role and content, found "

@@ -6,8 +6,9 @@ Hugging Face templates expect (`messages`, `bos_token`, `eos_token`, `add_genera
 `raise_exception`) and the `{% generation %}` block accepted as plain text. Which rendered character
 comes from which message is traced in `chat_trace`.
 
-A template is code the user supplied, so each render has a time limit (`RENDER_SECONDS`, enforced
-with SIGALRM in the main thread), and a render that recurses too deeply or runs out of memory is
+A template is code the user supplied, so each render has a time limit (`RENDER_SECONDS` of the
+process's CPU time, enforced with SIGPROF in the main thread: a template that loops is stopped,
+while a run suspended with Ctrl-Z, or starved on a loaded machine, is not), and a render that recurses too deeply or runs out of memory is
 refused with one line instead of a traceback; none of them leaves the output lock held. Many renders
 in a row share one installed handler (`ChatTemplate.renderer`); each still gets its own limit.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from alpaca_plw.errors import ConfigError, InputError
 
-RENDER_SECONDS = 10.0  # the most one render of one conversation may take
+RENDER_SECONDS = 10.0  # the most CPU time one render of one conversation may take
 
 
 class TemplateRefusal(Exception):
@@ -36,8 +37,9 @@ class _TooSlow(Exception):
 
 @contextmanager
 def _alarm() -> Iterator[Callable[[float], None] | None]:
-    """Install a SIGALRM handler raising `_TooSlow` for the block; yield `arm(seconds)` (0 disarms),
-    or None outside the main thread or without `setitimer` (no limit there)."""
+    """Install a SIGPROF handler raising `_TooSlow` for the block; yield `arm(seconds)` (0
+    disarms; seconds of this process's CPU time, not of the clock, so a process stopped and
+    continued is not cut short), or None outside the main thread or without `setitimer`."""
     import signal
     import threading
 
@@ -49,14 +51,14 @@ def _alarm() -> Iterator[Callable[[float], None] | None]:
         raise _TooSlow
 
     def arm(seconds: float) -> None:
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        signal.setitimer(signal.ITIMER_PROF, seconds)
 
-    previous = signal.signal(signal.SIGALRM, expire)
+    previous = signal.signal(signal.SIGPROF, expire)
     try:
         yield arm
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 Render = Callable[[list, str, str, str], str]  # (messages, bos, eos, where) -> text
@@ -104,8 +106,8 @@ class ChatTemplate:
             raise InputError(f"{where}: the chat template refuses this conversation: {exc}") from None
         except _TooSlow:
             raise InputError(f"{where}: the chat template {self.name} ran longer than "
-                             f"{RENDER_SECONDS:g} s on this conversation (a loop that does not "
-                             "end?); nothing was written") from None
+                             f"{RENDER_SECONDS:g} s of CPU time on this conversation (a loop that "
+                             "does not end?); nothing was written") from None
         except RecursionError:
             raise InputError(f"{where}: the chat template {self.name} recursed too deeply on this "
                              "conversation (a macro that calls itself?)") from None

@@ -57,6 +57,15 @@ class PieceBytes:
 
 
 def piece_bytes(tokenizer: Tokenizer) -> PieceBytes:
+    """The `PieceBytes` of a SentencePiece tokenizer, built once per loaded tokenizer (a streamed
+    run weighs its conversations batch by batch with one tokenizer)."""
+    table = tokenizer.memo.get("piece_bytes")
+    if table is None:
+        table = tokenizer.memo["piece_bytes"] = _piece_bytes(tokenizer)
+    return table
+
+
+def _piece_bytes(tokenizer: Tokenizer) -> PieceBytes:
     sp = tokenizer.impl
     pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
     lengths = np.array([1 if sp.is_byte(i) else 0 if sp.is_control(i) or sp.is_unknown(i) else
@@ -96,14 +105,19 @@ def _positions(table: PieceBytes, ids, ntok, start, size, special):
     is an encoded text segment or one special token (which covers its `size` bytes)."""
     unit = np.repeat(np.arange(ntok.size), ntok)
     length = table.lengths[ids]
-    length[special[unit]] = size[unit][special[unit]]
+    if special.any():
+        of_special = special[unit]
+        length[of_special] = size[unit][of_special]
     dummy = np.where(special, 0, table.dummy)
-    total = np.concatenate(([0], np.cumsum(length)))
+    total = np.cumsum(length)
     first = np.concatenate(([0], np.cumsum(ntok)))
-    covered = total[first[1:]] - total[first[:-1]] - np.where(ntok > 0, dummy, 0)
-    end = start[unit] + total[1:] - total[first[:-1]][unit] - dummy[unit]
-    begin = np.maximum(end - length, start[unit])
-    decide = np.minimum(np.where(end > begin, end - 1, begin), (start + np.maximum(size, 1) - 1)[unit])
+    before = np.concatenate(([0], total))[first]  # bytes of the units before each unit
+    covered = before[1:] - before[:-1] - np.where(ntok > 0, dummy, 0)
+    end = total + (start - before[:-1] - dummy)[unit]
+    lowest = start[unit]
+    begin = np.maximum(end - length, lowest)
+    last = lowest + (np.maximum(size, 1) - 1)[unit]  # the unit's last byte
+    decide = np.minimum(np.where(end > begin, end - 1, begin), last)
     return decide, np.flatnonzero(covered != size)
 
 

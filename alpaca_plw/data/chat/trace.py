@@ -71,14 +71,24 @@ def _common_prefix(tail: str, text: str, start: int, limit: int) -> int:
     return n
 
 
+class _Shape:
+    """One shape's placeholder render split into markup `pieces` and message `indices`, with its
+    assistants' closing tails and its markers (per set of filled contents), found once."""
+
+    __slots__ = ("marked", "pieces", "indices", "tails", "markers")
+
+    def __init__(self, marked: list[dict], pieces: list[str], indices: list[int]):
+        self.marked, self.pieces, self.indices = marked, pieces, indices
+        self.tails: dict[int, str] = {}
+        self.markers: dict[tuple, frozenset[str]] = {}
+
+
 class Tracer:
     """Traces conversations rendered with one template and one BOS/EOS pair (see the module)."""
 
     def __init__(self, template: ChatTemplate, bos: str, eos: str):
         self.template, self.bos, self.eos = template, bos, eos
-        self._shapes: dict[tuple, tuple[list[dict], list[str], list[int]]] = {}
-        self._tails: dict[tuple, str] = {}
-        self._markers: dict[tuple, frozenset[str]] = {}
+        self._shapes: dict[tuple, _Shape] = {}
 
     def trace(self, render: Render, roles: list[str], contents: list[str], where: str) -> Traced:
         """Render one conversation with `render` (from `ChatTemplate.renderer`) and trace it."""
@@ -89,51 +99,59 @@ class Tracer:
         if shape is None:
             marked = [{"role": r, "content": chr(_BASE + i) if filled else ""}
                       for i, (r, filled) in enumerate(zip(*key))]
-            shape = self._shapes[key] = (marked, *_split(render(marked, self.bos, self.eos, where),
-                                                         where))
-        marked, pieces, indices = shape
+            shape = self._shapes[key] = _Shape(marked, *_split(
+                render(marked, self.bos, self.eos, where), where))
+        pieces = shape.pieces
         located: list[tuple[int, int, int]] = []  # every located content, empty ones included
         pos = 0
-        for k, index in enumerate(indices):
-            if not text.startswith(pieces[k], pos):
+        for k, index in enumerate(shape.indices):
+            piece = pieces[k]
+            if not text.startswith(piece, pos):
                 raise _untraceable(where, index)
-            pos += len(pieces[k])
+            pos += len(piece)
             follow, content = pieces[k + 1], contents[index]
             # the content as is, else trimmed as a template may trim it (the first that fits)
-            for candidate in (content, content.strip(), content.lstrip(), content.rstrip()):
-                if text.startswith(candidate, pos) and text.startswith(follow, pos + len(candidate)):
-                    located.append((pos, pos + len(candidate), index))
-                    pos += len(candidate)
-                    break
-            else:
-                raise _untraceable(where, index)
+            if not (text.startswith(content, pos) and text.startswith(follow, pos + len(content))):
+                content = _trimmed(text, pos, content, follow)
+                if content is None:
+                    raise _untraceable(where, index)
+            located.append((pos, pos + len(content), index))
+            pos += len(content)
         if text[pos:] != pieces[-1]:
-            raise _untraceable(where, indices[-1] if indices else 0)
+            raise _untraceable(where, shape.indices[-1] if shape.indices else 0)
         spans = [s for s in located if s[1] > s[0]]
-        stops, stop = [], len(text)  # where the markup after each content ends: the next content
-        for start, end, _ in reversed(located):
-            stops.append(stop)
-            stop = start if end > start else stop
-        closing: dict[int, tuple[int, int]] = {}
-        for (_, end, index), stop in zip(located, reversed(stops)):
+        closing: list[tuple[int, tuple[int, int]]] = []  # found last to first
+        stop = len(text)  # where the markup after each content ends: the next non-empty content
+        for start, end, index in reversed(located):
             if roles[index] == "assistant":
-                tail = self._tail(render, key, marked, index, where)
-                closing[index] = (end, end + _common_prefix(tail, text, end, stop - end))
-        filled = (key, tuple([e > s for s, e, _ in located]))
-        markers = self._markers.get(filled)
+                tail = self._tail(render, shape, index, where)
+                closing.append((index, (end, end + _common_prefix(tail, text, end, stop - end))))
+            if end > start:
+                stop = start
+        filled = tuple([e > s for s, e, _ in located])
+        markers = shape.markers.get(filled)
         if markers is None:
-            markers = self._markers[filled] = frozenset(markup_markers(pieces, filled[1]))
-        return Traced(text, spans, closing, markers)
+            markers = shape.markers[filled] = frozenset(markup_markers(pieces, filled))
+        return Traced(text, spans, dict(reversed(closing)), markers)
 
-    def _tail(self, render: Render, key: tuple, marked: list[dict], index: int, where: str) -> str:
+    def _tail(self, render: Render, shape: _Shape, index: int, where: str) -> str:
         """What the template emits after assistant message `index`'s content when the
         conversation ends there (nothing when the cut render leaves that content out)."""
-        tail = self._tails.get((key, index))
+        tail = shape.tails.get(index)
         if tail is None:
-            cut = render(marked[: index + 1], self.bos, self.eos, where)
+            cut = render(shape.marked[: index + 1], self.bos, self.eos, where)
             at = cut.find(chr(_BASE + index))
-            tail = self._tails[(key, index)] = cut[at + 1:] if at >= 0 else ""
+            tail = shape.tails[index] = cut[at + 1:] if at >= 0 else ""
         return tail
+
+
+def _trimmed(text: str, pos: int, content: str, follow: str) -> str | None:
+    """The first of the content trimmed as a template may trim it that sits at `pos`, followed by
+    `follow`; None when none does."""
+    for candidate in (content.strip(), content.lstrip(), content.rstrip()):
+        if text.startswith(candidate, pos) and text.startswith(follow, pos + len(candidate)):
+            return candidate
+    return None
 
 
 def _untraceable(where: str, index: int) -> InputError:

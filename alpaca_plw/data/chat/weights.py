@@ -113,28 +113,36 @@ class ChatWeights(TokenizedWeights):
 CHUNK = 1024  # conversations rendered, then encoded in one call (bounds the NumPy temporaries)
 
 
-def _intervals(tr, roles: list[str], assistant_turns: str) -> list[tuple[int, int, int]]:
+_ASSISTANT, _END, _PROMPT = CODE["assistant"], CODE["assistant_end"], CODE["assistant_prompt"]
+
+
+def _runs(tr, roles: list[str], assistant_turns: str) -> list[tuple[int, int, int]]:
     """(start, end, role code) of every character run of a traced rendering that is not plain
     markup, in text order: message contents, and the markup closing each learned assistant turn."""
-    assistants = [i for i, r in enumerate(roles) if r == "assistant"]
-    learned = set(assistants if assistant_turns == "all" else assistants[-1:])
-    runs = [(a, b, CODE["assistant" if i in learned else "assistant_prompt"]
-             if roles[i] == "assistant" else CODE[roles[i]]) for a, b, i in tr.spans]
-    runs += [(a, b, CODE["assistant_end"]) for i, (a, b) in tr.closing.items() if i in learned and b > a]
-    return sorted(runs)
+    last = -1
+    if assistant_turns != "all":
+        last = max((i for i, r in enumerate(roles) if r == "assistant"), default=-1)
+    runs = [(a, b, CODE[roles[i]] if roles[i] != "assistant" else
+             _ASSISTANT if last < 0 or i == last else _PROMPT) for a, b, i in tr.spans]
+    closing = [(a, b, _END) for i, (a, b) in tr.closing.items() if b > a and (last < 0 or i == last)]
+    if closing:
+        runs += closing
+        runs.sort()
+    return runs
 
 
-def _roles(enc: Encoded, traces: list, runs: list[list[tuple[int, int, int]]]) -> np.ndarray:
+def _roles(enc: Encoded, traces: list, roles: list[list[str]], assistant_turns: str) -> np.ndarray:
     """Role code of every token: that of the run holding its deciding position, else markup."""
-    starts, ends, codes = [], [], []
-    for t, (tr, rs) in enumerate(zip(traces, runs)):
+    edges, codes = [], []
+    for t, tr in enumerate(traces):
+        rs = _runs(tr, roles[t], assistant_turns)
         if rs:
-            edges = enc.units(tr.text, [x for a, b, _ in rs for x in (a, b)])
             base = int(enc.base[t])
-            starts += [base + e for e in edges[0::2]]
-            ends += [base + e for e in edges[1::2]]
+            cut = [x for a, b, _ in rs for x in (a, b)]
+            edges += [base + e for e in enc.units(tr.text, cut)]
             codes += [c for _, _, c in rs]
-    starts, ends = np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+    bounds = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    starts, ends = bounds[:, 0], bounds[:, 1]
     k = np.searchsorted(starts, enc.pos, side="right") - 1
     inside = (k >= 0) & (enc.pos < ends[np.maximum(k, 0)] if ends.size else False)
     return np.where(inside, np.array(codes + [0], dtype=np.int8)[k], CODE["markup"]).astype(np.int8)
@@ -164,10 +172,8 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
             b = min(n, a + CHUNK)
             traces = [tracer.trace(render, conv.roles[j], conv.contents[j],
                                    f"{conv.source.path}: record {first_index + j}") for j in range(a, b)]
-            runs = [_intervals(tr, conv.roles[j], options.assistant_turns)
-                    for j, tr in zip(range(a, b), traces)]
             enc = encode_texts(tokenizer, [tr.text for tr in traces], [tr.spans for tr in traces], table)
-            roles = _roles(enc, traces, runs)
+            roles = _roles(enc, traces, conv.roles[a:b], options.assistant_turns)
             _select(enc, roles, max_length, first_index + a, out, truncated, skipped)
             markers.update(*(tr.markers for tr in traces))
             if progress:

@@ -62,14 +62,24 @@ def to_table(tw: TokenizedWeights, meta: dict[str, object]) -> pa.Table:
 
 
 def _write_dir(directory: Path, table: pa.Table) -> None:
+    _write_batches(directory, table.schema, table.to_batches(max_chunksize=1000))
+
+
+def _write_batches(directory: Path, schema: pa.Schema, batches) -> None:
+    """`ARROW_FILE` (an IPC stream of `batches`), `dataset_info.json` and `state.json` (the
+    file's digest, read back in blocks) into `directory`."""
     arrow = directory / ARROW_FILE
-    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1000)
-    digest = hashlib.sha256(arrow.read_bytes()).hexdigest()[:16]
-    features = _features(ROLE_COLUMN in table.column_names)
+    with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    digest = hashlib.sha256()
+    with open(arrow, "rb") as source:
+        for block in iter(lambda: source.read(1 << 22), b""):
+            digest.update(block)
+    features = _features(ROLE_COLUMN in schema.names)
     info = {"citation": "", "description": "alpaca-plw per-token loss weights", "features": features,
             "homepage": "", "license": ""}
-    state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": digest,
+    state = {"_data_files": [{"filename": ARROW_FILE}], "_fingerprint": digest.hexdigest()[:16],
              "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
              "_output_all_columns": False, "_split": None}
     (directory / "dataset_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -92,6 +102,15 @@ def write_weights_dir(out_dir: Path, table: pa.Table, force: bool) -> None:
 
     check_output_dir(out_dir, force)
     publish_dir(out_dir, lambda tmp: _write_dir(tmp, table), "weights", replace=force)
+
+
+def write_weights_batches(out_dir: Path, schema: pa.Schema, batches, force: bool) -> None:
+    """`write_weights_dir` from record batches (of 1000 rows, as `_write_dir` cuts a table), held
+    one at a time."""
+    from alpaca_plw.data.outputs.publish import publish_dir
+
+    check_output_dir(out_dir, force)
+    publish_dir(out_dir, lambda tmp: _write_batches(tmp, schema, batches), "weights", replace=force)
 
 
 @dataclass
