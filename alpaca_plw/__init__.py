@@ -34,7 +34,7 @@ _EXPORTS = {
     "TINY": "alpaca_plw.data.alpaca.build",
     "target_rule": "alpaca_plw.data.alpaca.build",
     "ColumnMap": "alpaca_plw.data.reading.records",
-    "read_weights_dir": "alpaca_plw.data.weights_dir.store",
+    "read_weights_dir": "alpaca_plw.data.weights_dir.read",
     "TrainConfig": "alpaca_plw.train.config",
     "PLWError": "alpaca_plw.errors",
     "InputError": "alpaca_plw.errors",

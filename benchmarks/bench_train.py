@@ -123,7 +123,7 @@ from torch.utils._pytree import tree_leaves
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from alpaca_plw.data.weights_dir.store import read_weights_dir  # noqa: E402
+from alpaca_plw.data.weights_dir.read import read_weights_dir  # noqa: E402
 from alpaca_plw.train.batching.batches import (DataOrder, MicroBatch, SequenceStore,  # noqa: E402
                                                collate)
 from alpaca_plw.train.config import ATTN_IMPLEMENTATIONS, TrainConfig  # noqa: E402

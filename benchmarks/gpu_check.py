@@ -83,7 +83,7 @@ class Context:
         return self.args.budget_s - (time.perf_counter() - self.began)
 
     def store(self):
-        from alpaca_plw.data.weights_dir.store import read_weights_dir
+        from alpaca_plw.data.weights_dir.read import read_weights_dir
         from alpaca_plw.train.batching.batches import SequenceStore
 
         if self._store is None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alpaca_plw.data.weights_dir.store import (ROLE_COLUMN, read_weights_dir, schema,
-                                              write_weights_dir)
+from alpaca_plw.data.weights_dir.read import read_weights_dir
+from alpaca_plw.data.weights_dir.store import ROLE_COLUMN, schema, write_weights_dir
 
 LEARNED = ("assistant", "assistant_end")
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.chat.weights import LEARNED, ChatOptions
 from alpaca_plw.data.alpaca.weights import check_plw, prompt_weight_share, prompt_weights
-from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
-                                           read_weights_dir, schema,
-                                           write_weights_batches)
+from alpaca_plw.data.chat.weights import LEARNED, ChatOptions
+from alpaca_plw.data.weights_dir.read import WeightsData, read_weights_dir
+from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, schema,
+                                               write_weights_batches)
 from alpaca_plw.errors import ConfigError
 
 # REFERENCE.md section 5: the ten PLW values the paper trained.

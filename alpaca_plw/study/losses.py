@@ -44,7 +44,7 @@ def _weights_folder(run_dir: Path, record: dict) -> Path | None:
 def step_targets(run_dir: Path, step: int) -> tuple[int, int] | None:
     """(prompt-side, completion) targets of optimizer step `step` (1-based) of a run, or None
     when they cannot be replayed (no run.json, its weights folder gone) or some target weighs 0."""
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.errors import PLWError
     from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
 

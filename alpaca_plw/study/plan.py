@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from alpaca_plw.data.weights_dir.store import WeightsData
+from alpaca_plw.data.weights_dir.read import WeightsData
 from alpaca_plw.study.fit import to_wp
 from alpaca_plw.study.grid import (folder_chat, is_weights_source, read_source, reweighted,
                                   run_name)

@@ -85,7 +85,7 @@ def build_report(sweep: Path, score_files: list[Path] = (), base: str | None = N
 
 
 def _data_section(sweep: Path, config: dict, notes: list[str]) -> dict:
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     folders = sorted(p for p in (sweep / "weights").glob("plw-*") if p.is_dir())
     data: dict = {"source": config.get("source"), "plws": config.get("plws")}

@@ -524,7 +524,7 @@ def _cli(args, env=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("point,env", [("publish", {}), ("swapped", {}),
                                        ("between-renames", {"ALPACA_PLW_TEST_NO_RENAMEAT2": "1"})])
 def test_weights_force_killed_at_a_rename_point_leaves_old_or_new(point, env, ws, tmp_path, run_cli):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     out = _copy(ws, tmp_path, "weights")
     old = (out / ARROW).read_bytes()

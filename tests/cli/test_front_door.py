@@ -61,7 +61,7 @@ def test_data_commands_work_without_torch(tmp_path, llama_dir):
         done = run_without_torch(args, tmp_path)
         assert done.returncode == 0, (args, done.stderr)
         assert "TORCH_MODULES=\n" in done.stderr, (args, done.stderr)
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     assert read_weights_dir(tmp_path / "w").meta["plw"] == 0.1
     assert json.loads((tmp_path / "short.json").read_text(encoding="utf-8"))

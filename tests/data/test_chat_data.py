@@ -76,7 +76,7 @@ def test_sharegpt_columns_give_the_same_weights(run_cli, tmp_path):
     code, _, err = run_cli(["weights", share, *common, "--columns", "messages=conversations",
                             "-o", tmp_path / "b"])
     assert code == 0, err
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     ta, tb = read_weights_dir(tmp_path / "a").table, read_weights_dir(tmp_path / "b").table
     for column in ("input_ids", "loss_weight", "role", "prompt_length"):
@@ -165,7 +165,7 @@ def test_plw_auto_uses_the_conversations_rg(run_cli, tmp_path):
     stats = json.loads(run_cli(["stats", "--json", CONVERSATIONS])[1])
     code, _, err = run_cli(["weights", CONVERSATIONS, "--chat-template", CHATML, "-o", tmp_path / "w"])
     assert code == 0, err
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     meta = read_weights_dir(tmp_path / "w").meta
     assert meta["plw_choice"]["rg"] == stats["rg"] and meta["plw"] == stats["recommended_plw"]["all"]
@@ -178,7 +178,7 @@ def test_hf_fast_tokenizer_gives_the_same_roles_by_offsets(run_cli, tmp_path, ll
     hf.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (hf / name).write_bytes((llama_dir / name).read_bytes())
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     tables = []
     for out, extra in (("sp", []), ("hf", ["--tokenizer", hf])):
@@ -196,7 +196,7 @@ def test_the_tokenizers_own_template_is_used_when_no_file_is_given(run_cli, tmp_
     tok.mkdir()
     (tok / "tokenizer.model").write_bytes((llama_dir / "tokenizer.model").read_bytes())
     (tok / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHATML.read_text()}))
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     code, _, err = run_cli(["weights", CONVERSATIONS, "--tokenizer", tok, "--plw", "0.1", "-o", tmp_path / "a"])
     assert code == 0, err

@@ -206,7 +206,7 @@ def test_role_weights_override_plw_per_role(tmp_path):
 def test_chat_weights_read_back_checked_and_a_role_weight_the_data_contradicts_is_named(tmp_path):
     import json
 
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.errors import InputError
 
     table = run_weights(tmp_path / "w", "chatml", 512, "--role-weights", "system=0,user=0.5",
@@ -243,7 +243,7 @@ if __name__ == "__main__":
 
 
 def test_a_role_code_outside_the_table_is_named_on_read(tmp_path):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.errors import InputError
 
     table = run_weights(tmp_path / "w", "chatml", 512).combine_chunks()

@@ -366,7 +366,7 @@ def test_two_runs_write_byte_identical_files(handcrafted, tmp_path):
 
 
 def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     table, meta = handcrafted_table
     data = read_weights_dir(handcrafted[0])
@@ -376,7 +376,7 @@ def test_read_weights_dir_reads_the_output(handcrafted, handcrafted_table):
 
 
 def test_weights_dir_missing_a_column_is_refused_naming_it(tmp_path):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.errors import InputError
 
     folder = tmp_path / "broken"
@@ -595,7 +595,7 @@ if __name__ == "__main__":
 def test_weights_warns_when_most_records_are_skipped_or_cut(run_cli, tmp_path, max_length, kind):
     """On the sample, --max-length 50 leaves most prompts filling it (skipped) and 80 cuts most
     completions; the command still succeeds and says so once on stderr. At 512 nothing is said."""
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     sample = Path(__file__).resolve().parents[2] / "data" / "sample.json"
     code, _, err = run_cli(["weights", sample, "--plw", "0.1", "--max-length", max_length, "-o",

@@ -12,7 +12,7 @@ from shard_helpers import make_shards
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
 from alpaca_plw.data.weights_dir.folders import read_weights
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.errors import InputError
 
 CHAT = SAMPLE.parents[1] / "tests" / "fixtures" / "chat"

@@ -7,7 +7,7 @@ import pytest
 from study_helpers import LLAMA, small_source
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.errors import ConfigError
 from alpaca_plw.study.grid import PAPER_PLWS, parse_plws, prepare_weights, reweight, run_name
 

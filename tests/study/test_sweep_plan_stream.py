@@ -9,7 +9,7 @@ import pytest
 from study_helpers import LLAMA, small_source
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.study.plan import tokenized
 
 

@@ -49,7 +49,7 @@ def _independent_role_losses(weights, model_dir) -> tuple[dict, float, float]:
     model's own forward (no alpaca_plw training code)."""
     from transformers import LlamaForCausalLM
 
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     data = read_weights_dir(weights)
     names = data.meta["role_codes"]
@@ -98,7 +98,7 @@ def test_alpaca_weights_log_no_role_loss(tiny_llama, tmp_path):
 
 
 def test_plan_counts_every_non_assistant_target_as_prompt(chat_weights):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.train.batching.batches import SequenceStore
 
     data = read_weights_dir(chat_weights)

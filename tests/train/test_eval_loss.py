@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.train.evaluation import split_indices
 from alpaca_plw.train.trainer import train
 

@@ -59,7 +59,7 @@ def _independent(model_dir, rows, names) -> dict:
 
 def test_eval_role_losses_match_an_independent_forward(chat_weights, tiny_llama, tiny_config,
                                                        read_log, tmp_path):
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
     from alpaca_plw.train.evaluation import split_indices
     from alpaca_plw.train.trainer import train
 

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from alpaca_plw.cli.render import step_line
 from alpaca_plw.cli.train_progress import TrainProgress
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 
 
 class _Plan:

@@ -13,7 +13,7 @@ from shard_helpers import make_shards
 from tiny_models import save_tiny_llama as make_tiny_llama
 
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.trainer import train
 

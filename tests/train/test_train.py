@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from alpaca_plw.cli import app
 from alpaca_plw.data.pipeline import DataOptions, make_weights
-from alpaca_plw.data.weights_dir.store import ARROW_FILE, read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
+from alpaca_plw.data.weights_dir.store import ARROW_FILE
 from alpaca_plw.train.config import TrainConfig
 from alpaca_plw.train.trainer import train
 

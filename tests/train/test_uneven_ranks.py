@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alpaca_plw.data.weights_dir.store import read_weights_dir
+from alpaca_plw.data.weights_dir.read import read_weights_dir
 from alpaca_plw.train.batching.batches import DataOrder, SequenceStore
 from alpaca_plw.train.batching.packing import pack_records
 from alpaca_plw.train.config import TrainConfig

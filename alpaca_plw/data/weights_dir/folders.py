@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, WeightsData,
-                                           list_values, read_weights_dir, schema)
+from alpaca_plw.data.weights_dir.read import WeightsData, list_values, read_weights_dir
+from alpaca_plw.data.weights_dir.store import ARROW_FILE, META_KEY, ROLE_COLUMN, schema
 from alpaca_plw.errors import InputError, abbreviate
 
 SHARD_KEY = "shard"

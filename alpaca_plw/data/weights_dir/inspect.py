@@ -161,7 +161,7 @@ def inspect_weights(directory: Path, tokenizer: str | None = None, first: int = 
     """The first `first` records (or only `record`) token by token, and the weight mass by role
     over the whole folder. Bad input is an `InputError` / `ConfigError` naming what is wrong."""
     from alpaca_plw.data.chat.markup import markup_notes
-    from alpaca_plw.data.weights_dir.store import read_weights_dir
+    from alpaca_plw.data.weights_dir.read import read_weights_dir
 
     if record is None and first < 1:
         raise ConfigError(f"-n must be at least 1, got {first}")

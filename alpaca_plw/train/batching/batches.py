@@ -19,7 +19,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from alpaca_plw.data.weights_dir.store import WeightsData, list_values
+from alpaca_plw.data.weights_dir.read import WeightsData, list_values
 from alpaca_plw.train.batching.selection import Selection, select_targets
 from alpaca_plw.train.batching.tokens import Tokens, record_sums
 from alpaca_plw.train.modeling.roles import padded_target_roles, prompt_from_roles
