@@ -87,18 +87,30 @@ class ChatTemplate:
     @contextmanager
     def renderer(self) -> Iterator[Render]:
         """`render` for many conversations in a row: the time limit's handler is installed once."""
-        with _alarm() as arm:
-            yield lambda messages, bos, eos, where="": self._render(arm, messages, bos, eos, where)
+        template = self.compiled
+        names = dict(template.globals)  # the environment's and the template's globals, merged once
 
-    def _render(self, arm, messages: list[dict], bos: str, eos: str, where: str) -> str:
+        def run(**values) -> str:
+            # what `Template.render` does, without merging the globals into every context again
+            context = template.new_context({**names, **values}, shared=True)
+            try:
+                return template.environment.concat(template.root_render_func(context))
+            except Exception:  # noqa: BLE001 - as Template.render: the template's own traceback
+                return template.environment.handle_exception()
+
+        with _alarm() as arm:
+            yield lambda messages, bos, eos, where="": self._render(arm, run, messages, bos, eos,
+                                                                     where)
+
+    def _render(self, arm, run, messages: list[dict], bos: str, eos: str, where: str) -> str:
         from jinja2 import TemplateError
 
         try:
             if arm is not None:
                 arm(RENDER_SECONDS)
             try:
-                return self.compiled.render(messages=messages, bos_token=bos, eos_token=eos,
-                                            add_generation_prompt=False, tools=None)
+                return run(messages=messages, bos_token=bos, eos_token=eos,
+                           add_generation_prompt=False, tools=None)
             finally:
                 if arm is not None:
                     arm(0)

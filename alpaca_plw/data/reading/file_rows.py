@@ -79,6 +79,7 @@ def jsonl_rows(path, shown: str) -> Iterator[object]:
     from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
     from alpaca_plw.data.reading.sources import unparsable
 
+    decode = json.JSONDecoder(object_pairs_hook=unique).decode  # one decoder, not one per line
     offset, index = 0, 0
     with _open(path, shown) as handle:
         for number, raw in enumerate(handle, start=1):
@@ -95,7 +96,9 @@ def jsonl_rows(path, shown: str) -> Iterator[object]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line, object_pairs_hook=unique)
+                if line[0] == "\ufeff":  # json.loads' own message for a BOM inside the file
+                    json.loads(line, object_pairs_hook=unique)
+                yield decode(line)
             except DuplicateKey:
                 key = duplicate(json.loads(line, object_pairs_hook=Pairs))
                 raise duplicate_error(shown, f"record {index} (line {number})", key) from None
