@@ -1,5 +1,5 @@
 """`stats` and `weights` over a streamed source: batch by batch (`stream.py`), on every core
-(`parallel.py`), written batch by batch (`weights_writer.py`).
+(`parallel.py`), written batch by batch (`weights_dir/writer.py`).
 
 Memory: what grows with the records is compact only: int32 token lengths per field (Alpaca,
 12 bytes a record) or per message (conversations, 5 bytes a message and 8 a conversation), for the

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from alpaca_plw.data.alpaca.weights import check_plw, prompt_weight_share, prompt_weights
-from alpaca_plw.data.chat.weights import LEARNED, ChatOptions
+from alpaca_plw.data.chat.weights import ChatOptions
 from alpaca_plw.data.weights_dir.read import WeightsData, read_weights_dir
 from alpaca_plw.data.weights_dir.store import (ARROW_FILE, META_KEY, ROLE_COLUMN, schema,
                                                write_weights_batches)
@@ -77,7 +77,7 @@ def read_source(source, allow_partial: bool = False) -> WeightsData:
     return read_weights(Path(source), allow_partial)
 
 
-ROWS = 1000  # rows per Arrow batch, as `weights` writes them (weights_store._write_dir)
+ROWS = 1000  # rows per Arrow batch, as `weights` writes them (weights_dir.store._write_dir)
 
 
 def _chunks(table: pa.Table, column: str):

@@ -1,10 +1,10 @@
-"""Writing a weights folder batch by batch, byte for byte what `weights_store.write_weights_dir`
+"""Writing a weights folder batch by batch, byte for byte what `weights_dir.store.write_weights_dir`
 writes for the same records, in memory that does not grow with their number.
 
 The folder's one Arrow IPC stream begins with its schema, whose metadata holds the run's meta
 (counts, tokens, truncated, skipped), known only at the end. So the records go first, as they
 come, into a temporary stream (under a placeholder schema) in rows of exactly
-`weights_store`'s 1,000 per Arrow batch; at the end the final file is that stream with its schema
+`weights_dir.store`'s 1,000 per Arrow batch; at the end the final file is that stream with its schema
 message replaced: the final schema's message, then the temporary stream's bytes after its own
 (the batch messages do not depend on the schema's metadata), copied 1 MiB at a time.
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 from alpaca_plw.data.weights_dir.store import ARROW_FILE, _features, schema
 from alpaca_plw.errors import ConfigError
 
-ROWS_PER_BATCH = 1000  # weights_store._write_dir's max_chunksize
+ROWS_PER_BATCH = 1000  # weights_dir.store._write_dir's max_chunksize
 _INT32_TOKENS = 2**31
 _COPY = 1 << 20
 _SLACK = 256  # values of the next batch after a batch's own (see the module docstring)
@@ -134,7 +134,7 @@ class WeightsWriter:
 
     def finish(self, directory: Path, meta: dict[str, object]) -> None:
         """Write `ARROW_FILE`, `dataset_info.json` and `state.json` into `directory` (the folder
-        being published) as `weights_store._write_dir` does; `close()` must have run."""
+        being published) as `weights_dir.store._write_dir` does; `close()` must have run."""
         skip = len(_schema_message(self._placeholder))
         digest = hashlib.sha256()
         head = _schema_message(schema(meta, self.roles))
