@@ -77,13 +77,15 @@ def alpaca_weights(state: WeightsState, item):
 
 
 def chat_weights(state: WeightsState, item):
-    """`build_chat_weights` on one batch; its indices (and its messages) count from `first`."""
+    """`build_chat_weights` on one batch; its indices (and its messages) count from `first`. The
+    weights are left to the caller (`ChatOptions.weigh` of the roles): the result crosses a pipe.
+    """
     from alpaca_plw.data.chat.weights import build_chat_weights
 
     first, conv = item
     job = state.job
     return build_chat_weights(conv, state.tokenizer, state.template, job.plw, job.chat,
-                              job.max_length, None, first_index=first)
+                              job.max_length, None, first_index=first, weigh=False)
 
 
 def shifted_offsets(offsets: np.ndarray, base: int) -> np.ndarray:

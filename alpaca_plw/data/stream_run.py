@@ -22,6 +22,10 @@ from alpaca_plw.data.lengths import FieldLengths, Progress
 from alpaca_plw.data.parallel import WORKER_THREADS, ordered_map
 from alpaca_plw.errors import ConfigError, InputError
 
+# Conversations per batch of `weights`: the work of one batch (~0.1-0.2 s) is what the last
+# process to finish can keep the others waiting at the end; the output does not depend on it.
+CHAT_BATCH = 512
+
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
     """`--shard K/N` -> (K, N) with 0 <= K < N."""
@@ -140,9 +144,11 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
     try:
         done = 0
         for tw in ordered_map(chat_weights if conv else alpaca_weights,
-                              stream.batches(start=start, stop=stop), num_proc, setup_weights,
-                              (spec, WORKER_THREADS, job), state,
+                              stream.batches(CHAT_BATCH if conv else None, start, stop), num_proc,
+                              setup_weights, (spec, WORKER_THREADS, job), state,
                               replace(state, tokenizer=replace(tokenizer, threads=WORKER_THREADS))):
+            if conv:
+                tw.weights = chat.weigh(tw.roles, plw)
             writer.add(tw)
             totals.add(tw)
             done += int(tw.source_index.size) + len(tw.skipped)

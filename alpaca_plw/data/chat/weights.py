@@ -150,13 +150,16 @@ def _roles(enc: Encoded, traces: list, roles: list[list[str]], assistant_turns: 
 
 def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: ChatTemplate,
                        plw: float, options: ChatOptions, max_length: int = 512,
-                       progress: Progress | None = None, *, first_index: int = 0) -> ChatWeights:
+                       progress: Progress | None = None, *, first_index: int = 0,
+                       weigh: bool = True) -> ChatWeights:
     """Render, trace, tokenize and weigh every conversation; truncate at `max_length`.
 
     A conversation cut at `max_length` keeps its first `max_length` tokens (weights and roles cut
     alike) and is listed in `truncated`; one with no learned assistant token left is skipped with
     its reason. `first_index` is the source index of `conv`'s first conversation (a batch of a
     larger source): `source_index`, `truncated`, `skipped` and error messages count from it.
+    `weigh=False` leaves `weights` None, for the caller to derive from `roles` with
+    `options.weigh` (a worker sends 1 byte a token back instead of 5).
     """
     check_plw(plw)
     if max_length < 2:
@@ -181,7 +184,7 @@ def build_chat_weights(conv: Conversations, tokenizer: Tokenizer, template: Chat
     roles_flat = np.concatenate(out["roles"]) if out["roles"] else np.zeros(0, np.int8)
     return ChatWeights(
         ids=np.concatenate(out["ids"]).astype(np.int32) if out["ids"] else np.zeros(0, np.int32),
-        weights=options.weigh(roles_flat, plw),
+        weights=options.weigh(roles_flat, plw) if weigh else None,
         offsets=np.concatenate(([0], np.cumsum(np.concatenate(out["lengths"]) if out["lengths"] else [],
                                                dtype=np.int64))).astype(np.int64),
         prompt_length=np.concatenate(out["prompt"]).astype(np.int32) if out["prompt"] else
