@@ -1,4 +1,5 @@
-"""What a worker does to one batch `(first, records)` of a streamed source (see `parallel.py`).
+"""What a worker does to one batch `(first, records)` of a streamed source (see `parallel.py`);
+the records may come as unparsed JSON lines (`reading/lines.py`), parsed here.
 
 Each function takes the process's state (built once by a `setup_*` function) and one batch, and
 returns compact NumPy results whose record indices count in the whole source (the batch's first
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alpaca_plw.data.lengths import LengthCache, measure
+from alpaca_plw.data.reading.lines import records_of
 from alpaca_plw.data.tokenizer import load_tokenizer
 
 
@@ -48,16 +50,14 @@ def setup_weights(spec: str, threads: int | None, job: WeightsJob, tokenizer=Non
 
 def alpaca_lengths(tokenizer, item):
     """Token lengths of every field (`FieldLengths`), distinct texts tokenized once per batch."""
-    first, records = item
-    return measure(records, LengthCache(tokenizer))
+    return measure(records_of(item), LengthCache(tokenizer))
 
 
 def chat_lengths(tokenizer, item):
     """Content tokens of every message (`ChatLengths`, offsets from 0 within the batch)."""
     from alpaca_plw.data.chat.stats import measure_conversations
 
-    first, conv = item
-    return measure_conversations(conv, LengthCache(tokenizer))
+    return measure_conversations(records_of(item), LengthCache(tokenizer))
 
 
 def _shift(tw, first: int):
@@ -71,9 +71,9 @@ def _shift(tw, first: int):
 def alpaca_weights(state: WeightsState, item):
     from alpaca_plw.data.alpaca.weights import build_weights
 
-    first, records = item
     job = state.job
-    return _shift(build_weights(records, state.tokenizer, job.plw, job.max_length), first)
+    return _shift(build_weights(records_of(item), state.tokenizer, job.plw, job.max_length),
+                  item[0])
 
 
 def chat_weights(state: WeightsState, item):
@@ -82,9 +82,8 @@ def chat_weights(state: WeightsState, item):
     """
     from alpaca_plw.data.chat.weights import build_chat_weights
 
-    first, conv = item
-    job = state.job
-    return build_chat_weights(conv, state.tokenizer, state.template, job.plw, job.chat,
+    first, job = item[0], state.job
+    return build_chat_weights(records_of(item), state.tokenizer, state.template, job.plw, job.chat,
                               job.max_length, None, first_index=first, weigh=False)
 
 

@@ -58,13 +58,15 @@ def measure_stream(stream, tokenizer, spec: str, num_proc: int, progress: Progre
     conv = stream.kind == KIND
     label = f"tokenizing {stream.source.name}"
     parts, done = [], 0
-    for part in ordered_map(chat_lengths if conv else alpaca_lengths, stream.batches(), num_proc,
-                            setup_tokenizer, (spec, WORKER_THREADS), tokenizer,
-                            replace(tokenizer, threads=WORKER_THREADS)):
-        parts.append(part)
-        done += part.offsets.size - 1 if conv else part.instruction.size
-        if progress:
-            progress(label, done, max(done, _total(stream)))
+    with stream.exact_errors():
+        for part in ordered_map(chat_lengths if conv else alpaca_lengths,
+                                stream.batches(parse=False), num_proc, setup_tokenizer,
+                                (spec, WORKER_THREADS), tokenizer,
+                                replace(tokenizer, threads=WORKER_THREADS)):
+            parts.append(part)
+            done += part.offsets.size - 1 if conv else part.instruction.size
+            if progress:
+                progress(label, done, max(done, _total(stream)))
     if not conv:
         return FieldLengths(*(np.concatenate([getattr(p, f) for p in parts]).astype(np.int32)
                               for f in ("instruction", "input", "output")))
@@ -143,17 +145,19 @@ def stream_weights(stream, tokenizer, spec: str, plw, chat, max_length: int, num
     label = "rendering and tokenizing conversations" if conv else "tokenizing training sequences"
     try:
         done = 0
-        for tw in ordered_map(chat_weights if conv else alpaca_weights,
-                              stream.batches(CHAT_BATCH if conv else None, start, stop), num_proc,
-                              setup_weights, (spec, WORKER_THREADS, job), state,
-                              replace(state, tokenizer=replace(tokenizer, threads=WORKER_THREADS))):
-            if conv:
-                tw.weights = chat.weigh(tw.roles, plw)
-            writer.add(tw)
-            totals.add(tw)
-            done += int(tw.source_index.size) + len(tw.skipped)
-            if progress:
-                progress(label, done, stop - start if shard else max(done, _total(stream)))
+        batches = stream.batches(CHAT_BATCH if conv else None, start, stop, parse=False)
+        with stream.exact_errors():
+            for tw in ordered_map(chat_weights if conv else alpaca_weights, batches, num_proc,
+                                  setup_weights, (spec, WORKER_THREADS, job), state,
+                                  replace(state, tokenizer=replace(tokenizer,
+                                                                   threads=WORKER_THREADS))):
+                if conv:
+                    tw.weights = chat.weigh(tw.roles, plw)
+                writer.add(tw)
+                totals.add(tw)
+                done += int(tw.source_index.size) + len(tw.skipped)
+                if progress:
+                    progress(label, done, stop - start if shard else max(done, _total(stream)))
         writer.close()
         if records is None:
             records = len(stream)  # known now that the pass has read every record

@@ -74,40 +74,73 @@ def parquet_batches(path, shown: str, wanted, size: int, start: int, stop: int, 
         raise InputError(f"{shown}: cannot read Parquet: {exc}") from None
 
 
-def jsonl_rows(path, shown: str) -> Iterator[object]:
-    """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
-    from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
-    from alpaca_plw.data.reading.sources import unparsable
-
-    decode = json.JSONDecoder(object_pairs_hook=unique).decode  # one decoder, not one per line
-    offset, index = 0, 0
+def jsonl_lines(path, shown: str) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, bytes) of every line of a JSONL file, its newline kept; line
+    1's UTF-8 byte-order mark left out (its offset then counts past it)."""
+    offset = 0
     with _open(path, shown) as handle:
         for number, raw in enumerate(handle, start=1):
             at = offset
             offset += len(raw)
             if number == 1 and raw.startswith(_BOM):
                 raw, at = raw[len(_BOM):], at + len(_BOM)
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise InputError(f"{shown}: not UTF-8 text (bad byte at offset "
-                                 f"{at + exc.start})") from None
-            line = line[:-1] if line.endswith("\n") else line
-            if not line.strip():
-                continue
-            try:
-                if line[0] == "\ufeff":  # json.loads' own message for a BOM inside the file
-                    json.loads(line, object_pairs_hook=unique)
-                yield decode(line)
-            except DuplicateKey:
-                key = duplicate(json.loads(line, object_pairs_hook=Pairs))
-                raise duplicate_error(shown, f"record {index} (line {number})", key) from None
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{shown}: malformed JSON at line {number}, column {exc.colno}: "
-                                 f"{exc.msg}") from None
-            except (RecursionError, ValueError) as exc:
-                raise InputError(f"{shown}, line {number}: {unparsable(exc)}") from None
-            index += 1
+            yield number, at, raw
+
+
+def decode_line(raw: bytes, number: int, at: int, shown: str) -> str | None:
+    """The text of one line (from `jsonl_lines`) without its newline; None for a blank line."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{shown}: not UTF-8 text (bad byte at offset {at + exc.start})") from None
+    line = line[:-1] if line.endswith("\n") else line
+    return line if line.strip() else None
+
+
+def holds_record(raw: bytes, number: int, at: int, shown: str) -> bool:
+    """Whether a line counts as a record (is not blank), without parsing it: a line that is not
+    UTF-8 counts (its parser names the bad byte). Most lines open with `{` and are decided by it."""
+    if raw[:1] == b"{":
+        return True
+    try:
+        return decode_line(raw, number, at, shown) is not None
+    except InputError:
+        return True
+
+
+def new_decoder():
+    """What parses one JSON line: duplicate keys raise `DuplicateKey` (one decoder per reader)."""
+    return json.JSONDecoder(object_pairs_hook=unique).decode
+
+
+def parse_line(line: str, number: int, index: int, shown: str, decode) -> object:
+    """One non-blank line (record `index`, line `number`) parsed with `decode` (`new_decoder`)."""
+    from alpaca_plw.data.reading.json_keys import Pairs, duplicate, duplicate_error
+    from alpaca_plw.data.reading.sources import unparsable
+
+    try:
+        if line[0] == "\ufeff":  # json.loads' own message for a BOM inside the file
+            json.loads(line, object_pairs_hook=unique)
+        return decode(line)
+    except DuplicateKey:
+        key = duplicate(json.loads(line, object_pairs_hook=Pairs))
+        raise duplicate_error(shown, f"record {index} (line {number})", key) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{shown}: malformed JSON at line {number}, column {exc.colno}: "
+                         f"{exc.msg}") from None
+    except (RecursionError, ValueError) as exc:
+        raise InputError(f"{shown}, line {number}: {unparsable(exc)}") from None
+
+
+def jsonl_rows(path, shown: str) -> Iterator[object]:
+    """Parsed JSON lines; blank lines are skipped (as `load_records` does)."""
+    decode, index = new_decoder(), 0
+    for number, at, raw in jsonl_lines(path, shown):
+        line = decode_line(raw, number, at, shown)
+        if line is None:
+            continue
+        yield parse_line(line, number, index, shown, decode)
+        index += 1
 
 
 def _open(path, shown: str):

@@ -22,16 +22,17 @@ in stream order, naming its record (and line) the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from alpaca_plw.data.reading.file_rows import (Fallback, json_array_rows, jsonl_rows,
-                                               parquet_batches, slices)
+from alpaca_plw.data.reading.file_rows import (Fallback, holds_record, json_array_rows,
+                                               jsonl_lines, jsonl_rows, parquet_batches, slices)
+from alpaca_plw.data.reading.lines import BatchError, JsonlBatch
 from alpaca_plw.data.reading.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
 from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes
 from alpaca_plw.data.reading.records import ColumnMap, Source
 from alpaca_plw.data.reading.sources import check_unicode, load_records, locate
-from alpaca_plw.data.reading.tables import (dir_digest, hub_failure, no_duplicates, pick_split,
-                                            probe_hub, sha256_file, wanted_columns)
+from alpaca_plw.data.reading.tables import arrow_table, no_duplicates, sha256_file, wanted_columns
 from alpaca_plw.errors import InputError
 
 BATCH = 2048  # records per batch; fixed, so that results never depend on the worker count
@@ -50,6 +51,7 @@ class RecordStream:
     limit: int | None = MAX_RECORD_CHARS
     size_bytes: int = 0  # on disk (0: not a file)
     _rows: Callable[[], Iterator[object]] | None = None  # row-wise: fresh raw rows
+    _lines: Callable[[], Iterator[tuple]] | None = None  # JSONL: fresh `jsonl_lines`
     _table: object = None  # column-wise: an Arrow table (memory-mapped where it can be)
     _names: list[str] = field(default_factory=list)  # column-wise: all the source's columns
     _parquet: object = None  # a path: read with iter_batches
@@ -59,6 +61,10 @@ class RecordStream:
 
     def __len__(self) -> int:
         """The record count (a first call on a row-wise file reads it once)."""
+        if self._count is None and self._lines is not None:  # JSONL: lines counted, not parsed
+            shown = self.source.path
+            self._count = sum(1 for number, at, raw in self._lines()
+                              if holds_record(raw, number, at, shown))
         if self._count is None:
             try:
                 self._count = sum(1 for _ in self._rows())
@@ -66,22 +72,68 @@ class RecordStream:
                 self._count = len(self._whole())
         return self._count
 
-    def batches(self, size: int | None = None, start: int = 0,
-                stop: int | None = None) -> Iterator[tuple[int, object]]:
+    def batches(self, size: int | None = None, start: int = 0, stop: int | None = None,
+                parse: bool = True) -> Iterator[tuple[int, object]]:
         """Yield `(first, batch)` of `size` records (None: `BATCH`) for the records
         `start <= i < stop` (None: to the end); a range that is the whole source also runs the
-        whole-dataset checks (none at all, a mapped input column no record has)."""
+        whole-dataset checks (none at all, a mapped input column no record has).
+
+        `parse=False`: a JSONL source yields `JsonlBatch`es (its lines, parsed by
+        `lines.records_of` where the batch is weighed; consume them inside `exact_errors()`);
+        other sources, and Alpaca records whose input column is mapped, yield records as usual."""
         size = size or BATCH
-        done = [start]
+        if not parse and self._lines is not None and not (
+                self.kind == ALPACA and self.columns.input != "input"):
+            source, done = self._line_batches(size, start, stop), None
+        else:
+            source, done = None, [start]
         try:
-            yield from self._batches(size, start, stop, done)
+            yield from source or self._batches(size, start, stop, done)
         except Fallback:
             whole = self._whole()  # raises the error the whole-file loader finds
             yield from slices(whole, size, done[0], len(whole) if stop is None else stop)
         except InputError:
-            if self._whole is not None and self.size_bytes <= EXACT_ERRORS_BYTES:
-                self._whole()
+            self._exact()
             raise
+
+    @contextmanager
+    def exact_errors(self):
+        """Where a batch's parser (maybe a worker) found an error in a file small enough to read
+        whole, raise the whole-file loader's error instead (the first in file order)."""
+        try:
+            yield
+        except BatchError:
+            self._exact()
+            raise
+
+    def _exact(self) -> None:
+        if self._whole is not None and self.size_bytes <= EXACT_ERRORS_BYTES:
+            self._whole()
+
+    def _line_batches(self, size, start, stop):
+        """`JsonlBatch`es: lines split and counted here, parsed by the consumer."""
+        shown, index, batch = self.source.path, 0, ([], [], [])
+        for number, at, raw in self._lines():
+            if stop is not None and index >= stop:
+                break
+            if not holds_record(raw, number, at, shown):
+                continue
+            if index >= start:
+                for column, value in zip(batch, (number, at, raw)):
+                    column.append(value)
+                if len(batch[0]) == size:
+                    yield self._line_batch(index + 1 - size, batch)
+                    batch = ([], [], [])
+            index += 1
+        if batch[0]:
+            yield self._line_batch(index - len(batch[0]), batch)
+        if self._count is None and stop is None:
+            self._count = index
+        if start == 0 and stop is None and index == 0:
+            from_rows([], self.source, self.columns)  # "the dataset has no records"
+
+    def _line_batch(self, first: int, batch) -> tuple[int, JsonlBatch]:
+        return first, JsonlBatch(self.source, self.columns, self.kind, self.limit, first, *batch)
 
     def _batches(self, size, start, stop, done):
         check = start == 0 and stop is None
@@ -174,7 +226,7 @@ def open_stream(source=None, columns: ColumnMap | None = None, split: str = "tra
 
     common = dict(columns=columns, split=split, limit=max_record_chars, _whole=whole)
     if found.where in ("dir", "hub"):
-        table, src = _arrow_table(found, split)
+        table, src = arrow_table(found, split)
         names = table.column_names
         no_duplicates(names, src)
         kind = columns_kind(names, src, columns)
@@ -210,8 +262,9 @@ def open_stream(source=None, columns: ColumnMap | None = None, split: str = "tra
     finally:
         rows.close()
     kind = rows_kind([head] if head is not None else [], src, columns)
-    return RecordStream(src, kind, size_bytes=size,
-                        _rows=lambda: reader(found.path, found.shown), **common)
+    lines = (lambda: jsonl_lines(found.path, found.shown)) if found.suffix == ".jsonl" else None
+    return RecordStream(src, kind, size_bytes=size, _rows=lambda: reader(found.path, found.shown),
+                        _lines=lines, **common)
 
 
 def _json_array_rows(path, shown: str) -> Iterator[object]:
@@ -228,28 +281,3 @@ def _digest(path, shown: str) -> str:
         return sha256_file(path)
     except OSError as exc:
         raise InputError(f"{shown}: cannot read: {exc.strerror or exc}") from None
-
-
-def _arrow_table(found, split: str):
-    """The memory-mapped Arrow table of a `save_to_disk` folder or a hub dataset, and its Source."""
-    if found.where == "dir":
-        from datasets import load_from_disk
-
-        src = Source(name=found.name, path=found.shown, kind="arrow-dir",
-                     sha256=dir_digest(found.path))
-        try:
-            dataset = load_from_disk(str(found.path))
-        except (FileNotFoundError, ValueError, OSError) as exc:
-            raise InputError(f"{src.path}: not a directory written by datasets.save_to_disk "
-                             f"({exc})") from None
-        return pick_split(dataset, split, src.path).data.table, src
-    probe_hub(found.shown)
-    try:
-        from datasets import load_dataset
-
-        dataset = load_dataset(found.shown, split=split)
-    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
-        raise hub_failure(found.shown, exc) from None
-    src = Source(name=f"{found.shown}:{split}", path=found.shown, kind="hub",
-                 sha256=getattr(dataset, "_fingerprint", None))
-    return dataset.data.table, src

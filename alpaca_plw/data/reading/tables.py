@@ -127,3 +127,28 @@ def load_hub(name: str, columns: ColumnMap, split: str, limit: int | None) -> Re
     source = Source(name=f"{name}:{split}", path=name, kind="hub",
                     sha256=getattr(dataset, "_fingerprint", None))
     return load_table(dataset.data.table, source, columns, limit)
+
+
+def arrow_table(found, split: str):
+    """The memory-mapped Arrow table of a `save_to_disk` folder or a hub dataset, and its Source."""
+    if found.where == "dir":
+        from datasets import load_from_disk
+
+        src = Source(name=found.name, path=found.shown, kind="arrow-dir",
+                     sha256=dir_digest(found.path))
+        try:
+            dataset = load_from_disk(str(found.path))
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            raise InputError(f"{src.path}: not a directory written by datasets.save_to_disk "
+                             f"({exc})") from None
+        return pick_split(dataset, split, src.path).data.table, src
+    probe_hub(found.shown)
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(found.shown, split=split)
+    except Exception as exc:  # noqa: BLE001 - the hub client raises many unrelated types offline
+        raise hub_failure(found.shown, exc) from None
+    src = Source(name=f"{found.shown}:{split}", path=found.shown, kind="hub",
+                 sha256=getattr(dataset, "_fingerprint", None))
+    return dataset.data.table, src
