@@ -12,6 +12,9 @@ yielded in the order of `items` whatever the order they finish in; an error of a
 when its turn comes, so it is the first error in input order. The output of every command, and
 its first error, are therefore the same for every `num_proc`.
 
+Results come back through a pipe widened to 1 MiB (`_widen_results`), so that a worker hands a
+result over without waiting for this process, busy with a batch of its own, to read it.
+
 SentencePiece has its own threads (`num_threads`): a worker, and this process's own state while
 it helps the workers, use one (`WORKER_THREADS`) so that N processes use N cores, not N x cores;
 with one process the tokenizer keeps its threads.

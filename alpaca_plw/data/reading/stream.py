@@ -4,7 +4,9 @@
 from record 0) and returns a `RecordStream`; `stream.batches()` reads it again from the start on
 every call and yields `(first, batch)`: the index of the batch's first record in the whole source
 and a `Records` or `Conversations` of at most `size` records, validated as `load_records`
-validates (record numbers in messages are indices in the whole source).
+validates (record numbers in messages are indices in the whole source). With `parse=False` a
+JSONL source yields its batches as lines instead (`lines.JsonlBatch`), parsed where they are
+weighed, so that parsing runs on every core.
 
 How each format is read:
 - JSONL: line by line; JSON array: element by element (`json.JSONDecoder.raw_decode` over 1 MiB
@@ -16,7 +18,8 @@ How each format is read:
 Errors: when a file of at most `EXACT_ERRORS_BYTES` holds an error, it is read again whole
 (`load_records`), so the message is the one of the first error in file order exactly as the
 whole-file loader reports it (syntax before records); a larger file reports the first error met
-in stream order, naming its record (and line) the same way.
+in stream order, naming its record (and line) the same way. A batch of lines parsed elsewhere
+raises `BatchError`; its consumer, inside `stream.exact_errors()`, gets the same substitution.
 """
 
 from __future__ import annotations
