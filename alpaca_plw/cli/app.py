@@ -80,10 +80,15 @@ def main() -> None:
     handlers have run: native thread pools (Arrow's, after reading a Parquet file) can otherwise
     abort the interpreter's own teardown ("terminate called without an active exception", exit
     134) depending on load, and the exit code must not depend on timing."""
+    import os
     import signal
 
     signal.signal(signal.SIGINT, _interrupt_once)
-    signal.signal(signal.SIGTERM, _interrupt_once)  # `kill`, `timeout`, a scheduler: as Ctrl-C
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # `kill`, `timeout`, a scheduler: as Ctrl-C
+        # Under torchrun, SIGTERM is the launcher stopping the ranks that did not fail after one
+        # did: that rank's error line is the one to read, so the others end silently, as before.
+        # (Ctrl-C at a terminal still reaches every rank as SIGINT.)
+        signal.signal(signal.SIGTERM, _interrupt_once)
     try:
         app()
         code = 0
