@@ -25,6 +25,15 @@ class BatchError(InputError):
     """An error in a batch's records, found by the process that parsed the batch."""
 
 
+def check_batch(batch, limit: int | None, first: int) -> None:
+    """What every streamed batch passes besides its records' own validation: no record longer
+    than `limit` characters, no string UTF-8 cannot hold (records numbered from `first`)."""
+    from alpaca_plw.data.reading.sources import check_unicode
+
+    check_record_sizes(batch, limit, first)
+    check_unicode(batch, first)
+
+
 @dataclass
 class JsonlBatch:
     """The lines holding records `first`, `first + 1`, ... of a JSONL source (blank lines left
@@ -44,8 +53,6 @@ class JsonlBatch:
 
     def parse(self):
         """The validated `Records` or `Conversations`, as `RecordStream.batches()` yields them."""
-        from alpaca_plw.data.reading.sources import check_unicode
-
         shown, decode, rows = self.source.path, new_decoder(), []
         try:
             for k, (number, at, raw) in enumerate(zip(self.numbers, self.offsets, self.lines)):
@@ -54,8 +61,7 @@ class JsonlBatch:
                     raise AssertionError(f"{shown}: line {number} read as a record but is blank")
                 rows.append(parse_line(line, number, self.first + k, shown, decode))
             batch = from_rows(rows, self.source, self.columns, self.first, False, self.kind)
-            check_record_sizes(batch, self.limit, self.first)
-            check_unicode(batch, self.first)
+            check_batch(batch, self.limit, self.first)
         except BatchError:
             raise
         except InputError as exc:

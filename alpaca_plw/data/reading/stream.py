@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 
 from alpaca_plw.data.reading.file_rows import (Fallback, holds_record, json_array_rows,
                                                jsonl_lines, jsonl_rows, parquet_batches, slices)
-from alpaca_plw.data.reading.lines import BatchError, JsonlBatch
+from alpaca_plw.data.reading.lines import BatchError, JsonlBatch, check_batch
 from alpaca_plw.data.reading.kinds import ALPACA, columns_kind, from_columns, from_rows, rows_kind
-from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes, check_record_sizes
+from alpaca_plw.data.reading.limits import MAX_RECORD_CHARS, check_arrow_sizes
 from alpaca_plw.data.reading.records import ColumnMap, Source
-from alpaca_plw.data.reading.sources import check_unicode, load_records, locate
+from alpaca_plw.data.reading.sources import load_records, locate
 from alpaca_plw.data.reading.tables import arrow_table, no_duplicates, sha256_file, wanted_columns
 from alpaca_plw.errors import InputError
 
@@ -149,8 +149,7 @@ class RecordStream:
         else:
             source = self._column_batches(size, start, stop, check)
         for first, batch in source:
-            check_record_sizes(batch, self.limit, first)
-            check_unicode(batch, first)
+            check_batch(batch, self.limit, first)
             done[0] = first + len(batch)
             yield first, batch
 
